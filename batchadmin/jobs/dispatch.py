@@ -1,0 +1,45 @@
+"""Sending "start this task now" messages to the batch groups' queues.
+
+The database is the record; a message only tells some batch server of the task's group to try
+to claim it. A lost message is harmless (the tick sends another), and so is a duplicate (the
+claim is a conditional UPDATE that only one delivery wins).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+
+def send_on_commit(tasks: Sequence[tuple[int, str]]) -> None:
+    """Send ``(task_id, queue)`` pairs once the current transaction has committed."""
+    if tasks:
+        batch = list(tasks)
+        transaction.on_commit(lambda: send(batch))
+
+
+def send(tasks: Sequence[tuple[int, str]]) -> int:
+    """Publish one message per task over a single pooled connection; returns how many went out.
+
+    Never raises: when the broker is unreachable the tasks stay Ready with their dispatch time
+    recorded, and the tick re-sends them (scheduler.handle_lost_messages).
+    """
+    from batchadmin.jobs.tasks import run_batch_task
+
+    sent = 0
+    try:
+        with run_batch_task.app.producer_or_acquire() as producer:
+            for task_id, queue in tasks:
+                run_batch_task.apply_async((task_id,), queue=queue, producer=producer)
+                sent += 1
+    except Exception:
+        log.exception(
+            "Could not send %d of %d task messages; the tick will resend them",
+            len(tasks) - sent,
+            len(tasks),
+        )
+    return sent

@@ -1,0 +1,210 @@
+"""Running one claimed attempt of a task: the process context, log capture and lease renewal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+)
+from django.utils.timezone import now
+
+from batchadmin.jobs import transitions
+from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun
+from batchadmin.processes import registry
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+    from batchadmin.jobs.models import Company
+
+log = logging.getLogger(__name__)
+
+LOG_FLUSH_LINES = 200
+LOG_FLUSH_SECONDS = 1.0
+CANCEL_CHECK_SECONDS = 0.5
+PROGRESS_WRITE_SECONDS = 1.0
+
+
+class ProcessContext:
+    """What a batch process gets as ``ctx`` (see registry.Context)."""
+
+    def __init__(self, task_run: BatchTaskRun, task: BatchTask) -> None:
+        self.task_run = task_run
+        self.job_id = task.job_id
+        self.task_id = task.pk
+        self.task_key = task.key
+        self.attempt = task_run.attempt
+        self.user: User | None = task.job.run_as or task.job.created_by
+        self.company: Company | None = task.company or task.job.company
+        self.saw_cancel = False
+        self._pending: list[BatchLogEntry] = []
+        self._last_flush = time.monotonic()
+        self._last_cancel_check = 0.0
+        self._last_progress = 0.0
+
+    # D365 Infolog: info(), warning(), error().
+    def info(self, message: str) -> None:
+        self._log(BatchLogEntry.Level.INFO, message)
+
+    def warning(self, message: str) -> None:
+        self._log(BatchLogEntry.Level.WARNING, message)
+
+    def error(self, message: str) -> None:
+        self._log(BatchLogEntry.Level.ERROR, message)
+
+    def _log(self, level: int, message: str) -> None:
+        self._pending.append(
+            BatchLogEntry(task_run=self.task_run, level=level, message=str(message), created=now())
+        )
+        # Flush now and then so the history page shows lines while the task runs, without a
+        # database round trip per line.
+        if len(self._pending) >= LOG_FLUSH_LINES or (
+            time.monotonic() - self._last_flush > LOG_FLUSH_SECONDS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            BatchLogEntry.objects.bulk_create(self._pending)
+            self._pending = []
+        self._last_flush = time.monotonic()
+
+    def take_pending(self) -> list[BatchLogEntry]:
+        pending, self._pending = self._pending, []
+        return pending
+
+    def progress(self, percent: int) -> None:
+        t = time.monotonic()
+        if t - self._last_progress >= PROGRESS_WRITE_SECONDS or percent >= 100:
+            self._last_progress = t
+            BatchTask.objects.filter(pk=self.task_id).update(
+                progress=max(0, min(100, int(percent)))
+            )
+
+    def cancel_requested(self) -> bool:
+        """True once the job is being canceled; cheap to call in a tight loop."""
+        if self.saw_cancel:
+            return True
+        t = time.monotonic()
+        if t - self._last_cancel_check >= CANCEL_CHECK_SECONDS:
+            self._last_cancel_check = t
+            status = BatchTask.objects.values_list("status", flat=True).get(pk=self.task_id)
+            self.saw_cancel = status == BatchStatus.CANCELING
+        return self.saw_cancel
+
+
+def run_task(*, task_id: int, server_id: int | None, hostname: str) -> bool:
+    """Claim, run and settle one task. Returns False when the claim was lost (nothing ran).
+
+    Nothing a process does escapes from here: its exceptions become the attempt's error, so a
+    failing process never takes the worker down.
+    """
+    task_run = transitions.claim_task(task_id=task_id, server_id=server_id, hostname=hostname)
+    if task_run is None:
+        return False
+    LEASES.track(task_id)
+    try:
+        outcome, lines = execute(task_run)
+        # A database blip while settling should not cost the attempt its result: retry a few
+        # times (the lease keeps being renewed meanwhile); if the database stays away the lease
+        # runs out and the tick fails the attempt instead.
+        for delay in (1, 2, 4, 8, None):
+            try:
+                transitions.finish_task(
+                    task_id=task_id,
+                    attempt=task_run.attempt,
+                    outcome=outcome,
+                    log=lines,
+                )
+                break
+            except (OperationalError, InterfaceError):
+                if delay is None:
+                    raise
+                log.warning(
+                    "Database error while finishing task %s; retrying in %ss",
+                    task_id,
+                    delay,
+                )
+                connection.close()
+                time.sleep(delay)
+    finally:
+        LEASES.untrack(task_id)
+    return True
+
+
+def execute(task_run: BatchTaskRun) -> tuple[transitions.Outcome, list[BatchLogEntry]]:
+    task = BatchTask.objects.select_related(
+        "job__run_as", "job__created_by", "job__company", "company"
+    ).get(pk=task_run.task_id)
+    ctx = ProcessContext(task_run, task)
+    try:
+        process = registry.get(task.process)
+        kwargs = process.kwargs_from(task.parameters)
+    except (registry.UnknownProcess, registry.ParameterError) as exc:
+        # Retrying cannot fix a missing process or bad stored parameters.
+        message = f"{type(exc).__name__}: {exc}"
+        ctx.error(message)
+        return transitions.Outcome(error=message, retryable=False), ctx.take_pending()
+    try:
+        process.func(ctx, **kwargs)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        ctx.error(message)
+        outcome = transitions.Outcome(
+            error=message, traceback=traceback.format_exc(), canceled=ctx.saw_cancel
+        )
+    else:
+        outcome = transitions.Outcome(canceled=ctx.saw_cancel)
+    return outcome, ctx.take_pending()
+
+
+class LeaseKeeper:
+    """Renews the leases of the tasks running in this process from a daemon thread.
+
+    It lives in the process that runs the task (the pool child), so when that process or its
+    whole worker dies the renewals stop and the tick expires the lease.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[int] = set()
+        self._lock = threading.Lock()
+        self._pid = 0
+
+    def track(self, task_id: int) -> None:
+        with self._lock:
+            self._tasks.add(task_id)
+            if self._pid != os.getpid():  # first use in this (possibly forked) process
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop, name="batch-lease", daemon=True).start()
+
+    def untrack(self, task_id: int) -> None:
+        with self._lock:
+            self._tasks.discard(task_id)
+
+    def _loop(self) -> None:
+        interval = settings.BATCH_LEASE_SECONDS / 3
+        while True:
+            time.sleep(interval)
+            with self._lock:
+                ids = list(self._tasks)
+            if not ids:
+                continue
+            try:
+                close_old_connections()
+                transitions.renew_leases(task_ids=ids)
+            except Exception:
+                log.exception("Could not renew task leases; retrying in %.1fs", interval)
+                connection.close()
+
+
+LEASES = LeaseKeeper()

@@ -1,0 +1,158 @@
+"""The tick: the clock and safety net of the engine, run by beat every second.
+
+Each step is a small handler over a bounded number of rows; every write goes through a
+conditional transition, so overlapping ticks or two beats do no harm. Task-to-task release is
+event driven (transitions.finish_task); the tick only starts due jobs, fails attempts whose
+server is gone, sends messages for retries whose backoff is over, resends messages that were
+lost, and settles anything an interrupted worker left behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import Exists, OuterRef
+from django.utils.timezone import now
+from kombu.exceptions import ChannelError
+
+from batchadmin.jobs import dispatch, transitions
+from batchadmin.jobs.models import (
+    OPEN_TASK_STATUSES,
+    RUNNING_JOB_STATUSES,
+    BatchJob,
+    BatchStatus,
+    BatchTask,
+    BatchTaskCondition,
+)
+from batchadmin.servers.models import QUEUE_PREFIX
+
+log = logging.getLogger(__name__)
+S = BatchStatus
+TERMINAL_TASK_STATUSES = (S.ENDED, S.ERROR, S.NOT_RUN, S.CANCELED)
+
+
+def tick(at: dt.datetime | None = None) -> dict[str, int]:
+    close_old_connections()  # beat is long-lived: drop a connection the database has closed
+    at = at or now()
+    return {
+        "started": handle_due_jobs(at),
+        "leases_expired": handle_expired_leases(at),
+        "dispatched": handle_ready_tasks(at),
+        "resent": handle_lost_messages(at),
+        "released": handle_stranded_tasks(),
+        "settled": handle_stranded_jobs(at),
+    }
+
+
+def handle_due_jobs(at: dt.datetime) -> int:
+    """Start waiting jobs whose scheduled start has passed, highest priority first."""
+    due = BatchJob.objects.due(at).order_by("-priority", "scheduled_start", "pk")
+    started = 0
+    for job_id in due.values_list("pk", flat=True)[: settings.BATCH_TICK_LIMIT]:
+        try:
+            started += transitions.start_job(job_id=job_id, at=at)
+        except Exception:
+            # Crash-loop guard: one broken job must not stop the others from starting.
+            log.exception("Could not start batch job %s", job_id)
+    return started
+
+
+def handle_expired_leases(at: dt.datetime) -> int:
+    """Fail attempts whose batch server stopped renewing their lease (it died)."""
+    expired = BatchTask.objects.filter(
+        status__in=[S.EXECUTING, S.CANCELING], lease_expires_at__lt=at
+    ).values_list("pk", "attempt")
+    n = 0
+    for task_id, attempt in expired[: settings.BATCH_TICK_LIMIT]:
+        if transitions.expire_lease(task_id=task_id, attempt=attempt, at=at):
+            log.warning("Task %s attempt %s: batch server lost", task_id, attempt)
+            n += 1
+    return n
+
+
+def handle_ready_tasks(at: dt.datetime) -> int:
+    """Send messages for ready tasks that have none yet (a retry whose backoff is over)."""
+    rows = list(
+        BatchTask.objects.filter(status=S.READY, dispatched_at=None, ready_at__lte=at).values_list(
+            "pk", "group__code"
+        )[: settings.BATCH_TICK_LIMIT]
+    )
+    return _redispatch(rows, at)
+
+
+def handle_lost_messages(at: dt.datetime) -> int:
+    """Resend messages of ready tasks that sat too long while their queue is empty.
+
+    An empty queue with tasks still Ready means their messages are gone (Redis restarted
+    without persistence, a publish failed). A message a worker holds unacked is not in the
+    queue either, so such a task may get a second message; the claim makes that harmless.
+    """
+    stale = at - dt.timedelta(seconds=settings.BATCH_REDISPATCH_AFTER_SECONDS)
+    rows = BatchTask.objects.filter(status=S.READY, dispatched_at__lt=stale).values_list(
+        "pk", "group__code"
+    )[: settings.BATCH_TICK_LIMIT]
+    by_group: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for pk, code in rows:
+        by_group[code].append((pk, code))
+    lost = [
+        row
+        for code, group_rows in by_group.items()
+        if queue_size(QUEUE_PREFIX + code) == 0
+        for row in group_rows
+    ]
+    return _redispatch(lost, at)
+
+
+def _redispatch(rows: list[tuple[int, str]], at: dt.datetime) -> int:
+    if not rows:
+        return 0
+    BatchTask.objects.filter(pk__in=[pk for pk, _ in rows], status=S.READY).update(dispatched_at=at)
+    return dispatch.send([(pk, QUEUE_PREFIX + code) for pk, code in rows])
+
+
+def queue_size(queue: str) -> int:
+    """Messages waiting in a broker queue (not counting those workers hold unacked)."""
+    from batchadmin.celery import app
+
+    with app.connection_for_read() as conn:
+        channel: Any = conn.default_channel  # kombu's stubs know only the abstract channel
+        try:
+            return int(channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:
+            return 0  # Redis drops an empty list: the queue does not exist until a message arrives
+
+
+def handle_stranded_tasks() -> int:
+    """Release waiting tasks whose parents are all decided but which were left waiting.
+
+    finish_task releases dependents in the same transaction, so this finds work only after
+    a crash mid-way or a manual edit of the tables.
+    """
+    parents = (
+        BatchTaskCondition.objects.filter(
+            task__status=S.WAITING,
+            task__job__status=S.EXECUTING,
+            depends_on__status__in=TERMINAL_TASK_STATUSES,
+        )
+        .values_list("depends_on__job_id", "depends_on_id")
+        .distinct()[: settings.BATCH_TICK_LIMIT]
+    )
+    by_job: dict[int, list[int]] = defaultdict(list)
+    for job_id, parent_id in parents:
+        by_job[job_id].append(parent_id)
+    return sum(transitions.release_stranded(job_id=j, parent_ids=p) for j, p in by_job.items())
+
+
+def handle_stranded_jobs(at: dt.datetime) -> int:
+    """Settle running jobs none of whose tasks is open any more."""
+    open_tasks = BatchTask.objects.filter(job=OuterRef("pk"), status__in=OPEN_TASK_STATUSES)
+    stranded = BatchJob.objects.filter(status__in=RUNNING_JOB_STATUSES).exclude(Exists(open_tasks))
+    return sum(
+        transitions.settle_stranded_job(job_id=pk, at=at)
+        for pk in stranded.values_list("pk", flat=True)[: settings.BATCH_TICK_LIMIT]
+    )

@@ -1,0 +1,502 @@
+"""The only module that writes ``status``: one function per D365 action.
+
+Every write is a conditional UPDATE that names the status it expects to replace, so two workers,
+two beats or a redelivered message racing for the same row end with one winner and the others
+getting ``False``; a lost race is a normal result, not an exception. Everything that follows from
+a task finishing (its dependents, the job's final status, history) happens in the same
+transaction, under a lock on the job row, so concurrent finishes of one job are serialised and
+the last one always sees the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils.timezone import now
+
+from batchadmin.jobs import dispatch
+from batchadmin.jobs.models import (
+    OPEN_TASK_STATUSES,
+    BatchJob,
+    BatchJobRun,
+    BatchLogEntry,
+    BatchStatus,
+    BatchTask,
+    BatchTaskCondition,
+    BatchTaskRun,
+    StatusChange,
+)
+from batchadmin.servers.models import QUEUE_PREFIX
+
+S = BatchStatus
+Expected = BatchTaskCondition.ExpectedStatus
+
+# Every move the engine or a user may make, job and task alike (DESIGN.md section 2).
+JOB_ALLOWED: dict[BatchStatus, frozenset[BatchStatus]] = {
+    S.WITHHOLD: frozenset({S.WAITING}),
+    S.WAITING: frozenset({S.WITHHOLD, S.EXECUTING}),
+    S.EXECUTING: frozenset({S.ENDED, S.ERROR, S.CANCELING}),
+    S.CANCELING: frozenset({S.CANCELED}),
+    S.ENDED: frozenset({S.WAITING, S.WITHHOLD}),
+    S.ERROR: frozenset({S.WAITING, S.WITHHOLD}),
+    S.CANCELED: frozenset({S.WAITING, S.WITHHOLD}),
+    S.READY: frozenset(),
+    S.NOT_RUN: frozenset(),
+}
+TASK_ALLOWED: dict[BatchStatus, frozenset[BatchStatus]] = {
+    S.WAITING: frozenset({S.READY, S.NOT_RUN}),
+    S.READY: frozenset({S.EXECUTING, S.NOT_RUN}),
+    S.EXECUTING: frozenset({S.ENDED, S.READY, S.ERROR, S.CANCELING}),
+    S.CANCELING: frozenset({S.ENDED, S.ERROR, S.CANCELED}),
+    S.ENDED: frozenset({S.WAITING}),
+    S.ERROR: frozenset({S.WAITING}),
+    S.NOT_RUN: frozenset({S.WAITING}),
+    S.CANCELED: frozenset({S.WAITING}),
+    S.WITHHOLD: frozenset(),
+}
+# The subset a person may choose in the Change status dialog; the rest are the engine's.
+USER_MOVES: dict[BatchStatus, tuple[BatchStatus, ...]] = {
+    S.WITHHOLD: (S.WAITING,),
+    S.WAITING: (S.WITHHOLD,),
+    S.EXECUTING: (S.CANCELING,),
+    S.ENDED: (S.WAITING, S.WITHHOLD),
+    S.ERROR: (S.WAITING, S.WITHHOLD),
+    S.CANCELED: (S.WAITING, S.WITHHOLD),
+}
+TERMINAL_JOB_STATUSES = (S.ENDED, S.ERROR, S.CANCELED)
+SERVER_LOST = "Batch server lost: the task's lease expired without a heartbeat from its worker."
+
+
+class IllegalMove(ValueError):
+    pass
+
+
+def _from_statuses(table: dict[BatchStatus, frozenset[BatchStatus]], to: BatchStatus) -> list[str]:
+    return [old for old, moves in table.items() if to in moves]
+
+
+def backoff(retry: int) -> dt.timedelta:
+    """Delay before retry number ``retry`` (1-based): doubling from the base, capped."""
+    seconds = settings.BATCH_RETRY_BACKOFF_SECONDS * 2 ** (retry - 1)
+    return dt.timedelta(seconds=min(seconds, settings.BATCH_RETRY_BACKOFF_MAX_SECONDS))
+
+
+def _record(
+    job_id: int,
+    old: str,
+    new: BatchStatus,
+    *,
+    run_id: int | None = None,
+    by_id: int | None = None,
+    reason: str = "",
+    at: dt.datetime | None = None,
+) -> None:
+    StatusChange.objects.create(
+        job_id=job_id,
+        job_run_id=run_id,
+        old_status=old,
+        new_status=new,
+        by_id=by_id,
+        reason=reason,
+        at=at or now(),
+    )
+
+
+# --- Change status (the user's moves) -----------------------------------------------------
+
+
+def change_status(*, job_id: int, to: BatchStatus, by_id: int | None) -> bool:
+    """The Change status dialog: Waiting, Withhold or Cancel (to=CANCELING).
+
+    Raises IllegalMove when ``to`` is not offered from the job's current status; returns False
+    when the job changed status between reading and writing (try again).
+    """
+    current = BatchJob.objects.values_list("status", flat=True).get(pk=job_id)
+    allowed = USER_MOVES.get(BatchStatus(current), ())
+    if to not in allowed:
+        names = ", ".join(str(s.label) for s in allowed) or "nothing"
+        raise IllegalMove(
+            f"A job in status {BatchStatus(current).label} can't be changed to {to.label}; "
+            f"allowed: {names}."
+        )
+    if to == S.CANCELING:
+        return cancel_job(job_id=job_id, by_id=by_id)
+    if to == S.WAITING:
+        return release_job(job_id=job_id, by_id=by_id)
+    return hold_job(job_id=job_id, by_id=by_id)
+
+
+def hold_job(*, job_id: int, by_id: int | None) -> bool:
+    """Withhold: take the job off the waiting list ("equivalent to stop")."""
+    return _set_idle_status(job_id=job_id, to=S.WITHHOLD, by_id=by_id)
+
+
+def release_job(*, job_id: int, by_id: int | None) -> bool:
+    """Waiting: the scheduler starts the job once its scheduled start has passed."""
+    return _set_idle_status(job_id=job_id, to=S.WAITING, by_id=by_id)
+
+
+def _set_idle_status(*, job_id: int, to: BatchStatus, by_id: int | None) -> bool:
+    with transaction.atomic():
+        old = BatchJob.objects.values_list("status", flat=True).get(pk=job_id)
+        if to not in JOB_ALLOWED[BatchStatus(old)]:
+            return False
+        n = BatchJob.objects.filter(pk=job_id, status=old).update(status=to)
+        if n != 1:
+            return False  # another request changed it first
+        if old in TERMINAL_JOB_STATUSES:
+            # Run again: every task starts from scratch (actual retries back to 0).
+            _reset_tasks(job_id)
+        _record(job_id, old, to, by_id=by_id)
+        return True
+
+
+def _reset_tasks(job_id: int) -> None:
+    BatchTask.objects.filter(job_id=job_id).update(
+        status=S.WAITING,
+        retries=0,
+        attempt=0,
+        server=None,
+        hostname="",
+        started_at=None,
+        ended_at=None,
+        ready_at=None,
+        dispatched_at=None,
+        lease_expires_at=None,
+        progress=None,
+    )
+
+
+def cancel_job(*, job_id: int, by_id: int | None) -> bool:
+    """Executing -> Canceling (D365 batch-abort.md).
+
+    Unstarted tasks become Didn't run; running tasks become Canceling, which a process sees
+    through ``ctx.cancel_requested()``. The job ends Canceled when the last running task stops.
+    """
+    with transaction.atomic():
+        job = BatchJob.objects.select_for_update().get(pk=job_id)
+        n = BatchJob.objects.filter(pk=job_id, status=S.EXECUTING).update(
+            status=S.CANCELING, canceled_by_id=by_id
+        )
+        if n != 1:
+            return False
+        at = now()
+        BatchJobRun.objects.filter(job_id=job_id, pk=job.current_run_id or 0).update(
+            canceled_by_id=by_id
+        )
+        BatchTask.objects.filter(job_id=job_id, status__in=[S.WAITING, S.READY]).update(
+            status=S.NOT_RUN, ended_at=at, dispatched_at=None, ready_at=None
+        )
+        BatchTask.objects.filter(job_id=job_id, status=S.EXECUTING).update(status=S.CANCELING)
+        _record(
+            job_id,
+            S.EXECUTING,
+            S.CANCELING,
+            run_id=job.current_run_id,
+            by_id=by_id,
+            at=at,
+        )
+        _settle_job_if_done(job_id, at=at)
+        return True
+
+
+# --- The engine's moves -------------------------------------------------------------------
+
+
+def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
+    """Waiting -> Executing once the scheduled start has passed: open a run, release roots."""
+    at = at or now()
+    with transaction.atomic():
+        n = (
+            BatchJob.objects.due(at)
+            .filter(pk=job_id)
+            .update(status=S.EXECUTING, started_at=at, ended_at=None, canceled_by=None)
+        )
+        if n != 1:
+            return False  # not due, or another beat started it first
+        job = BatchJob.objects.get(pk=job_id)
+        run = BatchJobRun.objects.create(
+            job=job,
+            status=S.EXECUTING,
+            scheduled_start=job.scheduled_start,
+            started_at=at,
+            run_by_id=job.effective_run_as_id(),
+        )
+        BatchJob.objects.filter(pk=job_id).update(current_run=run)
+        _record(job_id, S.WAITING, S.EXECUTING, run_id=run.pk, at=at)
+        roots = BatchTask.objects.filter(job_id=job_id, status=S.WAITING, conditions__isnull=True)
+        _make_ready(list(roots.values_list("pk", "group__code")), at=at)
+        _settle_job_if_done(job_id, at=at)  # a job without tasks ends at once
+        return True
+
+
+def claim_task(
+    *, task_id: int, server_id: int | None, hostname: str, at: dt.datetime | None = None
+) -> BatchTaskRun | None:
+    """Ready -> Executing for the server that got the message; None if someone else did.
+
+    A duplicate or stale delivery finds the task no longer Ready (or not yet past its retry
+    backoff) and does nothing.
+    """
+    at = at or now()
+    lease = at + dt.timedelta(seconds=settings.BATCH_LEASE_SECONDS)
+    with transaction.atomic():
+        n = (
+            BatchTask.objects.filter(pk=task_id, status=S.READY)
+            .filter(Q(ready_at__isnull=True) | Q(ready_at__lte=at))
+            .update(
+                status=S.EXECUTING,
+                server_id=server_id,
+                hostname=hostname,
+                started_at=at,
+                ended_at=None,
+                lease_expires_at=lease,
+                progress=None,
+            )
+        )
+        if n != 1:
+            return None
+        task = BatchTask.objects.select_related("job").get(pk=task_id)
+        attempt = task.retries + 1
+        BatchTask.objects.filter(pk=task_id).update(attempt=attempt)
+        task.attempt = attempt
+        assert task.job.current_run_id is not None  # the job is executing, so it has a run
+        return BatchTaskRun.objects.create(
+            job_run_id=task.job.current_run_id,
+            task=task,
+            attempt=attempt,
+            status=S.EXECUTING,
+            server_id=server_id,
+            hostname=hostname,
+            started_at=at,
+        )
+
+
+@dataclass
+class Outcome:
+    """How one attempt ended, as the runner saw it."""
+
+    error: str = ""
+    traceback: str = ""
+    canceled: bool = False  # the process stopped because it was asked to
+    retryable: bool = True  # False: fail for good (unknown process, bad parameters)
+
+
+def finish_task(
+    *,
+    task_id: int,
+    attempt: int,
+    outcome: Outcome,
+    log: Iterable[BatchLogEntry] = (),
+    at: dt.datetime | None = None,
+) -> bool:
+    """Settle one attempt: Ended, back to Ready for a retry, Error, or Canceled.
+
+    ``attempt`` guards against a stale caller: if the lease of this attempt already expired and
+    the task moved on, the late result is discarded (returns False).
+    """
+    at = at or now()
+    with transaction.atomic():
+        job_id = BatchTask.objects.values_list("job_id", flat=True).get(pk=task_id)
+        # Serialise the finishes of one job: the last one must see all the others.
+        BatchJob.objects.select_for_update().filter(pk=job_id).values_list("pk").get()
+        task = BatchTask.objects.get(pk=task_id)
+        if task.attempt != attempt or task.status not in (S.EXECUTING, S.CANCELING):
+            return False
+        canceling = task.status == S.CANCELING
+        if not outcome.error:
+            new = S.CANCELED if canceling and outcome.canceled else S.ENDED
+        elif canceling:
+            new = S.CANCELED if outcome.canceled else S.ERROR
+        elif outcome.retryable and task.retries < task.max_retries:
+            new = S.READY
+        else:
+            new = S.ERROR
+        BatchTaskRun.objects.filter(task_id=task_id, attempt=attempt, status=S.EXECUTING).update(
+            status=S.ERROR if new == S.READY else new,
+            ended_at=at,
+            error_message=outcome.error,
+            traceback=outcome.traceback,
+        )
+        BatchLogEntry.objects.bulk_create(log)
+        if new == S.READY:
+            ready_at = at + backoff(task.retries + 1)
+            BatchTask.objects.filter(pk=task_id).update(
+                status=S.READY,
+                retries=task.retries + 1,
+                ended_at=at,
+                lease_expires_at=None,
+                ready_at=ready_at,
+                # No message yet: the tick sends one when the backoff is over, which keeps
+                # long-delayed (ETA) messages out of the broker and the workers' memory.
+                dispatched_at=None,
+            )
+            return True
+        BatchTask.objects.filter(pk=task_id).update(status=new, ended_at=at, lease_expires_at=None)
+        _release_dependents([task_id], at=at)
+        _settle_job_if_done(job_id, at=at)
+        return True
+
+
+def expire_lease(*, task_id: int, attempt: int, at: dt.datetime | None = None) -> bool:
+    """The tick found this attempt's lease run out: its server is gone. Fail the attempt."""
+    at = at or now()
+    still_expired = BatchTask.objects.filter(
+        pk=task_id, attempt=attempt, lease_expires_at__lt=at
+    ).exists()
+    if not still_expired:
+        return False
+    return finish_task(task_id=task_id, attempt=attempt, outcome=Outcome(error=SERVER_LOST), at=at)
+
+
+def renew_leases(*, task_ids: list[int], at: dt.datetime | None = None) -> int:
+    at = at or now()
+    lease = at + dt.timedelta(seconds=settings.BATCH_LEASE_SECONDS)
+    return BatchTask.objects.filter(pk__in=task_ids, status__in=[S.EXECUTING, S.CANCELING]).update(
+        lease_expires_at=lease
+    )
+
+
+# --- What follows from a finished task ----------------------------------------------------
+
+
+def condition_state(expected: str, parent_status: str) -> bool | None:
+    """True: met. False: can never be met. None: not decided yet (parent still open)."""
+    if parent_status in OPEN_TASK_STATUSES:
+        return None
+    if expected == Expected.ENDED:
+        return parent_status == S.ENDED
+    if expected == Expected.ERROR:
+        return parent_status == S.ERROR
+    return parent_status in (S.ENDED, S.ERROR)  # Ended or error
+
+
+def decide(condition_type: str, states: list[bool | None]) -> BatchStatus | None:
+    """Ready, Didn't run, or None (keep waiting) for a task with these condition states."""
+    if condition_type == BatchTask.ConditionType.ANY:
+        if any(s is True for s in states):
+            return S.READY
+        if all(s is False for s in states):
+            return S.NOT_RUN
+        return None
+    if any(s is False for s in states):
+        return S.NOT_RUN
+    if all(s is True for s in states):
+        return S.READY
+    return None
+
+
+def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> None:
+    """Move waiting dependents of ``parent_ids`` to Ready or Didn't run, transitively."""
+    while parent_ids:
+        waiting = list(
+            BatchTaskCondition.objects.filter(
+                depends_on_id__in=parent_ids, task__status=S.WAITING
+            ).values_list("task_id", flat=True)
+        )
+        if not waiting:
+            return
+        rows = BatchTaskCondition.objects.filter(task_id__in=waiting).values_list(
+            "task_id",
+            "task__condition_type",
+            "task__group__code",
+            "expected_status",
+            "depends_on__status",
+        )
+        by_task: dict[int, tuple[str, str, list[bool | None]]] = {}
+        for tid, ctype, group_code, expected, parent_status in rows:
+            entry = by_task.setdefault(tid, (ctype, group_code, []))
+            entry[2].append(condition_state(expected, parent_status))
+        ready: list[tuple[int, str]] = []
+        not_run: list[int] = []
+        for tid, (ctype, group_code, states) in by_task.items():
+            decision = decide(ctype, states)
+            if decision == S.READY:
+                ready.append((tid, group_code))
+            elif decision == S.NOT_RUN:
+                not_run.append(tid)
+        _make_ready(ready, at=at)
+        if not_run:
+            BatchTask.objects.filter(pk__in=not_run, status=S.WAITING).update(
+                status=S.NOT_RUN, ended_at=at
+            )
+        # A Didn't run parent decides its own dependents in turn.
+        parent_ids = not_run
+
+
+def _make_ready(tasks: list[tuple[int, str]], *, at: dt.datetime) -> None:
+    """Waiting -> Ready and send each a "start this now" message once the transaction commits."""
+    if not tasks:
+        return
+    ids = [tid for tid, _ in tasks]
+    BatchTask.objects.filter(pk__in=ids, status=S.WAITING).update(
+        status=S.READY, ready_at=at, dispatched_at=at
+    )
+    dispatch.send_on_commit([(tid, QUEUE_PREFIX + code) for tid, code in tasks])
+
+
+def _settle_job_if_done(job_id: int, *, at: dt.datetime) -> bool:
+    """Give a running job its final status once none of its tasks is open (caller holds the job lock)."""
+    if BatchTask.objects.filter(job_id=job_id, status__in=OPEN_TASK_STATUSES).exists():
+        return False
+    job = BatchJob.objects.get(pk=job_id)
+    if job.status == S.CANCELING:
+        final = S.CANCELED
+    elif job.status == S.EXECUTING:
+        failed = BatchTask.objects.filter(job_id=job_id, status=S.ERROR, ignore_failure=False)
+        final = S.ERROR if failed.exists() else S.ENDED
+    else:
+        return False
+    n = BatchJob.objects.filter(pk=job_id, status=job.status).update(status=final, ended_at=at)
+    if n != 1:
+        return False
+    if job.current_run_id:
+        BatchJobRun.objects.filter(pk=job.current_run_id).update(status=final, ended_at=at)
+        _record_unattempted_tasks(job_id, job.current_run_id)
+    _record(job_id, job.status, final, run_id=job.current_run_id, at=at)
+    return True
+
+
+def _record_unattempted_tasks(job_id: int, run_id: int) -> None:
+    """Give tasks that never ran in this run (Didn't run, canceled early) a history row too."""
+    attempted = BatchTaskRun.objects.filter(job_run_id=run_id).values("task_id")
+    untouched = BatchTask.objects.filter(job_id=job_id).exclude(pk__in=attempted)
+    BatchTaskRun.objects.bulk_create(
+        BatchTaskRun(
+            job_run_id=run_id,
+            task_id=t.pk,
+            attempt=0,
+            status=t.status,
+            ended_at=t.ended_at,
+        )
+        for t in untouched.only("pk", "status", "ended_at")
+    )
+
+
+def settle_stranded_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
+    """Safety net for the tick: settle a running job none of whose tasks is open."""
+    at = at or now()
+    with transaction.atomic():
+        locked = (
+            BatchJob.objects.select_for_update().filter(pk=job_id).values_list("status", flat=True)
+        )
+        if locked.first() not in (S.EXECUTING, S.CANCELING):
+            return False
+        return _settle_job_if_done(job_id, at=at)
+
+
+def release_stranded(*, job_id: int, parent_ids: list[int], at: dt.datetime | None = None) -> int:
+    """Safety net for the tick: re-evaluate waiting dependents of decided parents."""
+    at = at or now()
+    with transaction.atomic():
+        BatchJob.objects.select_for_update().filter(pk=job_id).values_list("pk").first()
+        before = BatchTask.objects.filter(job_id=job_id, status=S.WAITING).count()
+        _release_dependents(parent_ids, at=at)
+        after = BatchTask.objects.filter(job_id=job_id, status=S.WAITING).count()
+        _settle_job_if_done(job_id, at=at)
+        return before - after

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.utils.timezone import now
+
+# Group codes and server names become Celery queue and node names: keep them to characters
+# that are safe in both (no "@", no dots, no spaces).
+CODE_VALIDATOR = RegexValidator(
+    r"^[A-Za-z0-9_-]{1,50}$", "Use 1-50 letters, digits, hyphens or underscores."
+)
+QUEUE_PREFIX = "batch."
+DEFAULT_GROUP_CODE = "default"
+
+
+class BatchGroupQuerySet(models.QuerySet["BatchGroup"]):
+    def default(self) -> BatchGroup:
+        # The migration creates it; get_or_create keeps a flushed test database working too.
+        group, _ = self.get_or_create(
+            code=DEFAULT_GROUP_CODE,
+            defaults={"description": "Default batch group (D365's empty group)"},
+        )
+        return group
+
+
+class BatchGroup(models.Model):
+    code = models.CharField(
+        "group",
+        max_length=50,
+        unique=True,
+        validators=[CODE_VALIDATOR],
+        help_text="Identifier of the batch group; its Celery queue is batch.<group>.",
+    )
+    description = models.CharField("description", max_length=200, blank=True)
+    created = models.DateTimeField(default=now)
+
+    objects = BatchGroupQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name = "batch group"
+
+    def __str__(self) -> str:
+        return self.code
+
+    @property
+    def queue_name(self) -> str:
+        return QUEUE_PREFIX + self.code
+
+    def is_default(self) -> bool:
+        return self.code == DEFAULT_GROUP_CODE
+
+
+class BatchServer(models.Model):
+    """A logical batch server: the Celery node name before the "@".
+
+    Every replica started as ``celery -A batchadmin worker -n NAME@host`` shares these settings.
+    """
+
+    name = models.CharField(
+        "server ID",
+        max_length=50,
+        unique=True,
+        validators=[CODE_VALIDATOR],
+        help_text="The worker's node name before the @ (celery worker -n NAME@%h).",
+    )
+    description = models.CharField("description", max_length=200, blank=True)
+    enabled = models.BooleanField(
+        "is batch server", default=True, help_text="Disabled servers take no new tasks."
+    )
+    time_zone = models.CharField(
+        "time zone",
+        max_length=64,
+        default="UTC",
+        help_text="The zone in which the schedule's start and end times are read.",
+    )
+    groups = models.ManyToManyField(
+        BatchGroup,
+        related_name="servers",
+        blank=True,
+        verbose_name="batch groups",
+        help_text="The batch groups whose tasks this server runs.",
+    )
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "batch server"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def max_threads_at(self, when: dt.datetime) -> int | None:
+        """Maximum batch threads from the schedule row covering ``when``.
+
+        None when the server has no schedule rows (the worker's own concurrency applies);
+        0 when rows exist but none covers ``when`` (outside every window: take no new tasks).
+        Rows may cross midnight (20:00-07:30).
+        """
+        rows = list(self.schedule.all())
+        if not rows:
+            return None
+        local = when.astimezone(ZoneInfo(self.time_zone)).time()
+        for row in rows:
+            if row.covers(local):
+                return row.max_threads
+        return 0
+
+
+class BatchServerSchedule(models.Model):
+    server = models.ForeignKey(BatchServer, models.CASCADE, related_name="schedule")
+    start_time = models.TimeField("start time")
+    end_time = models.TimeField("end time", help_text="Equal to start time means all day.")
+    max_threads = models.PositiveSmallIntegerField(
+        "maximum batch threads", validators=[MinValueValidator(0)], default=8
+    )
+
+    class Meta:
+        ordering = ["server", "start_time"]
+        verbose_name = "batch server schedule row"
+
+    def __str__(self) -> str:
+        return f"{self.server}: {self.start_time:%H:%M}-{self.end_time:%H:%M} x{self.max_threads}"
+
+    def covers(self, t: dt.time) -> bool:
+        if self.start_time == self.end_time:
+            return True
+        if self.start_time < self.end_time:
+            return self.start_time <= t < self.end_time
+        return t >= self.start_time or t < self.end_time  # crosses midnight
+
+
+class BatchServerReplicaQuerySet(models.QuerySet["BatchServerReplica"]):
+    def online(self, at: dt.datetime | None = None) -> BatchServerReplicaQuerySet:
+        at = at or now()
+        return self.filter(last_heartbeat__gte=at - BatchServerReplica.offline_after())
+
+
+class BatchServerReplica(models.Model):
+    """One running worker process (node ``name@host``) of a batch server."""
+
+    server = models.ForeignKey(BatchServer, models.CASCADE, related_name="replicas")
+    hostname = models.CharField("node name", max_length=200, unique=True)
+    pid = models.IntegerField(null=True)
+    concurrency = models.PositiveIntegerField("threads", default=0)
+    busy = models.PositiveIntegerField("threads busy", default=0)
+    queues = models.JSONField(default=list)
+    started_at = models.DateTimeField(default=now)
+    last_heartbeat = models.DateTimeField(default=now)
+
+    objects = BatchServerReplicaQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["hostname"]
+        verbose_name = "batch server replica"
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    @staticmethod
+    def offline_after() -> dt.timedelta:
+        return dt.timedelta(seconds=3 * settings.BATCH_HEARTBEAT_SECONDS)
+
+    def is_online(self, at: dt.datetime | None = None) -> bool:
+        return self.last_heartbeat >= (at or now()) - self.offline_after()

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+import os
+
+from batchadmin.settings import *  # noqa: F403
+from batchadmin.settings import database_from_url
+
+# Tests run against real PostgreSQL (pytest-django creates test_<name> from this).
+DATABASES = {
+    "default": database_from_url(
+        os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/batchadmin")
+    )
+}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+BATCH_RETRY_BACKOFF_SECONDS = 0.1
