@@ -143,9 +143,7 @@ def run_task(*, task_id: int, server_id: int | None, hostname: str) -> bool:
 
 
 def execute(task_run: BatchTaskRun) -> tuple[transitions.Outcome, list[BatchLogEntry]]:
-    task = BatchTask.objects.select_related(
-        "job__run_as", "job__created_by", "job__company", "company"
-    ).get(pk=task_run.task_id)
+    task = task_run.task  # claim_task loaded it with its job, users and companies
     ctx = ProcessContext(task_run, task)
     try:
         process = registry.get(task.process)
