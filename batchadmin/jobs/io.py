@@ -36,7 +36,7 @@ from batchadmin.servers.models import (
 
 PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
 IMPORT_STATUSES = {"waiting": BatchStatus.WAITING, "withhold": BatchStatus.WITHHOLD}
-JOB_KEYS = {"description", "scheduled_start", "status", "priority", "run_as", "tasks"}
+JOB_KEYS = {"description", "scheduled_start", "status", "priority", "run_as", "company", "tasks"}
 TASK_KEYS = {
     "key",
     "description",
@@ -77,14 +77,15 @@ class _Job:
     status: BatchStatus
     priority: Priority
     run_as: Any
+    company: str | None
     tasks: list[_Task] = field(default_factory=list)
 
 
 @dataclass
 class _Group:
     code: str
-    description: str
-    servers: list[str]
+    description: str | None
+    servers: list[str] | None  # None: leave the group's servers as they are
 
 
 def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
@@ -121,12 +122,16 @@ def _parse_group(raw: Any, index: int) -> _Group:
         raise ImportFailure(f'{where}: "code" is required.')
     where = f"group {code!r}"
     _validate_code(code, where)
-    servers = raw.get("servers", [])
-    if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
-        raise ImportFailure(f'{where}: "servers" must be a list of server names.')
-    for name in servers:
-        _validate_code(name, f"{where}, server {name!r}")
-    return _Group(code, str(raw.get("description", "")), servers)
+    servers = raw.get("servers")
+    if servers is not None:
+        if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+            raise ImportFailure(f'{where}: "servers" must be a list of server names.')
+        for name in servers:
+            _validate_code(name, f"{where}, server {name!r}")
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ImportFailure(f'{where}: "description" must be a string.')
+    return _Group(code, description, servers)
 
 
 def _validate_code(code: str, where: str) -> None:
@@ -172,8 +177,11 @@ def _parse_job(raw: Any, index: int, known_groups: set[str]) -> _Job:
     raw_tasks = raw.get("tasks", [])
     if not isinstance(raw_tasks, list):
         raise ImportFailure(f'{where}: "tasks" must be a list.')
-    job = _Job(description, scheduled_start, status, priority, run_as)
     companies = set(Company.objects.values_list("code", flat=True))
+    company = raw.get("company") or None
+    if company is not None and company not in companies:
+        raise ImportFailure(f"{where}: unknown company {company!r}.")
+    job = _Job(description, scheduled_start, status, priority, run_as, company)
     for i, raw_task in enumerate(raw_tasks, 1):
         job.tasks.append(_parse_task(raw_task, i, where, known_groups, companies))
     _check_conditions(job, where)
@@ -308,9 +316,11 @@ def _choice(value: Any, options: dict[str, Any], where: str) -> Any:
 
 
 def _save_group(group: _Group) -> None:
-    obj, _ = BatchGroup.objects.update_or_create(
-        code=group.code, defaults={"description": group.description}
-    )
+    # A key left out leaves that part of an existing group as it is.
+    defaults = {} if group.description is None else {"description": group.description}
+    obj, _ = BatchGroup.objects.update_or_create(code=group.code, defaults=defaults)
+    if group.servers is None:
+        return
     servers = []
     for name in group.servers:
         # A server first named here serves only the groups assigned to it (D365: a server with
@@ -328,6 +338,7 @@ def _save_job(parsed: _Job, user: Any) -> BatchJob:
         priority=parsed.priority,
         run_as=parsed.run_as,
         created_by=user,
+        company=Company.objects.get(code=parsed.company) if parsed.company else None,
     )
     groups = {g.code: g for g in BatchGroup.objects.all()}
     companies = {c.code: c for c in Company.objects.all()}
@@ -375,6 +386,9 @@ def export_job(job: BatchJob) -> dict[str, Any]:
     if job.run_as_id:
         assert job.run_as is not None
         data["run_as"] = job.run_as.get_username()
+    if job.company_id:
+        assert job.company is not None
+        data["company"] = job.company.code
     data["tasks"] = []
     for t in tasks:
         item: dict[str, Any] = {

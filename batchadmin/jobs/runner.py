@@ -98,8 +98,12 @@ class ProcessContext:
         t = time.monotonic()
         if t - self._last_cancel_check >= CANCEL_CHECK_SECONDS:
             self._last_cancel_check = t
-            status = BatchTask.objects.values_list("status", flat=True).get(pk=self.task_id)
-            self.saw_cancel = status == BatchStatus.CANCELING
+            status, attempt = BatchTask.objects.values_list("status", "attempt").get(
+                pk=self.task_id
+            )
+            # Canceling, or this attempt was given up (its lease ran out and the task moved on
+            # to a retry elsewhere): either way this copy should stop.
+            self.saw_cancel = status == BatchStatus.CANCELING or attempt != self.attempt
         return self.saw_cancel
 
 

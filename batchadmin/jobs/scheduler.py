@@ -133,10 +133,18 @@ def handle_stranded_tasks() -> int:
     finish_task releases dependents in the same transaction, so this finds work only after
     a crash mid-way or a manual edit of the tables.
     """
+    # Start from the few running jobs (partial index) so the cost does not grow with history.
+    running = list(
+        BatchJob.objects.filter(status=S.EXECUTING).values_list("pk", flat=True)[
+            : settings.BATCH_TICK_LIMIT
+        ]
+    )
+    if not running:
+        return 0
     parents = (
         BatchTaskCondition.objects.filter(
+            task__job_id__in=running,
             task__status=S.WAITING,
-            task__job__status=S.EXECUTING,
             depends_on__status__in=TERMINAL_TASK_STATUSES,
         )
         .values_list("depends_on__job_id", "depends_on_id")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, shared_task
+from django.db import IntegrityError
 
 from batchadmin.jobs import runner, scheduler
 from batchadmin.servers import worker
@@ -13,7 +14,13 @@ from batchadmin.servers import worker
 @shared_task(bind=True, name="batchadmin.run_batch_task", acks_late=True, ignore_result=True)
 def run_batch_task(self: Task[Any, Any], task_id: int) -> None:
     hostname = self.request.hostname or ""
-    runner.run_task(task_id=task_id, server_id=worker.server_id(hostname), hostname=hostname)
+    try:
+        runner.run_task(task_id=task_id, server_id=worker.server_id(hostname), hostname=hostname)
+    except IntegrityError:
+        # The claim referred to a server row deleted since this process cached its id (the
+        # claim rolled back, the task is still Ready): register again and claim once more.
+        worker.forget_server(hostname)
+        runner.run_task(task_id=task_id, server_id=worker.server_id(hostname), hostname=hostname)
 
 
 @shared_task(name="batchadmin.tick", ignore_result=True)

@@ -17,6 +17,10 @@ from batchadmin.processes.registry import Context, register
 REPORTS_DIR = "reports"
 
 
+def split_addresses(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
 class HistoryReportForm(forms.Form):
     days = forms.IntegerField(
         min_value=1,
@@ -41,13 +45,14 @@ class MailDocumentForm(forms.Form):
     )
     body = forms.CharField(required=False, widget=forms.Textarea, max_length=5000)
 
-    def clean_to(self) -> list[str]:
-        addresses = [a.strip() for a in self.cleaned_data["to"].split(",") if a.strip()]
+    def clean_to(self) -> str:
+        # Stored as the normalised text the form accepts again when the task runs.
+        addresses = split_addresses(self.cleaned_data["to"])
         if not addresses:
             raise forms.ValidationError("Give at least one address.")
         for address in addresses:
             validate_email(address)
-        return addresses
+        return ", ".join(addresses)
 
     def clean_document(self) -> str:
         document: str = self.cleaned_data["document"].strip()
@@ -111,7 +116,8 @@ def task_history_csv(ctx: Context, *, days: int, errors_only: bool) -> None:
     description="Sends a file from the media folder (or the newest report) as an e-mail attachment.",
     form=MailDocumentForm,
 )
-def send_document(ctx: Context, *, to: list[str], subject: str, document: str, body: str) -> None:
+def send_document(ctx: Context, *, to: str, subject: str, document: str, body: str) -> None:
+    recipients = split_addresses(to)
     media = Path(settings.MEDIA_ROOT)
     if document == "latest":
         reports = sorted((media / REPORTS_DIR).glob("*"), key=lambda p: p.stat().st_mtime)
@@ -126,8 +132,8 @@ def send_document(ctx: Context, *, to: list[str], subject: str, document: str, b
         subject=subject,
         body=body or f"Attached: {path.name}",
         from_email=settings.DEFAULT_FROM_EMAIL,
-        to=to,
+        to=recipients,
     )
     message.attach_file(str(path))
     message.send()
-    ctx.info(f"Sent {path.name} to {', '.join(to)}.")
+    ctx.info(f"Sent {path.name} to {to}.")

@@ -62,13 +62,19 @@ class BatchProcess:
         """
         if not isinstance(data, dict):
             raise ParameterError({"__all__": ["Parameters must be a JSON object."]})
-        form = self.form_class(data=data)
-        unknown = sorted(set(data) - set(form.fields))
+        fields = self.form_class().fields
+        unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ParameterError({"__all__": [f"Unknown parameter(s): {', '.join(unknown)}."]})
+        # A parameter left out takes the form's initial value, as the dialog would show it.
+        defaults = {name: f.initial for name, f in fields.items() if f.initial is not None}
+        form = self.form_class(data=defaults | data)
         if not form.is_valid():
             raise ParameterError({k: [str(m) for m in v] for k, v in form.errors.items()})
-        return {k: _to_json(v) for k, v in form.cleaned_data.items()}
+        cleaned = {k: _to_json(v) for k, v in form.cleaned_data.items()}
+        # What is stored must be what the process can read back when it runs.
+        self.kwargs_from(cleaned)
+        return cleaned
 
     def kwargs_from(self, stored: dict[str, Any]) -> dict[str, Any]:
         """Parameters as the process receives them: the form's cleaned_data of the stored JSON."""

@@ -29,7 +29,8 @@ from batchadmin.servers.models import (
 log = logging.getLogger(__name__)
 
 # A worker must consume at least one queue; a server with no group gets this empty one.
-IDLE_QUEUE = "batch.-idle"
+# Outside the batch.<group> namespace, so no group code can collide with it.
+IDLE_QUEUE = "batchadmin.idle"
 
 _server_ids: dict[str, int] = {}
 
@@ -44,6 +45,7 @@ def register_server(name: str) -> BatchServer:
         if created:
             # D365: every batch server serves the default group until told otherwise.
             server.groups.add(BatchGroup.objects.default())
+    _server_ids[name] = server.pk
     return server
 
 
@@ -55,6 +57,11 @@ def server_id(hostname: str) -> int | None:
     if name not in _server_ids:
         _server_ids[name] = register_server(name).pk
     return _server_ids[name]
+
+
+def forget_server(hostname: str) -> None:
+    """Drop a cached server id (its row was deleted and registered again)."""
+    _server_ids.pop(server_name(hostname), None)
 
 
 def wanted_queues(server: BatchServer) -> list[str]:
