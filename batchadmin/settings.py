@@ -189,6 +189,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
+# Celery's Django fix-up closes the database connection after every task unless told to reuse
+# it: a new PostgreSQL backend per task costs far more than the task. Keep connections (run_task
+# calls close_old_connections(), so CONN_MAX_AGE and health checks still apply).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 CELERY_BEAT_SCHEDULER = "batchadmin.jobs.beat:BatchScheduler"
 CELERY_TIMEZONE = "UTC"
 

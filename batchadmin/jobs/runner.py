@@ -7,9 +7,11 @@ import os
 import threading
 import time
 import traceback
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import (
     InterfaceError,
     OperationalError,
@@ -19,13 +21,11 @@ from django.db import (
 from django.utils.timezone import now
 
 from batchadmin.jobs import transitions
-from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun
+from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun, Company
 from batchadmin.processes import registry
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
-
-    from batchadmin.jobs.models import Company
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,24 @@ class ProcessContext:
         self.task_id = task.pk
         self.task_key = task.key
         self.attempt = task_run.attempt
-        self.user: User | None = task.job.run_as or task.job.created_by
-        self.company: Company | None = task.company or task.job.company
+        self._task = task
         self.saw_cancel = False
         self._pending: list[BatchLogEntry] = []
         self._last_flush = time.monotonic()
         self._last_cancel_check = 0.0
         self._last_progress = 0.0
+
+    @cached_property
+    def user(self) -> User | None:
+        """The job's Run by user (its creator when Run by is empty)."""
+        user_id = self._task.job.effective_run_as_id()
+        return get_user_model().objects.filter(pk=user_id).first() if user_id else None
+
+    @cached_property
+    def company(self) -> Company | None:
+        """The task's company accounts, else the job's."""
+        company_id = self._task.company_id or self._task.job.company_id
+        return Company.objects.filter(pk=company_id).first() if company_id else None
 
     # D365 Infolog: info(), warning(), error().
     def info(self, message: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, shared_task
-from django.db import IntegrityError
+from django.db import IntegrityError, close_old_connections
 
 from batchadmin.jobs import runner, scheduler
 from batchadmin.servers import worker
@@ -14,6 +14,9 @@ from batchadmin.servers import worker
 @shared_task(bind=True, name="batchadmin.run_batch_task", acks_late=True, ignore_result=True)
 def run_batch_task(self: Task[Any, Any], task_id: int) -> None:
     hostname = self.request.hostname or ""
+    # Connections are kept across tasks (CELERY_DB_REUSE_MAX); drop one that is too old or
+    # broken (PostgreSQL restarted) before using it.
+    close_old_connections()
     try:
         runner.run_task(task_id=task_id, server_id=worker.server_id(hostname), hostname=hostname)
     except IntegrityError:

@@ -262,10 +262,9 @@ def claim_task(
         )
         if n != 1:
             return None
-        # Everything the runner needs, in the one query (it is on every task's hot path).
-        task = BatchTask.objects.select_related(
-            "job__run_as", "job__created_by", "job__company", "company"
-        ).get(pk=task_id)
+        # What the runner needs, in one query: this is on every task's hot path. Users and
+        # companies are loaded only if the process asks for them (ProcessContext).
+        task = BatchTask.objects.select_related("job").get(pk=task_id)
         assert task.job.current_run_id is not None  # the job is executing, so it has a run
         return BatchTaskRun.objects.create(
             job_run_id=task.job.current_run_id,
@@ -310,7 +309,7 @@ def finish_task(
             .values_list("pk", flat=True)
             .get()
         )
-        task = BatchTask.objects.get(pk=task_id)
+        task = BatchTask.objects.only("attempt", "status", "retries", "max_retries").get(pk=task_id)
         if task.attempt != attempt or task.status not in (S.EXECUTING, S.CANCELING):
             return False
         canceling = task.status == S.CANCELING
