@@ -103,6 +103,7 @@ INSTALLED_APPS = [
     "django_filters",
     "template_partials",
     "django_celery_beat",
+    "batchadmin.accounts",
     "batchadmin.servers",
     "batchadmin.jobs",
     "batchadmin.processes",
@@ -119,6 +120,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "batchadmin.accounts.middleware.TimezoneMiddleware",
 ]
 
 ROOT_URLCONF = "batchadmin.urls"
@@ -149,7 +151,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")

@@ -9,20 +9,22 @@ import datetime as dt
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils.timezone import now
 
+from batchadmin.accounts.models import BATCH_USER, MANAGER, VIEWER
 from batchadmin.jobs import io
 from batchadmin.jobs.models import BatchJob, Company
 from batchadmin.servers.models import BatchGroup, BatchServer, BatchServerSchedule
 
 DEMO_USERS = [
-    # username, password, superuser
-    ("admin", "admin", True),
-    ("manager", "manager", False),
-    ("user", "user", False),
-    ("viewer", "viewer", False),
+    # username, password, superuser, role
+    ("admin", "admin", True, None),
+    ("manager", "manager", False, MANAGER),
+    ("user", "user", False, BATCH_USER),
+    ("viewer", "viewer", False, VIEWER),
 ]
 
 
@@ -92,12 +94,14 @@ class Command(BaseCommand):
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
-        for username, password, superuser in DEMO_USERS:
+        for username, password, superuser, role in DEMO_USERS:
             if not User.objects.filter(username=username).exists():
                 if superuser:
                     User.objects.create_superuser(username, f"{username}@example.com", password)
                 else:
-                    User.objects.create_user(username, f"{username}@example.com", password)
+                    user = User.objects.create_user(username, f"{username}@example.com", password)
+                    if role:
+                        user.groups.add(Group.objects.get_or_create(name=role)[0])
         Company.objects.get_or_create(
             code="USMF", defaults={"name": "Contoso Entertainment System USA"}
         )

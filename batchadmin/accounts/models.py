@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from zoneinfo import available_timezones
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+# D365's batch roles, as Django groups created by a migration.
+MANAGER = "Batch job manager"
+BATCH_USER = "Batch user"
+VIEWER = "Viewer"
+ROLES = (MANAGER, BATCH_USER, VIEWER)
+
+
+def validate_time_zone(value: str) -> None:
+    if value not in available_timezones():
+        raise ValidationError(f"{value!r} is not a known IANA time zone (e.g. Europe/Oslo).")
+
+
+class UserPreference(models.Model):
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="batch_preference"
+    )
+    time_zone = models.CharField(
+        "time zone",
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text="Dates and times are shown in this zone, e.g. Europe/Oslo.",
+    )
+
+    class Meta:
+        verbose_name = "user preference"
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.time_zone}"

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from batchadmin.accounts.forms import PreferenceForm
+from batchadmin.accounts.middleware import SESSION_KEY
+from batchadmin.accounts.models import UserPreference
+from batchadmin.lib.http import AuthedRequest
+
+
+@require_http_methods(["GET", "POST"])
+def user_settings(request: AuthedRequest) -> HttpResponse:
+    pref, _ = UserPreference.objects.get_or_create(user=request.user)
+    form = PreferenceForm(request.POST or None, instance=pref)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        request.session[SESSION_KEY] = pref.time_zone
+        messages.success(request, f"Times are now shown in {pref.time_zone}.")
+        return redirect("accounts:settings")
+    return render(request, "accounts/settings.html", {"form": form})

@@ -1,0 +1,54 @@
+"""Who may see and do what: D365's batch roles as Django groups.
+
+- Batch job manager (D365 "Batch job manager"): sees and manages every job, changes Run by,
+  copies, configures groups, servers and active periods.
+- Batch user: creates jobs; sees and changes only the jobs they created or run as.
+- Viewer: sees every job, changes nothing.
+Superusers can do everything. Views call these helpers on every request, GET and POST alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q
+
+from batchadmin.accounts.models import BATCH_USER, MANAGER, ROLES, VIEWER
+from batchadmin.jobs.models import BatchJob, BatchJobQuerySet
+
+
+def roles(user: Any) -> set[str]:
+    if not user.is_authenticated:
+        return set()
+    cached: set[str] | None = getattr(user, "_batch_roles", None)
+    if cached is None:
+        cached = set(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
+        user._batch_roles = cached
+    return cached
+
+
+def is_manager(user: Any) -> bool:
+    return bool(user.is_superuser or MANAGER in roles(user))
+
+
+def can_create(user: Any) -> bool:
+    return is_manager(user) or BATCH_USER in roles(user)
+
+
+def can_view_all(user: Any) -> bool:
+    return is_manager(user) or VIEWER in roles(user)
+
+
+def visible_jobs(user: Any) -> BatchJobQuerySet:
+    jobs = BatchJob.objects.all()
+    if can_view_all(user):
+        return jobs
+    if BATCH_USER in roles(user):
+        return jobs.filter(Q(created_by=user) | Q(run_as=user))
+    return jobs.none()
+
+
+def can_change(user: Any, job: BatchJob) -> bool:
+    if is_manager(user):
+        return True
+    return BATCH_USER in roles(user) and user.pk in (job.created_by_id, job.run_as_id)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django import template
+from django.http import QueryDict
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.timezone import now
+
+from batchadmin.lib import durations
+
+register = template.Library()
+
+
+@register.filter
+def duration(start: dt.datetime | None, end: dt.datetime | None) -> str:
+    """Time from start to end; to now while it is still running."""
+    if start is None:
+        return ""
+    return durations.short((end or now()) - start)
+
+
+@register.simple_tag(takes_context=True)
+def sort_th(context: dict[str, Any], field: str, label: str) -> SafeString:
+    """A column header that sorts by ``field``; a second click reverses the order."""
+    request = context["request"]
+    query = request.GET.copy() if isinstance(request.GET, QueryDict) else QueryDict(mutable=True)
+    current = query.get("o", "")
+    query.pop("page", None)
+    query.pop("poll", None)
+    if current == field:
+        query["o"], arrow, sort = f"-{field}", " ▲", "ascending"
+    elif current == f"-{field}":
+        query["o"], arrow, sort = field, " ▼", "descending"
+    else:
+        query["o"], arrow, sort = field, "", "none"
+    return format_html(
+        '<th aria-sort="{}"><a href="?{}">{}{}</a></th>', sort, query.urlencode(), label, arrow
+    )
+
+
+@register.inclusion_tag("jobs/_status.html")
+def status_badge(status: str, label: str = "") -> dict[str, str]:
+    return {"status": status, "label": label or status}

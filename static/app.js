@@ -1,0 +1,35 @@
+// batchadmin's only script: the shared dialog and keyboard shortcuts. Everything else is htmx.
+(function () {
+  "use strict";
+  const dialog = () => document.getElementById("dialog");
+
+  // Dialogs are partials swapped into <dialog id="dialog">: open it when content arrives.
+  document.addEventListener("htmx:afterSwap", (event) => {
+    const d = dialog();
+    if (event.detail.target === d && d.innerHTML.trim() && !d.open) {
+      d.showModal();
+      const first = d.querySelector("[autofocus], input:not([type=hidden]), select, textarea, button");
+      if (first) first.focus();
+    }
+  });
+  // Views close it after a successful POST with HX-Trigger: dialog-close.
+  document.body.addEventListener("dialog-close", () => { const d = dialog(); if (d.open) d.close(); });
+  document.addEventListener("close", (event) => {
+    if (event.target === dialog()) dialog().innerHTML = "";
+  }, true);
+
+  // Keyboard: Ctrl+N adds a task where a grid offers it (the native dialog handles Esc).
+  document.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "n") {
+      const add = document.querySelector("[data-shortcut='new-task']");
+      if (add) { event.preventDefault(); add.click(); }
+    }
+  });
+
+  // "Select all" check-boxes for bulk actions.
+  document.addEventListener("change", (event) => {
+    const all = event.target.closest("[data-select-all]");
+    if (!all) return;
+    document.querySelectorAll(all.dataset.selectAll).forEach((box) => { box.checked = all.checked; });
+  });
+})();
