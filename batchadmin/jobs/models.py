@@ -161,6 +161,17 @@ class BatchJob(models.Model):
     def is_running(self) -> bool:
         return self.status in RUNNING_JOB_STATUSES
 
+    def is_live(self, at: dt.datetime | None = None) -> bool:
+        """Whether the job's status may change by itself soon (pages poll such jobs)."""
+        if self.is_running():
+            return True
+        soon = (at or now()) + dt.timedelta(minutes=5)
+        return self.status == BatchStatus.WAITING and self.scheduled_start <= soon
+
+    @property
+    def next_run(self) -> dt.datetime | None:
+        return self.scheduled_start if self.status == BatchStatus.WAITING else None
+
 
 class BatchTask(models.Model):
     Status = BatchStatus
