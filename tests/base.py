@@ -3,11 +3,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 from unittest import mock
 
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import Group, Permission, User
 from django.db.models import Q
 from django.test import TestCase
 from django.utils.timezone import now
 
+from batchadmin.accounts.models import BATCH_USER, MANAGER, VIEWER
 from batchadmin.jobs import runner, transitions
 from batchadmin.jobs.models import (
     BatchJob,
@@ -30,9 +31,10 @@ class BaseTestCase(TestCase):
     (``captureOnCommitCallbacks(execute=True)``) or a tick handler records its messages there.
     """
 
-    alice: ClassVar[User]  # operator: creates, releases and cancels jobs
-    bob: ClassVar[User]  # viewer: may look at jobs
-    charlie: ClassVar[User]  # outsider: no batch permissions
+    alice: ClassVar[User]  # operator: role Batch job manager
+    bob: ClassVar[User]  # role Viewer: may look at every job
+    charlie: ClassVar[User]  # outsider: no batch role
+    dave: ClassVar[User]  # role Batch user: sees and changes only their own jobs
     usmf: ClassVar[Company]
     server: ClassVar[BatchServer]
 
@@ -41,6 +43,9 @@ class BaseTestCase(TestCase):
         cls.alice = User.objects.create_user("alice", "alice@example.org", "password")
         cls.bob = User.objects.create_user("bob", "bob@example.org", "password")
         cls.charlie = User.objects.create_user("charlie", "charlie@example.org", "password")
+        cls.dave = User.objects.create_user("dave", "dave@example.org", "password")
+        for user, role in ((cls.alice, MANAGER), (cls.bob, VIEWER), (cls.dave, BATCH_USER)):
+            user.groups.add(Group.objects.get_or_create(name=role)[0])
         batch_models = Q(content_type__app_label__in=["jobs", "servers"])
         cls.alice.user_permissions.set(Permission.objects.filter(batch_models))
         cls.bob.user_permissions.set(

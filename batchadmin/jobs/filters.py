@@ -20,13 +20,20 @@ class JobFilter(django_filters.FilterSet):
     )
     description = django_filters.CharFilter(lookup_expr="icontains", label="Description contains")
     created_by = django_filters.ModelChoiceFilter(
-        queryset=get_user_model().objects.order_by("username"), label="Created by"
+        queryset=get_user_model().objects.order_by("username"),
+        label="Created by",
+        empty_label="Anyone",
     )
     run_as = django_filters.ModelChoiceFilter(
-        queryset=get_user_model().objects.order_by("username"), label="Run by"
+        queryset=get_user_model().objects.order_by("username"),
+        label="Run by",
+        empty_label="Anyone",
     )
     group = django_filters.ModelChoiceFilter(
-        queryset=BatchGroup.objects.all(), method="filter_group", label="Batch group"
+        queryset=BatchGroup.objects.all(),
+        method="filter_group",
+        label="Batch group",
+        empty_label="Any group",
     )
     scheduled = django_filters.DateFromToRangeFilter(
         field_name="scheduled_start",

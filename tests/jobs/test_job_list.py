@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils.timezone import now
+
+from batchadmin.jobs.models import BatchJob, BatchStatus
+from batchadmin.servers.models import BatchGroup
+from tests.base import BaseTestCase
+
+S = BatchStatus
+HX = {"HX-Request": "true", "HX-Target": "job-table"}
+
+
+class JobListTestCase(BaseTestCase):
+    def setUp(self):
+        super().setUp()
+        self.mine = self.make_job(description="Dave's invoicing", created_by=self.dave)
+        self.theirs = self.make_job(description="Alice's clean-up", status=S.ERROR)
+
+    def test_it_requires_sign_in(self):
+        r = self.client.get("/jobs/")
+        assert r.status_code == 302 and r["Location"].startswith("/login/")
+
+    def test_it_renders_the_full_page(self):
+        self.client.force_login(self.alice)
+        r = self.client.get("/jobs/")
+        assert r.status_code == 200
+        assert b"<html" in r.content
+        assert b"Dave&#x27;s invoicing" in r.content and b"Alice&#x27;s clean-up" in r.content
+
+    def test_it_renders_the_table_fragment_for_htmx(self):
+        self.client.force_login(self.alice)
+        r = self.client.get("/jobs/", headers=HX)
+        assert r.status_code == 200
+        assert b"<html" not in r.content
+        assert b'id="job-table"' in r.content
+
+    def test_it_shows_a_batch_user_only_their_jobs(self):
+        self.client.force_login(self.dave)
+        r = self.client.get("/jobs/")
+        assert b"Dave&#x27;s invoicing" in r.content
+        assert b"Alice&#x27;s clean-up" not in r.content
+
+    def test_it_shows_a_batch_user_jobs_they_run_as(self):
+        self.theirs.run_as = self.dave
+        self.theirs.save()
+        self.client.force_login(self.dave)
+        assert b"Alice&#x27;s clean-up" in self.client.get("/jobs/").content
+
+    def test_it_shows_a_viewer_every_job_without_new_button(self):
+        self.client.force_login(self.bob)
+        r = self.client.get("/jobs/")
+        assert b"Dave&#x27;s invoicing" in r.content and b"Alice&#x27;s clean-up" in r.content
+        assert b"New batch job" not in r.content
+
+    def test_it_shows_nothing_to_a_user_without_role(self):
+        self.client.force_login(self.charlie)
+        r = self.client.get("/jobs/")
+        assert b"No batch jobs yet." in r.content
+
+    def test_it_filters_by_several_statuses_and_description(self):
+        self.make_job(description="Held one", status=S.WITHHOLD)
+        self.client.force_login(self.alice)
+        r = self.client.get("/jobs/?status=error&status=withhold")
+        assert b"Held one" in r.content and b"Alice&#x27;s clean-up" in r.content
+        assert b"Dave&#x27;s invoicing" not in r.content
+        r = self.client.get("/jobs/?description=INVOIC")
+        assert b"Dave&#x27;s invoicing" in r.content and b"Held one" not in r.content
+
+    def test_it_filters_jobs_with_errors_and_by_group(self):
+        nightly = BatchGroup.objects.create(code="nightly")
+        ok_job = self.make_job(description="Fine job", status=S.ENDED)
+        self.make_task(ok_job, "T1", group=nightly)
+        self.make_task(ok_job, "T2", group=nightly)
+        failing = self.make_job(description="Ended with failed task", status=S.ENDED)
+        self.make_task(failing, "T1", status=S.ERROR, ignore_failure=True)
+        self.client.force_login(self.alice)
+        r = self.client.get("/jobs/?has_errors=on")
+        assert b"Ended with failed task" in r.content and b"Alice&#x27;s clean-up" in r.content
+        assert b"Fine job" not in r.content
+        r = self.client.get(f"/jobs/?group={nightly.pk}")
+        assert r.content.count(b"Fine job") == 1  # once, though two of its tasks match
+        assert b"Dave&#x27;s invoicing" not in r.content
+
+    def test_it_filters_by_scheduled_dates(self):
+        self.make_job(description="Last year", scheduled_start=now() - dt.timedelta(days=400))
+        self.client.force_login(self.alice)
+        since = (now() - dt.timedelta(days=1)).date().isoformat()
+        r = self.client.get(f"/jobs/?scheduled_after={since}")
+        assert b"Last year" not in r.content and b"Dave&#x27;s invoicing" in r.content
+
+    def test_it_sorts_and_keeps_the_filter_in_links(self):
+        self.client.force_login(self.alice)
+        r = self.client.get("/jobs/?o=description&description=a")
+        body = r.content.decode()
+        assert body.index("Alice&#x27;s clean-up") < body.index("Dave&#x27;s invoicing")
+        assert "o=-description" in body  # clicking again reverses
+        assert "description=a" in body
+
+    def test_it_paginates(self):
+        for n in range(60):
+            self.make_job(description=f"Bulk {n:02d}")
+        self.client.force_login(self.alice)
+        r = self.client.get("/jobs/")
+        assert b"Page 1 of 2" in r.content
+        assert b"Page 2 of 2" in self.client.get("/jobs/?page=2").content
+
+    def test_its_query_count_does_not_grow_with_rows(self):
+        self.client.force_login(self.alice)
+
+        def count() -> int:
+            with CaptureQueriesContext(connection) as ctx:
+                assert self.client.get("/jobs/").status_code == 200
+            return len(ctx.captured_queries)
+
+        count()  # the first request also stores the session's time zone
+        few = count()
+        for n in range(40):
+            self.make_job(description=f"More {n}", created_by=self.dave, run_as=self.bob)
+        assert count() == few
+
+    def test_it_polls_live_rows_and_stops_when_over(self):
+        running = self.make_job(description="Running", status=S.EXECUTING)
+        self.client.force_login(self.alice)
+        r = self.client.get(f"/jobs/{running.pk}/row/", headers={"HX-Request": "true"})
+        assert b'hx-trigger="every 2s"' in r.content and b"<html" not in r.content
+        BatchJob.objects.filter(pk=running.pk).update(status=S.ENDED)
+        r = self.client.get(f"/jobs/{running.pk}/row/", headers={"HX-Request": "true"})
+        assert b"hx-trigger" not in r.content and b"status-ended" in r.content
+
+    def test_it_hides_rows_of_others_jobs_from_a_batch_user(self):
+        self.client.force_login(self.dave)
+        assert self.client.get(f"/jobs/{self.theirs.pk}/row/").status_code == 404
+
+
+class BulkStatusTestCase(BaseTestCase):
+    def test_it_changes_the_selected_jobs(self):
+        a = self.make_job(status=S.WITHHOLD)
+        b = self.make_job(status=S.WITHHOLD)
+        self.client.force_login(self.alice)
+        r = self.client.post("/jobs/bulk-status/", {"action": "waiting", "job": [a.pk, b.pk]})
+        assert r.status_code == 302
+        assert set(BatchJob.objects.values_list("status", flat=True)) == {S.WAITING}
+
+    def test_it_reports_jobs_it_could_not_change(self):
+        a = self.make_job(status=S.WITHHOLD)
+        ended = self.make_job(status=S.ENDED)
+        self.client.force_login(self.alice)
+        r = self.client.post(
+            "/jobs/bulk-status/", {"action": "withhold", "job": [a.pk, ended.pk]}, follow=True
+        )
+        a.refresh_from_db()
+        assert a.status == S.WITHHOLD  # already: Withhold -> Withhold is no move
+        assert b"Not changed" in r.content
+
+    def test_it_does_not_let_a_viewer_change_anything(self):
+        job = self.make_job(status=S.WITHHOLD)
+        self.client.force_login(self.bob)
+        self.client.post("/jobs/bulk-status/", {"action": "waiting", "job": [job.pk]})
+        job.refresh_from_db()
+        assert job.status == S.WITHHOLD
+
+    def test_it_does_not_let_a_batch_user_change_others_jobs(self):
+        job = self.make_job(status=S.WITHHOLD)
+        self.client.force_login(self.dave)
+        self.client.post("/jobs/bulk-status/", {"action": "waiting", "job": [job.pk]})
+        job.refresh_from_db()
+        assert job.status == S.WITHHOLD
+
+    def test_it_refuses_an_unknown_action(self):
+        job = self.make_job(status=S.WITHHOLD)
+        self.client.force_login(self.alice)
+        r = self.client.post(
+            "/jobs/bulk-status/", {"action": "explode", "job": [job.pk]}, follow=True
+        )
+        assert b"Choose Waiting, Withhold or Cancel." in r.content
