@@ -66,3 +66,9 @@ ensure_postgres() {
     echo "PostgreSQL did not start" >&2
     return 1
 }
+
+ensure_chromium() {
+    # Browser tests drive Debian's Chromium with Playwright (playwright install cannot
+    # download browsers on these machines).
+    [ -x /usr/bin/chromium ] || apt_install chromium
+}

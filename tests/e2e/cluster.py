@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -108,6 +110,29 @@ class Cluster:
              "-s", str(self.log_dir / "beat-schedule")],
         )  # fmt: skip
 
+    def start_web(self, port: int) -> str:
+        """gunicorn on loopback, as in production; static files from the finders (DEBUG)."""
+        self._spawn(
+            "web",
+            [str(Path(sys.executable).with_name("gunicorn")), "batchadmin.wsgi",
+             "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4"],
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(url + "/login/"), timeout=30, what="the web server")
+        return url
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return result.stdout
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)
         os.killpg(proc.pid, sig)
@@ -171,6 +196,20 @@ class Cluster:
 
     def scalar(self, sql: str, *params: Any) -> Any:
         return self.rows(sql, *params)[0][0]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
