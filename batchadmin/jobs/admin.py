@@ -1,17 +1,27 @@
 from __future__ import annotations
 
+import copy
+from typing import Any
+
+from django import forms
 from django.contrib import admin
+from django.forms.models import construct_instance
 
 from batchadmin.jobs.models import (
+    ActivePeriod,
     BatchJob,
     BatchJobRun,
     BatchLogEntry,
+    BatchRecurrence,
     BatchTask,
     BatchTaskCondition,
     BatchTaskRun,
     Company,
+    MissedOccurrence,
     StatusChange,
 )
+from batchadmin.jobs.recurrence_forms import RecurrenceForm
+from batchadmin.lib import recurrence
 
 
 class BatchTaskInline(admin.TabularInline[BatchTask, BatchJob]):
@@ -29,6 +39,34 @@ class BatchTaskInline(admin.TabularInline[BatchTask, BatchJob]):
     extra = 0
 
 
+class BatchRecurrenceAdminForm(forms.ModelForm[BatchRecurrence]):
+    """Refuse a rule the engine cannot compute (the dialog's form checks the same)."""
+
+    class Meta:
+        model = BatchRecurrence
+        fields = ["job", *RecurrenceForm.Meta.fields]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        assert data is not None
+        if not self.errors:
+            candidate = construct_instance(self, copy.copy(self.instance))
+            try:
+                candidate.rule().check()
+            except recurrence.RuleError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return data
+
+
+class BatchRecurrenceInline(admin.StackedInline[BatchRecurrence, BatchJob]):
+    # The admin saves the row as it is; the Recurrence dialog (recurrence_forms.RecurrenceForm)
+    # also restarts End after and reschedules the job.
+    model = BatchRecurrence
+    form = BatchRecurrenceAdminForm
+    readonly_fields = ["runs"]
+    extra = 0
+
+
 @admin.register(BatchJob)
 class BatchJobAdmin(admin.ModelAdmin[BatchJob]):
     list_display = [
@@ -43,7 +81,7 @@ class BatchJobAdmin(admin.ModelAdmin[BatchJob]):
     list_filter = ["status", "priority"]
     search_fields = ["description"]
     readonly_fields = ["status", "started_at", "ended_at", "current_run", "canceled_by"]
-    inlines = [BatchTaskInline]
+    inlines = [BatchRecurrenceInline, BatchTaskInline]
 
 
 @admin.register(BatchTask)
@@ -105,3 +143,25 @@ class StatusChangeAdmin(admin.ModelAdmin[StatusChange]):
 
 
 admin.site.register(Company)
+
+
+@admin.register(ActivePeriod)
+class ActivePeriodAdmin(admin.ModelAdmin[ActivePeriod]):
+    list_display = ["code", "name", "start_time", "end_time", "time_zone"]
+    search_fields = ["code", "name"]
+
+
+@admin.register(BatchRecurrence)
+class BatchRecurrenceAdmin(admin.ModelAdmin[BatchRecurrence]):
+    form = BatchRecurrenceAdminForm
+    list_display = ["pk", "job", "describe", "missed", "runs"]
+    list_filter = ["unit", "missed"]
+    raw_id_fields = ["job"]
+    readonly_fields = ["runs"]
+
+
+@admin.register(MissedOccurrence)
+class MissedOccurrenceAdmin(admin.ModelAdmin[MissedOccurrence]):
+    list_display = ["pk", "job", "scheduled_start", "last_scheduled_start", "occurrences", "reason"]
+    list_filter = ["reason"]
+    raw_id_fields = ["job"]

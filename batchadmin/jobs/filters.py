@@ -12,7 +12,7 @@ from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask
 from batchadmin.servers.models import BatchGroup
 
 
-class JobFilter(django_filters.FilterSet):
+class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped package
     """The Batch jobs list's filters; all of them live in the query string."""
 
     status = django_filters.MultipleChoiceFilter(

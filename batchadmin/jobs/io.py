@@ -10,21 +10,25 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.utils.dateparse import parse_datetime
+from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.timezone import is_naive, make_aware, now
 
 from batchadmin.jobs.models import (
     MAX_RETRIES_LIMIT,
+    ActivePeriod,
     BatchJob,
+    BatchRecurrence,
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
     Company,
     Priority,
 )
+from batchadmin.lib import recurrence
 from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
 from batchadmin.servers.models import (
@@ -36,7 +40,27 @@ from batchadmin.servers.models import (
 
 PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
 IMPORT_STATUSES = {"waiting": BatchStatus.WAITING, "withhold": BatchStatus.WITHHOLD}
-JOB_KEYS = {"description", "scheduled_start", "status", "priority", "run_as", "company", "tasks"}
+JOB_KEYS = {
+    "description",
+    "scheduled_start",
+    "status",
+    "priority",
+    "run_as",
+    "company",
+    "active_period",
+    "recurrence",
+    "tasks",
+}
+RECURRENCE_KEYS = {"start", "timezone", "end", "pattern", "missed"}
+# The pattern keys each unit takes besides "unit" and "every" (a cron pattern is {"cron": ...}).
+PATTERN_KEYS = {
+    recurrence.MINUTES: set(),
+    recurrence.HOURS: set(),
+    recurrence.DAYS: set(),
+    recurrence.WEEKS: {"weekdays"},
+    recurrence.MONTHS: {"day", "nth", "weekday"},
+    recurrence.YEARS: {"month", "day", "nth", "weekday"},
+}
 TASK_KEYS = {
     "key",
     "description",
@@ -78,6 +102,8 @@ class _Job:
     priority: Priority
     run_as: Any
     company: str | None
+    active_period: ActivePeriod | None = None
+    recurrence: dict[str, Any] | None = None  # BatchRecurrence field values
     tasks: list[_Task] = field(default_factory=list)
 
 
@@ -153,8 +179,15 @@ def _parse_job(raw: Any, index: int, known_groups: set[str]) -> _Job:
     if len(description) > 200:
         raise ImportFailure(f"{where}: description is longer than 200 characters.")
 
+    recurring = None
+    if raw.get("recurrence") is not None:
+        recurring = _parse_recurrence(raw["recurrence"], f"{where}, recurrence")
     start = raw.get("scheduled_start")
-    if start is None:
+    if start is None and recurring is not None:
+        # The first occurrence from now on: earlier ones are not runs that were missed.
+        following = BatchRecurrence(**recurring).next_occurrence(now(), inclusive=True)
+        scheduled_start = following or now()
+    elif start is None:
         scheduled_start = now()
     else:
         parsed = parse_datetime(start) if isinstance(start, str) else None
@@ -181,11 +214,127 @@ def _parse_job(raw: Any, index: int, known_groups: set[str]) -> _Job:
     company = raw.get("company") or None
     if company is not None and company not in companies:
         raise ImportFailure(f"{where}: unknown company {company!r}.")
-    job = _Job(description, scheduled_start, status, priority, run_as, company)
+    active_period = None
+    if raw.get("active_period") not in (None, ""):
+        active_period = ActivePeriod.objects.filter(code=raw["active_period"]).first()
+        if active_period is None:
+            raise ImportFailure(f"{where}: unknown active period {raw['active_period']!r}.")
+    job = _Job(
+        description,
+        scheduled_start,
+        status,
+        priority,
+        run_as,
+        company,
+        active_period=active_period,
+        recurrence=recurring,
+    )
     for i, raw_task in enumerate(raw_tasks, 1):
         job.tasks.append(_parse_task(raw_task, i, where, known_groups, companies))
     _check_conditions(job, where)
     return job
+
+
+def _parse_recurrence(raw: Any, where: str) -> dict[str, Any]:
+    """The BatchRecurrence field values of a "recurrence" object (see export_recurrence)."""
+    if not isinstance(raw, dict):
+        raise ImportFailure(f"{where}: must be an object.")
+    _check_keys(raw, RECURRENCE_KEYS, where)
+    time_zone = raw.get("timezone", settings.TIME_ZONE)
+    if not isinstance(time_zone, str):
+        raise ImportFailure(f"{where}: timezone must be an IANA zone name like Europe/Oslo.")
+    try:
+        tz = recurrence.zone(time_zone)
+    except recurrence.RuleError as exc:
+        raise ImportFailure(f"{where}: {exc}") from None
+
+    raw_start = raw.get("start")
+    if raw_start is None:
+        # D365: no start date and time means now.
+        start = now().astimezone(tz).replace(tzinfo=None, second=0, microsecond=0)
+    else:
+        parsed = parse_datetime(raw_start) if isinstance(raw_start, str) else None
+        if parsed is None:
+            raise ImportFailure(f"{where}: start {raw_start!r} is not an ISO-8601 date and time.")
+        # The start is a wall-clock time in the zone; an offset, if given, only says which.
+        start = parsed if is_naive(parsed) else parsed.astimezone(tz).replace(tzinfo=None)
+
+    values: dict[str, Any] = {
+        "start_date": start.date(),
+        "start_time": start.time(),
+        "time_zone": time_zone,
+        "missed": _choice(
+            raw.get("missed", BatchRecurrence.Missed.RUN_ONCE),
+            {m.value: m.value for m in BatchRecurrence.Missed},
+            f"{where}: missed",
+        ),
+    }
+    values |= _parse_end(raw.get("end"), where)
+    values |= _parse_pattern(raw.get("pattern"), start, where)
+    try:
+        BatchRecurrence(**values).rule().check()
+    except recurrence.RuleError as exc:
+        raise ImportFailure(f"{where}: {exc}") from None
+    return values
+
+
+def _parse_end(end: Any, where: str) -> dict[str, Any]:
+    if end is None:
+        return {}
+    if isinstance(end, dict) and set(end) == {"after"}:
+        after = end["after"]
+        if isinstance(after, bool) or not isinstance(after, int) or after < 1:
+            raise ImportFailure(f"{where}: end after must be a whole number of runs, 1 or more.")
+        return {"end_after": after}
+    if isinstance(end, dict) and set(end) == {"by"}:
+        by = parse_date(end["by"]) if isinstance(end["by"], str) else None
+        if by is None:
+            raise ImportFailure(f"{where}: end by {end['by']!r} is not a date (YYYY-MM-DD).")
+        return {"end_by": by}
+    raise ImportFailure(f'{where}: end is {{"after": N}}, {{"by": "YYYY-MM-DD"}} or null.')
+
+
+def _parse_pattern(pattern: Any, start: dt.datetime, where: str) -> dict[str, Any]:
+    """Pattern fields, with what the dialog takes from the start filled in explicitly."""
+    if not isinstance(pattern, dict):
+        raise ImportFailure(
+            f'{where}: pattern is {{"unit": ..., "every": N, ...}} or {{"cron": ...}}.'
+        )
+    if "cron" in pattern:
+        _check_keys(pattern, {"cron"}, f"{where}, pattern")
+        if not isinstance(pattern["cron"], str):
+            raise ImportFailure(f"{where}: cron must be a string.")
+        return {"unit": recurrence.CRON, "cron": pattern["cron"].strip()}
+    unit = _choice(pattern.get("unit"), {u: u for u in PATTERN_KEYS}, f"{where}: unit")
+    _check_keys(pattern, {"unit", "every"} | PATTERN_KEYS[unit], f"{where}, {unit} pattern")
+    every = pattern.get("every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ImportFailure(f"{where}: every must be a whole number, 1 or more.")
+    values: dict[str, Any] = {"unit": unit, "every": every}
+    weekday_names = {w: w for w in recurrence.WEEKDAYS}
+    if unit == recurrence.WEEKS:
+        weekdays = pattern.get("weekdays", [recurrence.WEEKDAYS[start.weekday()]])
+        if not isinstance(weekdays, list) or not weekdays:
+            raise ImportFailure(f'{where}: weekdays is a list like ["mon", "thu"].')
+        chosen = {_choice(w, weekday_names, f"{where}: weekday") for w in weekdays}
+        values["weekdays"] = [w for w in recurrence.WEEKDAYS if w in chosen]
+    if unit in (recurrence.MONTHS, recurrence.YEARS):
+        for key in ("day", "nth", "month"):
+            value = pattern.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ImportFailure(f"{where}: {key} must be a whole number.")
+        if "nth" in pattern or "weekday" in pattern:
+            if pattern.get("nth") not in recurrence.NTH_WORDS:
+                raise ImportFailure(f"{where}: nth is 1, 2, 3, 4 or -1 (the last).")
+            values["nth"] = pattern["nth"]
+            values["weekday"] = _choice(pattern.get("weekday"), weekday_names, f"{where}: weekday")
+            if "day" in pattern:
+                raise ImportFailure(f"{where}: a day of the month or an nth weekday, not both.")
+        else:
+            values["day"] = pattern.get("day", start.day)
+        if unit == recurrence.YEARS:
+            values["month"] = pattern.get("month", start.month)
+    return values
 
 
 def _parse_task(
@@ -310,7 +459,7 @@ def _check_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:
 
 
 def _choice(value: Any, options: dict[str, Any], where: str) -> Any:
-    if value not in options:
+    if isinstance(value, list | dict) or value not in options:  # JSON lists can't be looked up
         raise ImportFailure(f"{where} {value!r} is not one of {', '.join(options)}.")
     return options[value]
 
@@ -339,7 +488,10 @@ def _save_job(parsed: _Job, user: Any) -> BatchJob:
         run_as=parsed.run_as,
         created_by=user,
         company=Company.objects.get(code=parsed.company) if parsed.company else None,
+        active_period=parsed.active_period,
     )
+    if parsed.recurrence is not None:
+        BatchRecurrence.objects.create(job=job, **parsed.recurrence)
     groups = {g.code: g for g in BatchGroup.objects.all()}
     companies = {c.code: c for c in Company.objects.all()}
     tasks = BatchTask.objects.bulk_create(
@@ -389,6 +541,12 @@ def export_job(job: BatchJob) -> dict[str, Any]:
     if job.company_id:
         assert job.company is not None
         data["company"] = job.company.code
+    if job.active_period_id:
+        assert job.active_period is not None
+        data["active_period"] = job.active_period.code
+    recurring = job.get_recurrence()
+    if recurring is not None:
+        data["recurrence"] = export_recurrence(recurring)
     data["tasks"] = []
     for t in tasks:
         item: dict[str, Any] = {
@@ -408,3 +566,33 @@ def export_job(job: BatchJob) -> dict[str, Any]:
         }
         data["tasks"].append(item)
     return data
+
+
+def export_recurrence(r: BatchRecurrence) -> dict[str, Any]:
+    """The "recurrence" object: start is the local date and time in "timezone" (no offset)."""
+    end: dict[str, Any] | None = None
+    if r.end_after is not None:
+        end = {"after": r.end_after}
+    elif r.end_by is not None:
+        end = {"by": r.end_by.isoformat()}
+    pattern: dict[str, Any]
+    if r.unit == BatchRecurrence.Unit.CRON:
+        pattern = {"cron": r.cron}
+    else:
+        pattern = {"unit": r.unit, "every": r.every}
+        if r.unit == BatchRecurrence.Unit.WEEKS:
+            pattern["weekdays"] = list(r.weekdays)
+        if r.unit == BatchRecurrence.Unit.YEARS:
+            pattern["month"] = r.month
+        if r.unit in (BatchRecurrence.Unit.MONTHS, BatchRecurrence.Unit.YEARS):
+            if r.nth is not None:
+                pattern |= {"nth": r.nth, "weekday": r.weekday}
+            else:
+                pattern["day"] = r.day
+    return {
+        "start": r.start().isoformat(),
+        "timezone": r.time_zone,
+        "end": end,
+        "pattern": pattern,
+        "missed": r.missed,
+    }

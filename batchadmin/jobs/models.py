@@ -3,14 +3,17 @@ from __future__ import annotations
 import datetime as dt
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, RegexValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils.timezone import now
 
-from batchadmin.servers.models import BatchGroup, BatchServer
+from batchadmin.lib import recurrence
+from batchadmin.servers.models import CODE_VALIDATOR, BatchGroup, BatchServer
 
 MAX_RETRIES_LIMIT = 5  # D365: "The highest allowed value is 5" (retryable-batch.md)
+MISSED_COUNT_LIMIT = 10_000  # a MissedOccurrence row counts at most this many occurrences
 
 
 class BatchStatus(models.TextChoices):
@@ -65,6 +68,60 @@ class Company(models.Model):
         return self.code
 
 
+def validate_time_zone(name: str) -> None:
+    try:
+        recurrence.zone(name)
+    except recurrence.RuleError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class ActivePeriod(models.Model):
+    """D365 "Active periods for batch jobs": the time of day in which a job may start.
+
+    A job that falls due outside its period waits for the period to open (README, "Recurrence
+    and active periods").
+    """
+
+    code = models.CharField(
+        "active period",
+        max_length=50,
+        unique=True,
+        validators=[CODE_VALIDATOR],
+        help_text="Identifier, e.g. Night.",
+    )
+    name = models.CharField("name", max_length=200, blank=True)
+    start_time = models.TimeField("from time", help_text="Jobs may start from this time on.")
+    end_time = models.TimeField(
+        "to time",
+        help_text="Jobs may start until this time. Before the from time: the period crosses "
+        "midnight (18:00 to 08:00). Equal to it: all day.",
+    )
+    time_zone = models.CharField(
+        "time zone",
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text="The times are read in this zone and follow its daylight saving time.",
+    )
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name = "active period"
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.start_time:%H:%M}-{self.end_time:%H:%M} {self.time_zone})"
+
+    def window(self) -> recurrence.Window:
+        return recurrence.Window(self.start_time, self.end_time, self.time_zone)
+
+    def is_open(self, at: dt.datetime) -> bool:
+        return self.window().is_open(at)
+
+    def next_opening(self, at: dt.datetime) -> dt.datetime:
+        return self.window().next_opening(at)
+
+
 class BatchJobQuerySet(models.QuerySet["BatchJob"]):
     def due(self, at: dt.datetime) -> BatchJobQuerySet:
         return self.filter(status=BatchStatus.WAITING, scheduled_start__lte=at)
@@ -101,6 +158,16 @@ class BatchJob(models.Model):
         blank=True,
         verbose_name="company accounts",
         help_text="Default company for new tasks of this job.",
+    )
+    active_period = models.ForeignKey(
+        ActivePeriod,
+        models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="jobs",
+        verbose_name="active period",
+        help_text="The job starts only inside this period; a start that falls outside waits "
+        "for the period to open.",
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -171,6 +238,239 @@ class BatchJob(models.Model):
     @property
     def next_run(self) -> dt.datetime | None:
         return self.scheduled_start if self.status == BatchStatus.WAITING else None
+
+    def get_recurrence(self) -> BatchRecurrence | None:
+        try:
+            return self.recurrence
+        except BatchRecurrence.DoesNotExist:
+            return None
+
+    @property
+    def recurrence_words(self) -> str:
+        """The recurrence in words for the job list ("Every 2 weeks on Mon ..."), or ""."""
+        recurrence = self.get_recurrence()
+        return recurrence.describe() if recurrence else ""
+
+
+class BatchRecurrence(models.Model):
+    """D365 "Define recurrence": when a job runs again (DESIGN.md section 5).
+
+    The job's scheduled start is its next run; after every run (Ended or Error) the engine
+    puts the job back to Waiting with the next occurrence, until the range is over.
+    """
+
+    class Unit(models.TextChoices):
+        # The values are batchadmin.lib.recurrence's units.
+        MINUTES = "minutes", "Minutes"
+        HOURS = "hours", "Hours"
+        DAYS = "days", "Days"
+        WEEKS = "weeks", "Weeks"
+        MONTHS = "months", "Months"
+        YEARS = "years", "Years"
+        CRON = "cron", "Cron expression"
+
+    class Weekday(models.TextChoices):
+        MON = "mon", "Monday"
+        TUE = "tue", "Tuesday"
+        WED = "wed", "Wednesday"
+        THU = "thu", "Thursday"
+        FRI = "fri", "Friday"
+        SAT = "sat", "Saturday"
+        SUN = "sun", "Sunday"
+
+    class Nth(models.IntegerChoices):
+        FIRST = 1, "First"
+        SECOND = 2, "Second"
+        THIRD = 3, "Third"
+        FOURTH = 4, "Fourth"
+        LAST = -1, "Last"
+
+    class Month(models.IntegerChoices):
+        JAN = 1, "January"
+        FEB = 2, "February"
+        MAR = 3, "March"
+        APR = 4, "April"
+        MAY = 5, "May"
+        JUN = 6, "June"
+        JUL = 7, "July"
+        AUG = 8, "August"
+        SEP = 9, "September"
+        OCT = 10, "October"
+        NOV = 11, "November"
+        DEC = 12, "December"
+
+    class Missed(models.TextChoices):
+        RUN_ONCE = "run_once", "Run once now"
+        SKIP = "skip", "Skip to the next occurrence"
+
+    job = models.OneToOneField(BatchJob, models.CASCADE, related_name="recurrence")
+    start_date = models.DateField("start date")
+    start_time = models.TimeField("start time")
+    time_zone = models.CharField(
+        "time zone",
+        max_length=64,
+        validators=[validate_time_zone],
+        help_text="The start, the end date and the pattern are read in this zone.",
+    )
+    end_after = models.PositiveIntegerField(
+        "end after",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Stop after this many runs. Empty (and no end date): no end.",
+    )
+    end_by = models.DateField(
+        "end by", null=True, blank=True, help_text="The last date on which the job may run."
+    )
+    unit = models.CharField(
+        "recurring pattern",
+        max_length=7,
+        choices=Unit.choices,
+        default=Unit.DAYS,
+        help_text="Minutes and hours count elapsed time; the others keep the local time of day.",
+    )
+    every = models.PositiveIntegerField(
+        "count",
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Repeat after this many minutes, hours, days, weeks, months or years.",
+    )
+    weekdays = models.JSONField(
+        "on weekdays",
+        default=list,
+        blank=True,
+        help_text="Weeks: the days of the week it runs on (mon, tue ...); empty: the start's.",
+    )
+    day = models.PositiveSmallIntegerField(
+        "day",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(31)],
+        help_text="Months and years: the day of the month. Months without it are skipped.",
+    )
+    nth = models.SmallIntegerField(
+        "which",
+        null=True,
+        blank=True,
+        choices=Nth.choices,
+        help_text="Months and years: the first, second, third, fourth or last weekday.",
+    )
+    weekday = models.CharField("weekday", max_length=3, choices=Weekday.choices, blank=True)
+    month = models.PositiveSmallIntegerField(
+        "month",
+        null=True,
+        blank=True,
+        choices=Month.choices,
+        help_text="Years: the month; empty: the start's.",
+    )
+    cron = models.CharField(
+        "cron expression",
+        max_length=100,
+        blank=True,
+        help_text="Five fields, minute hour day month weekday, read in the time zone.",
+    )
+    missed = models.CharField(
+        "missed runs",
+        max_length=8,
+        choices=Missed.choices,
+        default=Missed.RUN_ONCE,
+        help_text="When the job could not start on time (servers down): run it once as soon "
+        "as possible, or skip to the next occurrence. Missed runs are never replayed one by one.",
+    )
+    # Runs started under this recurrence; End after counts them. Saving the dialog restarts it.
+    runs = models.PositiveIntegerField(default=0)
+    created = models.DateTimeField(default=now)
+    modified = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "recurrence"
+        constraints = [
+            models.CheckConstraint(condition=Q(every__gte=1), name="recurrence_every_1_or_more"),
+            models.CheckConstraint(
+                condition=Q(end_after=None) | Q(end_by=None), name="recurrence_one_end"
+            ),
+            models.CheckConstraint(
+                condition=Q(end_after=None) | Q(end_after__gte=1),
+                name="recurrence_end_after_1_or_more",
+            ),
+            models.CheckConstraint(
+                condition=Q(day=None) | Q(day__gte=1, day__lte=31), name="recurrence_day_1_31"
+            ),
+            models.CheckConstraint(
+                condition=~Q(unit="cron") | ~Q(cron=""), name="recurrence_cron_expression"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def start(self) -> dt.datetime:
+        """The local (naive) start date and time, in ``time_zone``."""
+        return dt.datetime.combine(self.start_date, self.start_time)
+
+    def rule(self) -> recurrence.Rule:
+        """The rule to compute with; RuleError if the row holds one the dialog would refuse."""
+        return recurrence.Rule(
+            start=self.start(),
+            time_zone=self.time_zone,
+            unit=self.unit,
+            every=self.every,
+            weekdays=tuple(recurrence.weekday_number(d) for d in self.weekdays),
+            day=self.day,
+            nth=self.nth,
+            weekday=recurrence.weekday_number(self.weekday) if self.weekday else None,
+            month=self.month,
+            cron=self.cron,
+            end_after=self.end_after,
+            end_by=self.end_by,
+        )
+
+    def next_occurrence(self, after: dt.datetime, *, inclusive: bool = False) -> dt.datetime | None:
+        """The next run after ``after``; None once End after or End by is reached."""
+        return self.rule().next_after(after, runs_done=self.runs, inclusive=inclusive)
+
+    def next_runs(self, after: dt.datetime, n: int = 5) -> list[dt.datetime]:
+        return self.rule().next_runs(after, n, runs_done=self.runs)
+
+    def runs_left(self) -> int | None:
+        return self.rule().runs_left(self.runs)
+
+    def describe(self) -> str:
+        """In words, for the job list: "Every 2 weeks on Mon and Thu at 22:00 Europe/Oslo, 7 runs left"."""
+        try:
+            recurrence.zone(self.time_zone)
+            return self.rule().describe(runs_done=self.runs)
+        except recurrence.RuleError as exc:
+            return f"Invalid recurrence: {exc}"  # a row edited by hand; the engine skips it too
+
+
+class MissedOccurrence(models.Model):
+    """Occurrences of a recurring job that did not run, and why; one row per stretch.
+
+    Not a BatchJobRun: history rows stay one per execution, and missed occurrences are never
+    replayed (DESIGN.md section 5), so they are only recorded.
+    """
+
+    class Reason(models.TextChoices):
+        RUNNING = "running", "The job was still running"
+        LATE = "late", "Not started in time; skipped"
+
+    job = models.ForeignKey(BatchJob, models.CASCADE, related_name="missed_occurrences")
+    scheduled_start = models.DateTimeField("scheduled start date/time")
+    last_scheduled_start = models.DateTimeField("last missed start date/time")
+    occurrences = models.PositiveIntegerField(
+        "occurrences", default=1, help_text=f"Counted up to {MISSED_COUNT_LIMIT:,}."
+    )
+    reason = models.CharField("reason", max_length=7, choices=Reason.choices)
+    recorded_at = models.DateTimeField(default=now)
+
+    class Meta:
+        verbose_name = "missed occurrence"
+        ordering = ["-scheduled_start"]
+        indexes = [models.Index(fields=["job", "-scheduled_start"], name="missed_job_idx")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id}: {self.occurrences} missed from {self.scheduled_start:%Y-%m-%d %H:%M}"
 
 
 class BatchTask(models.Model):

@@ -12,27 +12,34 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils.timezone import now
 
 from batchadmin.jobs import dispatch
 from batchadmin.jobs.models import (
+    MISSED_COUNT_LIMIT,
     OPEN_TASK_STATUSES,
     BatchJob,
     BatchJobRun,
     BatchLogEntry,
+    BatchRecurrence,
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
     BatchTaskRun,
+    MissedOccurrence,
     StatusChange,
 )
+from batchadmin.lib import recurrence
 from batchadmin.servers.models import QUEUE_PREFIX
 
+log = logging.getLogger(__name__)
 S = BatchStatus
 Expected = BatchTaskCondition.ExpectedStatus
 
@@ -69,6 +76,10 @@ USER_MOVES: dict[BatchStatus, tuple[BatchStatus, ...]] = {
     S.CANCELED: (S.WAITING, S.WITHHOLD),
 }
 TERMINAL_JOB_STATUSES = (S.ENDED, S.ERROR, S.CANCELED)
+DECIDED_TASK_STATUSES = (S.ENDED, S.ERROR, S.NOT_RUN, S.CANCELED)
+# Rerun "only failed": these tasks run again; Ended tasks keep their result.
+RERUN_TASK_STATUSES = (S.ERROR, S.NOT_RUN, S.CANCELED)
+_TINY = dt.timedelta(microseconds=1)
 SERVER_LOST = "Batch server lost: the task's lease expired without a heartbeat from its worker."
 
 
@@ -205,34 +216,186 @@ def cancel_job(*, job_id: int, by_id: int | None) -> bool:
         return True
 
 
+def rerun_job(*, job_id: int, by_id: int | None, only_failed: bool) -> bool:
+    """Batch job history > Rerun: a finished job (Ended, Error, Canceled) goes back to Waiting.
+
+    Whole job: every task starts from scratch, as Change status to Waiting does.
+    Only failed: tasks in Error, Didn't run or Canceled start again with actual retries at 0;
+    Ended tasks keep their result and do not run again, and start_job releases the tasks that
+    wait on them. Returns False when the job is not finished (any more), or when only_failed
+    finds nothing to run again.
+    """
+    with transaction.atomic():
+        old = BatchJob.objects.values_list("status", flat=True).get(pk=job_id)
+        if old not in TERMINAL_JOB_STATUSES:
+            return False
+        again = BatchTask.objects.filter(job_id=job_id, status__in=RERUN_TASK_STATUSES)
+        if only_failed and not again.exists():
+            return False
+        n = BatchJob.objects.filter(pk=job_id, status=old).update(status=S.WAITING)
+        if n != 1:
+            return False  # another request changed it first
+        if only_failed:
+            again.update(
+                status=S.WAITING,
+                retries=0,
+                attempt=0,
+                server=None,
+                hostname="",
+                started_at=None,
+                ended_at=None,
+                ready_at=None,
+                dispatched_at=None,
+                lease_expires_at=None,
+                progress=None,
+            )
+            reason = "Rerun of the tasks that failed or did not run"
+        else:
+            _reset_tasks(job_id)
+            reason = "Rerun of the whole job"
+        _record(job_id, old, S.WAITING, by_id=by_id, reason=reason)
+        return True
+
+
 # --- The engine's moves -------------------------------------------------------------------
 
 
 def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
-    """Waiting -> Executing once the scheduled start has passed: open a run, release roots."""
+    """Waiting -> Executing once the scheduled start has passed: open a run, release roots.
+
+    Not yet, and False, when the job must wait instead: a late recurring job that skips missed
+    runs moves on to its next occurrence, and a job outside its active period waits for the
+    period to open (its scheduled start moves there, so the tick does not look at it again).
+    """
     at = at or now()
     with transaction.atomic():
+        job = (
+            BatchJob.objects.select_related("recurrence", "active_period").filter(pk=job_id).first()
+        )
+        if job is None or job.status != S.WAITING or job.scheduled_start > at:
+            return False
+        recurring = job.get_recurrence()
+        scheduled: dt.datetime | None = job.scheduled_start
+        if recurring is not None and recurring.missed == BatchRecurrence.Missed.SKIP:
+            try:
+                scheduled = _skip_missed(job, recurring, at=at)
+            except recurrence.RuleError:
+                log.exception("Batch job %s: invalid recurrence, starting it as scheduled", job_id)
+        if scheduled is None:
+            return False
+        if job.active_period is not None and not job.active_period.is_open(at):
+            _move_start(job, job.active_period.next_opening(at))
+            return False
         n = (
             BatchJob.objects.due(at)
-            .filter(pk=job_id)
-            .update(status=S.EXECUTING, started_at=at, ended_at=None, canceled_by=None)
+            .filter(pk=job_id, scheduled_start=job.scheduled_start)
+            .update(
+                status=S.EXECUTING,
+                scheduled_start=scheduled,
+                started_at=at,
+                ended_at=None,
+                canceled_by=None,
+            )
         )
         if n != 1:
             return False  # not due, or another beat started it first
-        job = BatchJob.objects.get(pk=job_id)
         run = BatchJobRun.objects.create(
             job=job,
             status=S.EXECUTING,
-            scheduled_start=job.scheduled_start,
+            scheduled_start=scheduled,
             started_at=at,
             run_by_id=job.effective_run_as_id(),
         )
         BatchJob.objects.filter(pk=job_id).update(current_run=run)
+        if recurring is not None:
+            BatchRecurrence.objects.filter(pk=recurring.pk).update(runs=F("runs") + 1)
         _record(job_id, S.WAITING, S.EXECUTING, run_id=run.pk, at=at)
         roots = BatchTask.objects.filter(job_id=job_id, status=S.WAITING, conditions__isnull=True)
         _make_ready(list(roots.values_list("pk", "group__code")), at=at)
+        # A rerun of only the failed tasks (rerun_job) keeps Ended tasks Ended: their waiting
+        # dependents are decided now, as if those parents had just finished.
+        decided = BatchTask.objects.filter(job_id=job_id, status__in=DECIDED_TASK_STATUSES)
+        _release_dependents(list(decided.values_list("pk", flat=True)), at=at)
         _settle_job_if_done(job_id, at=at)  # a job without tasks ends at once
         return True
+
+
+def _skip_missed(
+    job: BatchJob, recurring: BatchRecurrence, *, at: dt.datetime
+) -> dt.datetime | None:
+    """Missed-runs policy "skip": the occurrence to start for now, or None after skipping.
+
+    1. No occurrence between the scheduled start and now (a date set by hand, a start moved
+       to an active period's opening): start as scheduled.
+    2. The latest occurrence passed less than the grace ago: start for it; the ones before it
+       are recorded as missed.
+    3. Otherwise record them all as missed and wait for the next occurrence; with none left,
+       the recurrence is over and the job is withheld.
+    """
+    rule = recurring.rule()
+    late = rule.span(job.scheduled_start, at, limit=MISSED_COUNT_LIMIT)
+    if late is None:
+        return job.scheduled_start
+    grace = dt.timedelta(seconds=settings.BATCH_RECURRENCE_GRACE_SECONDS)
+    if at - late.last <= grace:
+        _record_missed(
+            job,
+            rule.span(job.scheduled_start, late.last - _TINY, limit=MISSED_COUNT_LIMIT),
+            MissedOccurrence.Reason.LATE,
+        )
+        return late.last
+    _record_missed(job, late, MissedOccurrence.Reason.LATE)
+    following = recurring.next_occurrence(at)
+    if following is None:
+        n = BatchJob.objects.filter(pk=job.pk, status=S.WAITING).update(status=S.WITHHOLD)
+        if n == 1:
+            _record(
+                job.pk,
+                S.WAITING,
+                S.WITHHOLD,
+                reason="Recurrence over: its last run was missed.",
+                at=at,
+            )
+        return None
+    _move_start(job, following)
+    return None
+
+
+def _move_start(job: BatchJob, to: dt.datetime) -> None:
+    # Conditional on what was read: a beat that started the job meanwhile wins.
+    BatchJob.objects.filter(
+        pk=job.pk, status=S.WAITING, scheduled_start=job.scheduled_start
+    ).update(scheduled_start=to)
+
+
+def _record_missed(job: BatchJob, span: recurrence.Span | None, reason: str) -> None:
+    if span is not None:
+        MissedOccurrence.objects.create(
+            job=job,
+            scheduled_start=span.first,
+            last_scheduled_start=span.last,
+            occurrences=span.count,
+            reason=reason,
+        )
+
+
+def reschedule_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
+    """The recurrence was saved: a job that is not running next starts at its first occurrence.
+
+    "First" counts from now: occurrences before now are not runs that were missed. A running
+    job takes the new recurrence when its run settles. False when nothing changed.
+    """
+    at = at or now()
+    with transaction.atomic():
+        job = BatchJob.objects.select_related("recurrence").get(pk=job_id)
+        recurring = job.get_recurrence()
+        if recurring is None or job.is_running():
+            return False
+        following = recurring.next_occurrence(at, inclusive=True)
+        if following is None:
+            return False
+        n = BatchJob.objects.filter(pk=job_id, status=job.status).update(scheduled_start=following)
+        return n == 1
 
 
 def claim_task(
@@ -517,7 +680,7 @@ def _settle_job_if_done(job_id: int, *, at: dt.datetime) -> bool:
     """Give a running job its final status once none of its tasks is open (caller holds the job lock)."""
     if BatchTask.objects.filter(job_id=job_id, status__in=OPEN_TASK_STATUSES).exists():
         return False
-    job = BatchJob.objects.get(pk=job_id)
+    job = BatchJob.objects.select_related("recurrence").get(pk=job_id)
     if job.status == S.CANCELING:
         final = S.CANCELED
     elif job.status == S.EXECUTING:
@@ -532,6 +695,45 @@ def _settle_job_if_done(job_id: int, *, at: dt.datetime) -> bool:
         BatchJobRun.objects.filter(pk=job.current_run_id).update(status=final, ended_at=at)
         _record_unattempted_tasks(job_id, job.current_run_id)
     _record(job_id, job.status, final, run_id=job.current_run_id, at=at)
+    if final != S.CANCELED:
+        _schedule_next_run(job, final=final, at=at)
+    return True
+
+
+def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) -> bool:
+    """D365: a recurring job goes back to Waiting after Ended and after Error, while its range
+    lasts; the next start is the first occurrence after now. Occurrences that passed while it
+    ran are recorded as missed and not replayed. (A canceled job stays Canceled.)
+    """
+    recurring = job.get_recurrence()
+    if recurring is None:
+        return False
+    try:
+        # Never the occurrence that just ran, even when this worker's clock is behind the beat's.
+        following = recurring.next_occurrence(max(at, job.scheduled_start))
+    except recurrence.RuleError:
+        # A row edited by hand into nonsense must not fail the finish of the task.
+        log.exception("Batch job %s: invalid recurrence, no further runs", job.pk)
+        return False
+    if following is None:
+        return False  # the range is over: the job keeps its final status
+    n = BatchJob.objects.filter(pk=job.pk, status=final).update(
+        status=S.WAITING, scheduled_start=following
+    )
+    if n != 1:
+        return False
+    _reset_tasks(job.pk)
+    started = max(job.started_at or at, job.scheduled_start)
+    missed = recurring.rule().span(started + _TINY, at, limit=MISSED_COUNT_LIMIT)
+    _record_missed(job, missed, MissedOccurrence.Reason.RUNNING)
+    _record(
+        job.pk,
+        final,
+        S.WAITING,
+        run_id=job.current_run_id,
+        reason=f"Recurrence: next run {following.astimezone(recurring.rule().tz):%Y-%m-%d %H:%M %Z}",
+        at=at,
+    )
     return True
 
 

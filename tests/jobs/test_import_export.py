@@ -246,7 +246,7 @@ class ImportRefusalTestCase(CommandTestCase):
         self.assert_refused(data, "task 'T1': unknown company 'DEMF'.")
 
     def test_it_refuses_an_unknown_key(self):
-        self.assert_refused(job_data(recurrence="daily"), "unknown key(s) 'recurrence'.")
+        self.assert_refused(job_data(recurrance="daily"), "unknown key(s) 'recurrance'.")
 
     def test_it_refuses_a_status_an_import_cannot_set(self):
         self.assert_refused(job_data(status="executing"), "status 'executing' is not one of")

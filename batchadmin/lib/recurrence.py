@@ -1,0 +1,418 @@
+"""Recurrence maths for batch jobs (DESIGN.md section 5): pure, no ORM.
+
+A ``Rule`` is what D365's "Define recurrence" dialog holds: a start (a local date and time in a
+time zone), a pattern, and an end (after N runs, or by a date). Its occurrences:
+
+1. come from the anchor (the start), never from a previous run, so they cannot drift;
+2. for minutes and hours are elapsed time, anchor + k * N minutes: a DST change moves the local
+   clock time of the runs, never the interval between them (a wall-clock "every 2 hours" is the
+   cron expression ``0 */2 * * *``);
+3. for days, weeks, months, years and cron are wall-clock times. dateutil.rrule or croniter
+   lists local times in the rule's zone, which are then placed on the time line: a local time
+   that does not exist that day (the DST gap) runs at the first instant after the gap, and an
+   ambiguous one (the hour repeated when the clocks go back) runs once, at its first instant;
+4. end by a date: the last local date on which an occurrence may fall. End after N: N runs;
+   the caller passes the runs done, because a missed occurrence is not a run.
+
+``Window`` is an active period: a time-of-day window in a zone, possibly crossing midnight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from cron_descriptor import ExpressionDescriptor, FormatException
+from cron_descriptor import Options as CronOptions
+from croniter import CroniterError, croniter
+from dateutil import rrule
+
+MINUTES, HOURS, DAYS, WEEKS, MONTHS, YEARS, CRON = (
+    "minutes",
+    "hours",
+    "days",
+    "weeks",
+    "months",
+    "years",
+    "cron",
+)
+UNITS = (MINUTES, HOURS, DAYS, WEEKS, MONTHS, YEARS, CRON)
+ELAPSED_UNITS = {MINUTES: dt.timedelta(minutes=1), HOURS: dt.timedelta(hours=1)}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = date.weekday()
+NTH_WORDS = {1: "first", 2: "second", 3: "third", 4: "fourth", -1: "last"}
+MONTH_ABBR = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+UTC = dt.UTC
+TINY = dt.timedelta(microseconds=1)
+# How far ahead a search for the next occurrence looks: a rule that never matches (the 31st of
+# February) must not loop for ever.
+SEARCH_YEARS = 100
+_RRULE_FREQ: dict[str, Literal[0, 1, 2, 3, 4, 5, 6]] = {
+    DAYS: rrule.DAILY,
+    WEEKS: rrule.WEEKLY,
+    MONTHS: rrule.MONTHLY,
+    YEARS: rrule.YEARLY,
+}
+_RRULE_WEEKDAYS = (rrule.MO, rrule.TU, rrule.WE, rrule.TH, rrule.FR, rrule.SA, rrule.SU)
+
+
+class RuleError(ValueError):
+    """An invalid rule; ``field`` names the part of the dialog it is about."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone ``name``; RuleError for anything else (including paths and "localtime")."""
+    if name not in _zone_names():
+        raise RuleError(f"Unknown time zone {name!r}.", field="time_zone")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RuleError(f"Unknown time zone {name!r}.", field="time_zone") from None
+
+
+def zone_names() -> list[str]:
+    return sorted(_zone_names())
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    # The system's tz database adds names that are not zones of their own.
+    return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
+
+
+def weekday_number(name: str) -> int:
+    """0 for "mon" ... 6 for "sun"."""
+    try:
+        return WEEKDAYS.index(name)
+    except ValueError:
+        raise RuleError(f"Unknown weekday {name!r}: use mon ... sun.", field="weekdays") from None
+
+
+def localize(local: dt.datetime, tz: ZoneInfo) -> dt.datetime:
+    """The instant (in UTC) at which the wall clock in ``tz`` shows ``local`` (naive).
+
+    A time in a DST gap gives the first instant after the gap; an ambiguous time gives its
+    first instant (fold=0).
+    """
+    first = local.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    if first.astimezone(tz).replace(tzinfo=None) == local:
+        return first
+    # In the gap, fold=0 reads ``local`` with the offset before the jump and fold=1 with the
+    # offset after it; the jump lies between the two readings. Transitions are on whole
+    # seconds, so a binary search over seconds finds it.
+    lo = math.floor(local.replace(tzinfo=tz, fold=1).timestamp())
+    hi = math.ceil(first.timestamp())
+    before = dt.datetime.fromtimestamp(lo, tz).utcoffset()
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if dt.datetime.fromtimestamp(mid, tz).utcoffset() == before:
+            lo = mid
+        else:
+            hi = mid
+    return dt.datetime.fromtimestamp(hi, UTC)
+
+
+def exists(local: dt.datetime, tz: ZoneInfo) -> bool:
+    """Whether the wall clock in ``tz`` ever shows ``local`` (False inside a DST gap)."""
+    return localize(local, tz).astimezone(tz).replace(tzinfo=None) == local
+
+
+@dataclass(frozen=True)
+class Span:
+    """A stretch of occurrences: the first, the last and how many (at most the limit asked)."""
+
+    first: dt.datetime
+    last: dt.datetime
+    count: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    start: dt.datetime  # naive: the local date and time in ``time_zone``
+    time_zone: str
+    unit: str = DAYS
+    every: int = 1
+    weekdays: tuple[int, ...] = ()  # weeks: 0 = Monday; empty = the start's weekday
+    day: int | None = None  # months, years: day of the month; with nth empty = the start's day
+    nth: int | None = None  # months, years: 1-4, or -1 for the last ...
+    weekday: int | None = None  # ... this weekday (0 = Monday)
+    month: int | None = None  # years: 1-12; empty = the start's month
+    cron: str = ""
+    end_after: int | None = None  # runs
+    end_by: dt.date | None = None  # local date, inclusive
+
+    # --- validation -----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise RuleError for a rule the dialog must refuse."""
+        zone(self.time_zone)
+        if self.start.tzinfo is not None:
+            raise RuleError("The start is a local date and time, without an offset.")
+        if self.unit not in UNITS:
+            raise RuleError(f"Unknown unit {self.unit!r}.", field="unit")
+        if self.end_after is not None and self.end_by is not None:
+            raise RuleError("End after a number of runs or by a date, not both.", field="end")
+        if self.end_after is not None and self.end_after < 1:
+            raise RuleError("End after at least one run.", field="end_after")
+        if self.end_by is not None and self.end_by < self.start.date():
+            raise RuleError("The end date is before the start date.", field="end_by")
+        if self.unit == CRON:
+            self._check_cron()
+        elif self.every < 1:
+            raise RuleError("Repeat at least every 1.", field="every")
+        if any(not 0 <= w <= 6 for w in self.weekdays) or (
+            self.weekday is not None and not 0 <= self.weekday <= 6
+        ):
+            raise RuleError("Weekdays are 0 (Monday) to 6 (Sunday).", field="weekdays")
+        if self.day is not None and not 1 <= self.day <= 31:
+            raise RuleError("The day of the month is 1 to 31.", field="day")
+        if self.month is not None and not 1 <= self.month <= 12:
+            raise RuleError("The month is 1 to 12.", field="month")
+        if self.nth is not None and self.nth not in NTH_WORDS:
+            raise RuleError("Which weekday: first to fourth, or last.", field="nth")
+        if self.unit in (MONTHS, YEARS):
+            if self.day is not None and self.nth is not None:
+                raise RuleError("Choose a day of the month or a weekday, not both.", field="day")
+            if (self.nth is None) != (self.weekday is None):
+                raise RuleError("Choose which weekday: first to fourth or last.", field="nth")
+        if self.unit == YEARS and self.day is not None:
+            month = self.month or self.start.month
+            if self.day > (29 if month == 2 else 30 if month in (4, 6, 9, 11) else 31):
+                raise RuleError(f"{MONTH_ABBR[month - 1]} has no day {self.day}.", field="day")
+        if self.next_after(self.anchor(), inclusive=True) is None:
+            if self.end_by is not None:
+                raise RuleError("This pattern does not occur before the end date.", field="end_by")
+            raise RuleError(
+                "This pattern never occurs.", field="cron" if self.unit == CRON else "unit"
+            )
+
+    def _check_cron(self) -> None:
+        fields = self.cron.split()
+        if len(fields) != 5 or not croniter.is_valid(self.cron):
+            raise RuleError(
+                "A cron expression has five fields: minute hour day month weekday.", field="cron"
+            )
+
+    # --- occurrences ----------------------------------------------------------------------
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return zone(self.time_zone)
+
+    def anchor(self) -> dt.datetime:
+        """The start as an instant (UTC)."""
+        return localize(self.start, self.tz)
+
+    def occurrences(self, after: dt.datetime | None = None) -> Iterator[dt.datetime]:
+        """Occurrences (UTC) strictly after ``after`` (all of them when None), in order.
+
+        Bounded by End by, not by End after (that counts runs, see ``next_after``).
+        """
+        if self.unit in ELAPSED_UNITS:
+            times = self._elapsed(after)
+        else:
+            times = (localize(t, self.tz) for t in self._local_times(after))
+        last: dt.datetime | None = None
+        for t in times:
+            # Two local times in one DST gap land on the same instant: run it once.
+            if (after is None or t > after) and (last is None or t > last):
+                last = t
+                yield t
+
+    def _elapsed(self, after: dt.datetime | None) -> Iterator[dt.datetime]:
+        anchor = self.anchor()
+        step = ELAPSED_UNITS[self.unit] * self.every
+        k = 0 if after is None or after < anchor else (after - anchor) // step + 1
+        while True:
+            t = anchor + k * step  # UTC arithmetic: the interval is real time
+            if self.end_by is not None and t.astimezone(self.tz).date() > self.end_by:
+                return
+            yield t
+            k += 1
+
+    def _local_times(self, after: dt.datetime | None) -> Iterator[dt.datetime]:
+        """The rule's local (naive) times, in order, from a little before ``after``."""
+        since = self.start
+        if after is not None:
+            # Local times around a DST change do not follow instants one to one: start a day
+            # early and let occurrences() drop what is not after ``after``.
+            since = max(
+                since, after.astimezone(self.tz).replace(tzinfo=None) - dt.timedelta(days=1)
+            )
+        horizon = since + dt.timedelta(days=366 * SEARCH_YEARS)
+        if self.end_by is not None:
+            horizon = min(horizon, dt.datetime.combine(self.end_by, dt.time.max))
+        if self.unit == CRON:
+            # Naive local times: croniter does wall-clock arithmetic and knows nothing of DST.
+            it = croniter(self.cron, since - dt.timedelta(seconds=1))
+            while True:
+                try:
+                    t: dt.datetime = it.get_next(dt.datetime)
+                except CroniterError:
+                    return  # no match for decades (the 31st of February)
+                if t > horizon:
+                    return
+                if t >= self.start:
+                    yield t
+        else:
+            for t in self._rrule(horizon).xafter(since, inc=True):
+                yield t
+
+    def _rrule(self, until: dt.datetime) -> rrule.rrule:
+        start = self.start
+        options: dict[str, object] = {}
+        if self.unit == WEEKS:
+            options["byweekday"] = self.weekdays or (start.weekday(),)
+        elif self.unit in (MONTHS, YEARS):
+            if self.nth is not None and self.weekday is not None:
+                options["byweekday"] = _RRULE_WEEKDAYS[self.weekday](self.nth)
+            else:
+                options["bymonthday"] = self.day or start.day
+            if self.unit == YEARS:
+                options["bymonth"] = self.month or start.month
+        return rrule.rrule(
+            _RRULE_FREQ[self.unit],
+            dtstart=start,
+            interval=self.every,
+            wkst=rrule.MO,
+            until=until,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def runs_left(self, runs_done: int) -> int | None:
+        if self.end_after is None:
+            return None
+        return max(self.end_after - runs_done, 0)
+
+    def next_after(
+        self, after: dt.datetime, *, runs_done: int = 0, inclusive: bool = False
+    ) -> dt.datetime | None:
+        """The next run strictly after ``after`` (at or after, if ``inclusive``); None when over."""
+        if self.runs_left(runs_done) == 0:
+            return None
+        return next(self.occurrences(after - TINY if inclusive else after), None)
+
+    def next_runs(self, after: dt.datetime, n: int = 5, *, runs_done: int = 0) -> list[dt.datetime]:
+        """The next ``n`` runs at or after ``after``, as far as End after allows."""
+        left = self.runs_left(runs_done)
+        n = n if left is None else min(n, left)
+        runs: list[dt.datetime] = []
+        for t in self.occurrences(after - TINY):
+            if len(runs) >= n:
+                break
+            runs.append(t)
+        return runs
+
+    def span(self, since: dt.datetime, until: dt.datetime, *, limit: int) -> Span | None:
+        """Occurrences at or after ``since`` and at or before ``until``; counts stop at ``limit``."""
+        first = last = None
+        count = 0
+        for t in self.occurrences(since - TINY):
+            if t > until or count >= limit:
+                break
+            first = first or t
+            last = t
+            count += 1
+        if first is None or last is None:
+            return None
+        return Span(first, last, count)
+
+    # --- words ----------------------------------------------------------------------------
+
+    def describe(self, *, runs_done: int = 0) -> str:
+        """The rule in words, for the job list: "Every 2 weeks on Mon and Thu at 22:00 Europe/Oslo"."""
+        clock = f"{self.start:%H:%M:%S}" if self.start.second else f"{self.start:%H:%M}"
+        n = self.every
+        if self.unit == CRON:
+            words = f"{_describe_cron(self.cron)} ({self.time_zone})"
+        elif self.unit in ELAPSED_UNITS:
+            unit = self.unit[:-1]
+            words = f"Every {unit}" if n == 1 else f"Every {n} {self.unit}"
+            words += f" from {clock} {self.time_zone}"
+        else:
+            unit = {DAYS: "day", WEEKS: "week", MONTHS: "month", YEARS: "year"}[self.unit]
+            words = f"Every {unit}" if n == 1 else f"Every {n} {unit}s"
+            if self.unit == WEEKS:
+                days = self.weekdays or (self.start.weekday(),)
+                words += " on " + _and([WEEKDAYS[d].title() for d in sorted(days)])
+            elif self.unit in (MONTHS, YEARS):
+                month = MONTH_ABBR[(self.month or self.start.month) - 1]
+                if self.nth is not None and self.weekday is not None:
+                    words += f" on the {NTH_WORDS[self.nth]} {WEEKDAYS[self.weekday].title()}"
+                    if self.unit == YEARS:
+                        words += f" of {month}"
+                elif self.unit == YEARS:
+                    words += f" on {self.day or self.start.day} {month}"
+                else:
+                    words += f" on the {_ordinal(self.day or self.start.day)}"
+            words += f" at {clock} {self.time_zone}"
+        left = self.runs_left(runs_done)
+        if left is not None:
+            words += (
+                ", no runs left" if left == 0 else f", {left} run{'' if left == 1 else 's'} left"
+            )
+        elif self.end_by is not None:
+            words += (
+                f", until {self.end_by.day} {MONTH_ABBR[self.end_by.month - 1]} {self.end_by.year}"
+            )
+        return words
+
+
+def _describe_cron(expression: str) -> str:
+    options = CronOptions()
+    options.use_24hour_time_format = True
+    try:
+        return str(ExpressionDescriptor(expression, options).get_description())
+    except FormatException:
+        return f"Cron {expression}"
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A time-of-day window in a zone (D365 active period).
+
+    ``start`` after ``end`` crosses midnight (18:00-08:00); equal means all day. Start is
+    inside, end is outside, as a server schedule row.
+    """
+
+    start: dt.time
+    end: dt.time
+    time_zone: str
+
+    def is_open(self, at: dt.datetime) -> bool:
+        t = at.astimezone(zone(self.time_zone)).time()
+        if self.start == self.end:
+            return True
+        if self.start < self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end
+
+    def next_opening(self, at: dt.datetime) -> dt.datetime:
+        """``at`` when the window is open, else the first instant after it at which it opens."""
+        if self.is_open(at):
+            return at
+        tz = zone(self.time_zone)
+        today = at.astimezone(tz).date()
+        for days in range(3):
+            opening = localize(dt.datetime.combine(today + dt.timedelta(days=days), self.start), tz)
+            if opening > at:
+                return opening
+        raise AssertionError("a daily window opens within two days")  # pragma: no cover
