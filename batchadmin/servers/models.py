@@ -4,9 +4,12 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.db.models import Q
 from django.utils.timezone import now
+
+from batchadmin.accounts.models import validate_time_zone
 
 # Group codes and server names become Celery queue and node names: keep them to characters
 # that are safe in both (no "@", no dots, no spaces).
@@ -15,6 +18,7 @@ CODE_VALIDATOR = RegexValidator(
 )
 QUEUE_PREFIX = "batch."
 DEFAULT_GROUP_CODE = "default"
+MAX_THREADS_LIMIT = 512
 
 
 class BatchGroupQuerySet(models.QuerySet["BatchGroup"]):
@@ -76,6 +80,7 @@ class BatchServer(models.Model):
         "time zone",
         max_length=64,
         default="UTC",
+        validators=[validate_time_zone],
         help_text="The zone in which the schedule's start and end times are read.",
     )
     groups = models.ManyToManyField(
@@ -113,15 +118,26 @@ class BatchServer(models.Model):
 
 class BatchServerSchedule(models.Model):
     server = models.ForeignKey(BatchServer, models.CASCADE, related_name="schedule")
-    start_time = models.TimeField("start time")
-    end_time = models.TimeField("end time", help_text="Equal to start time means all day.")
+    start_time = models.TimeField("start time", help_text="In the server's time zone.")
+    end_time = models.TimeField(
+        "end time",
+        help_text="Earlier than the start crosses midnight; equal to the start means all day.",
+    )
     max_threads = models.PositiveSmallIntegerField(
-        "maximum batch threads", validators=[MinValueValidator(0)], default=8
+        "maximum batch threads",
+        validators=[MinValueValidator(0), MaxValueValidator(MAX_THREADS_LIMIT)],
+        default=8,
+        help_text="Tasks this server runs at once in this window (0-512; 0 takes none).",
     )
 
     class Meta:
         ordering = ["server", "start_time"]
         verbose_name = "batch server schedule row"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_threads__lte=MAX_THREADS_LIMIT), name="schedule_max_threads_512"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.server}: {self.start_time:%H:%M}-{self.end_time:%H:%M} x{self.max_threads}"
