@@ -107,6 +107,7 @@ INSTALLED_APPS = [
     "batchadmin.servers",
     "batchadmin.jobs",
     "batchadmin.processes",
+    "batchadmin.alerts",
 ]
 
 MIDDLEWARE = [
@@ -221,6 +222,9 @@ BATCH_PROCESS_MODULES = [
     "batchadmin.processes.business",
     *[m for m in os.environ.get("BATCH_PROCESS_MODULES", "").split(",") if m],
 ]
+# A recurring job whose missed-runs policy is "skip" still starts for an occurrence that passed
+# less than this long ago (the tick was busy, a deploy restarted beat); older ones are skipped.
+BATCH_RECURRENCE_GRACE_SECONDS = env_float("BATCH_RECURRENCE_GRACE_SECONDS", 60)
 # Upper bound of rows each step of one tick handles, so one tick stays short.
 BATCH_TICK_LIMIT = env_int("BATCH_TICK_LIMIT", 500)
 

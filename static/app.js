@@ -32,4 +32,23 @@
     if (!all) return;
     document.querySelectorAll(all.dataset.selectAll).forEach((box) => { box.checked = all.checked; });
   });
+
+  // Polling re-renders sections that hold <details> (history runs, tracebacks, logs): keep
+  // each one open or closed as the user left it. They need an id to be recognised.
+  let openState = new Map();
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    openState = new Map();
+    const target = event.detail.target;
+    if (!target || !target.querySelectorAll) return;
+    const all = [...target.querySelectorAll("details[id]")];
+    if (target.matches("details[id]")) all.push(target);
+    all.forEach((d) => openState.set(d.id, d.open));
+  });
+  document.addEventListener("htmx:afterSwap", () => {
+    openState.forEach((open, id) => {
+      const d = document.getElementById(id);
+      if (d && d.tagName === "DETAILS") d.open = open;
+    });
+    openState = new Map();
+  });
 })();

@@ -2,13 +2,25 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from batchadmin.jobs import views
+from batchadmin.jobs import history_views, views
 
 app_name = "jobs"
 
 job_urls = [
     path("", views.job_detail, name="detail"),
     path("row/", views.job_row, name="row"),
+    path("change-status/", views.change_status, name="change-status"),
+    path("alerts/", views.job_alerts, name="alerts"),
+    path("copy/", views.job_copy, name="copy"),
+    path("tasks/new/", views.task_new, name="task-new"),
+    path("tasks/parameters/", views.task_parameters, name="task-parameters"),
+    path("tasks/<int:task_pk>/", views.task_row, name="task-row"),
+    path("tasks/<int:task_pk>/edit/", views.task_edit, name="task-edit"),
+    path("tasks/<int:task_pk>/delete/", views.task_delete, name="task-delete"),
+    path("history/", history_views.job_history, name="history"),
+    path("history/<int:run_pk>/", history_views.history_run, name="history-run"),
+    path("history/<int:run_pk>/log/", history_views.run_log, name="log"),
+    path("rerun/", history_views.job_rerun, name="rerun"),
 ]
 
 urlpatterns = [

@@ -1,16 +1,34 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils.timezone import now
-from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseStopPolling
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import (
+    HttpResponseClientRedirect,
+    HttpResponseStopPolling,
+    trigger_client_event,
+)
 
-from batchadmin.jobs import access, transitions
+from batchadmin.alerts import forms as alert_forms
+from batchadmin.alerts.models import BatchJobAlert
+from batchadmin.jobs import access, copying, forms, task_grid, transitions
 from batchadmin.jobs.filters import JobFilter
-from batchadmin.jobs.models import RUNNING_JOB_STATUSES, BatchJob, BatchStatus
+from batchadmin.jobs.models import (
+    RUNNING_JOB_STATUSES,
+    BatchJob,
+    BatchStatus,
+    BatchTask,
+    Company,
+)
 from batchadmin.lib.http import AuthedRequest
 
 PAGE_SIZE = 50
@@ -33,7 +51,7 @@ def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJ
 
 @require_GET
 def job_list(request: AuthedRequest) -> HttpResponse:
-    jobs = access.visible_jobs(request.user).select_related("created_by", "run_as")
+    jobs = access.visible_jobs(request.user).select_related("created_by", "run_as", "recurrence")
     filterset = JobFilter(request.GET, queryset=jobs)
     qs = filterset.qs if filterset.is_valid() else jobs.none()
     if not request.GET.get("o"):
@@ -107,17 +125,353 @@ def _back(request: AuthedRequest) -> str:
 def job_row(request: AuthedRequest, pk: int) -> HttpResponse:
     """One row of the list, polled while the job is live; a finished row stops polling."""
     job = get_object_or_404(
-        access.visible_jobs(request.user).select_related("created_by", "run_as"), pk=pk
+        access.visible_jobs(request.user).select_related("created_by", "run_as", "recurrence"),
+        pk=pk,
     )
     return render(request, "jobs/job_list.html#job-row", {"job": job})
 
 
-# TODO(job form): replaced by the batch job form (header + task grid + diagram).
-@require_GET
+# --- The batch job form: header, task lines, diagram --------------------------------------
+
+# Swap targets of the job page; each is a partial of jobs/job_detail.html named after its id.
+DETAIL_TARGETS = ("job-header", "job-alerts", "task-grid", "job-diagram")
+
+
+def _job_page(request: AuthedRequest, job: BatchJob, **extra: Any) -> dict[str, Any]:
+    task_rows = task_grid.rows(job)
+    can_change = access.can_change(request.user, job)
+    editable = can_change and not job.is_running()
+    context: dict[str, Any] = {
+        "nav": "jobs",
+        "job": job,
+        "rows": task_rows,
+        "diagram": task_grid.build_diagram(task_rows),
+        "can_change": can_change,
+        "editable": editable,
+        "header_form": forms.JobForm(instance=job, user=request.user, read_only=not editable),
+        "alert": BatchJobAlert.objects.filter(job=job, user=request.user).first(),
+        "editing": None,
+        "editor": None,
+    }
+    context.update(extra)
+    return context
+
+
+@require_http_methods(["GET", "POST"])
 def job_detail(request: AuthedRequest, pk: int) -> HttpResponse:
-    raise Http404("The batch job form is being built.")
+    """D365's enhanced batch job form: the header, the task lines and their diagram.
+
+    POST saves the header. An htmx GET returns the partial its target names, so the page's
+    sections refresh themselves on the events other actions send (job-changed, alerts-changed).
+    """
+    if request.method == "POST":
+        return _save_header(request, pk)
+    job = _get_job(request, pk)
+    target = request.htmx.target if request.htmx else None
+    if target == "job-diagram":
+        return _diagram(request, job)
+    template = "jobs/job_detail.html"
+    if target in DETAIL_TARGETS:
+        template += f"#{target}"
+    return render(request, template, _job_page(request, job))
+
+
+def _save_header(request: AuthedRequest, pk: int) -> HttpResponse:
+    job = _get_job(request, pk, change=True)
+    form = forms.JobForm(request.POST, instance=job, user=request.user)
+    error = ""
+    if form.is_valid():
+        try:
+            form.save_header()
+        except forms.ChangeRefused as exc:
+            error = str(exc)
+        else:
+            if not request.htmx:
+                messages.success(request, "Saved the job header.")
+                return redirect("jobs:detail", job.pk)
+            job.refresh_from_db()
+            form = forms.JobForm(instance=job, user=request.user)
+    context = _job_page(request, job, header_form=form, header_error=error, header_saved=not error)
+    template = "jobs/job_detail.html"
+    if request.htmx:
+        template += "#job-header"
+    return render(request, template, context)
+
+
+def _diagram(request: AuthedRequest, job: BatchJob) -> HttpResponse:
+    """The diagram; polled every 2 s while the job is live, with the status badges as OOB swaps.
+
+    A poll says which state the page shows (editable=0/1). When that no longer holds (the job
+    started or ended), the response also sends job-changed once it has settled, so the other
+    sections re-render for the new state; the new diagram polls with the new state, so this
+    happens once.
+    """
+    context = _job_page(request, job)
+    if not request.GET.get("poll"):
+        return render(request, "jobs/job_detail.html#job-diagram", context)
+    html = render_to_string(
+        "jobs/job_detail.html#job-diagram", context | {"oob": True}, request=request
+    )
+    # The job has settled: show its final state once more and stop polling.
+    response = HttpResponse(html) if job.is_live() else HttpResponseStopPolling(html)
+    if (request.GET.get("editable") == "1") != context["editable"]:
+        trigger_client_event(response, "job-changed", after="settle")
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+def job_create(request: AuthedRequest) -> HttpResponse:
+    """New batch job: the header first; the job starts in Withhold so tasks can be added."""
+    if not access.can_create(request.user):
+        raise PermissionDenied("You can't create batch jobs.")
+    companies = list(Company.objects.all()[:2])
+    # D365 fills in the company the user works in; with one company there is nothing to pick.
+    initial = {"company": companies[0].pk} if len(companies) == 1 else {}
+    form = forms.JobForm(
+        request.POST or None,
+        instance=BatchJob(created_by=request.user),
+        initial=initial,
+        user=request.user,
+    )
+    form.fields["description"].widget.attrs["autofocus"] = True
+    if request.method == "POST" and form.is_valid():
+        job = form.save(commit=False)
+        job.created_by = request.user
+        job.status = BatchStatus.WITHHOLD  # DESIGN.md: jobs made in the form start held
+        job.save()
+        messages.success(
+            request,
+            f"Created batch job {job.pk} in Withhold. Add its tasks, then set it to Waiting "
+            "with Change status.",
+        )
+        return redirect("jobs:detail", job.pk)
+    return render(request, "jobs/job_create.html", {"nav": "jobs", "form": form})
+
+
+# --- Task lines ---------------------------------------------------------------------------
+
+
+def _task(job: BatchJob, task_pk: int) -> BatchTask:
+    return get_object_or_404(BatchTask, job=job, pk=task_pk)
+
+
+@require_http_methods(["GET", "POST"])
+def task_new(request: AuthedRequest, pk: int) -> HttpResponse:
+    """A new task line in edit mode (Ctrl+N); ?cancel=1 puts the empty slot back (Esc)."""
+    job = _get_job(request, pk, change=True)
+    if request.method == "GET" and request.GET.get("cancel"):
+        if not request.htmx:
+            return redirect("jobs:detail", job.pk)
+        return render(request, "jobs/job_detail.html#task-new", {"job": job})
+    return _task_editor(request, job, None)
+
+
+@require_http_methods(["GET", "POST"])
+def task_edit(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
+    job = _get_job(request, pk, change=True)
+    return _task_editor(request, job, _task(job, task_pk))
+
+
+def _task_editor(request: AuthedRequest, job: BatchJob, task: BatchTask | None) -> HttpResponse:
+    if request.method == "GET":
+        editor = forms.task_editor(job, task)
+        if job.is_running():
+            editor.error = (
+                f"The job is {job.get_status_display()}: its tasks can't be changed until it ends."
+            )
+    else:
+        add = "add-condition" in request.POST
+        editor = forms.task_editor(job, task, data=request.POST, add_condition=add)
+        if not add and editor.is_valid():
+            try:
+                saved = editor.save()
+            except forms.ChangeRefused as exc:
+                editor.error = str(exc)
+            else:
+                return _task_saved(request, job, saved, created=task is None)
+    if not request.htmx:
+        context = _job_page(request, job, editing=editor.task_ref, editor=editor)
+        return render(request, "jobs/job_detail.html", context)
+    return render(request, "jobs/job_detail.html#task-form", {"job": job, "editor": editor})
+
+
+def _task_saved(
+    request: AuthedRequest, job: BatchJob, task: BatchTask, *, created: bool
+) -> HttpResponse:
+    if not request.htmx:
+        messages.success(request, f"Saved task {task.key}.")
+        return redirect(reverse("jobs:detail", args=[job.pk]) + f"#task-{task.pk}")
+    context = {"job": job, "row": task_grid.row(job, task.pk), "editable": True}
+    html = render_to_string("jobs/job_detail.html#task-row", context, request=request)
+    if created:
+        # The line replaces the new-task slot; a fresh slot follows it for the next Ctrl+N.
+        html += render_to_string("jobs/job_detail.html#task-new", context, request=request)
+    response = HttpResponse(html)
+    trigger_client_event(response, "tasks-changed")
+    return response
 
 
 @require_GET
-def job_create(request: AuthedRequest) -> HttpResponse:
-    raise Http404("The batch job form is being built.")
+def task_row(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
+    """One task line, read-only: what Esc puts back in place of its editor."""
+    job = _get_job(request, pk)
+    if not request.htmx:
+        return redirect(reverse("jobs:detail", args=[job.pk]) + f"#task-{task_pk}")
+    context = {
+        "job": job,
+        "row": task_grid.row(job, task_pk),
+        "editable": access.can_change(request.user, job) and not job.is_running(),
+    }
+    return render(request, "jobs/job_detail.html#task-row", context)
+
+
+@require_GET
+def task_parameters(request: AuthedRequest, pk: int) -> HttpResponse:
+    """The parameter fields of the process chosen in a task line (swapped in on change)."""
+    job = _get_job(request, pk, change=True)
+    ref = request.GET.get("task", forms.NEW)
+    task = _task(job, int(ref)) if ref.isdigit() else None
+    editor = forms.task_editor(job, task, process=request.GET.get("process", ""))
+    if not request.htmx:
+        context = _job_page(request, job, editing=editor.task_ref, editor=editor)
+        return render(request, "jobs/job_detail.html", context)
+    return render(request, "jobs/job_detail.html#task-parameters", {"editor": editor})
+
+
+@require_POST
+def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
+    """Delete a task line and its conditions, including the conditions other tasks had on it."""
+    job = _get_job(request, pk, change=True)
+    task = _task(job, task_pk)
+    try:
+        with transaction.atomic():
+            forms.lock_editable_job(job.pk)
+            dependents = list(task.dependents.values_list("task_id", flat=True))
+            task.delete()
+    except forms.ChangeRefused as exc:
+        if not request.htmx:
+            messages.error(request, str(exc))
+            return redirect("jobs:detail", job.pk)
+        context = {"job": job, "row": task_grid.row(job, task_pk), "row_error": str(exc)}
+        return render(request, "jobs/job_detail.html#task-row", context)
+    if not request.htmx:
+        messages.success(request, f"Deleted task {task.key}.")
+        return redirect("jobs:detail", job.pk)
+    # The line goes; the lines that had a condition on it lose that condition (out of band).
+    html = "".join(
+        render_to_string(
+            "jobs/job_detail.html#task-row",
+            {"job": job, "row": row, "editable": True, "oob": True},
+            request=request,
+        )
+        for row in task_grid.rows(job)
+        if row.task.pk in dependents
+    )
+    response = HttpResponse(html)
+    trigger_client_event(response, "tasks-changed")
+    return response
+
+
+# --- Dialogs: Change status, Alerts, Copy batch job ---------------------------------------
+
+
+def _dialog(request: AuthedRequest, template: str, context: dict[str, Any]) -> HttpResponse:
+    """A dialog's content for #dialog, or the same form as a page of its own without htmx."""
+    if request.htmx:
+        template += "#dialog"
+    return render(request, template, {"nav": "jobs"} | context)
+
+
+def _dialog_done(request: AuthedRequest, job: BatchJob, event: str) -> HttpResponse:
+    if not request.htmx:
+        return redirect("jobs:detail", job.pk)
+    response = HttpResponse()
+    trigger_client_event(response, "dialog-close")
+    trigger_client_event(response, event)
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+def change_status(request: AuthedRequest, pk: int) -> HttpResponse:
+    """Functions > Change status: only the moves transitions.USER_MOVES offers from here."""
+    job = _get_job(request, pk, change=True)
+    form = forms.ChangeStatusForm(request.POST or None, job=job)
+    if request.method == "POST" and form.is_valid():
+        to = form.cleaned_data["status"]
+        try:
+            moved = transitions.change_status(job_id=job.pk, to=to, by_id=request.user.pk)
+        except transitions.IllegalMove as exc:
+            form.add_error("status", str(exc))
+        else:
+            if moved:
+                if not request.htmx:
+                    job.refresh_from_db()
+                    messages.success(request, f"The job is now {job.get_status_display()}.")
+                return _dialog_done(request, job, "job-changed")
+            form.add_error(None, "The job changed status meanwhile. Look again and choose.")
+        job.refresh_from_db()
+    return _dialog(request, "jobs/job_change_status.html", _change_status_context(job, form))
+
+
+def _change_status_context(job: BatchJob, form: forms.ChangeStatusForm) -> dict[str, Any]:
+    moves = transitions.USER_MOVES.get(BatchStatus(job.status), ())
+    tasks = list(job.tasks.order_by("position", "pk").only("key", "description", "status"))
+    return {
+        "job": job,
+        "form": form,
+        "moves": [m.value for m in moves],
+        "stopping": [t for t in tasks if t.status == BatchStatus.EXECUTING],
+        "already_stopping": [t for t in tasks if t.status == BatchStatus.CANCELING],
+        "not_run": [t for t in tasks if t.status in (BatchStatus.WAITING, BatchStatus.READY)],
+        "start_passed": job.scheduled_start <= now(),
+        "rerun": job.status in transitions.TERMINAL_JOB_STATUSES,
+    }
+
+
+@require_http_methods(["GET", "POST"])
+def job_alerts(request: AuthedRequest, pk: int) -> HttpResponse:
+    """Alerts: which ends of this job the signed-in user hears about, by popup and/or e-mail."""
+    job = _get_job(request, pk, change=True)
+    alert = BatchJobAlert.objects.filter(job=job, user=request.user).first()
+    form = alert_forms.AlertForm(
+        request.POST or None,
+        instance=alert or BatchJobAlert(job=job, user=request.user),
+        user=request.user,
+    )
+    if request.method == "POST" and form.is_valid():
+        form.save_or_delete()
+        if not request.htmx:
+            messages.success(request, "Saved your alerts for this job.")
+        return _dialog_done(request, job, "alerts-changed")
+    return _dialog(request, "jobs/job_alerts.html", {"job": job, "form": form})
+
+
+@require_http_methods(["GET", "POST"])
+def job_copy(request: AuthedRequest, pk: int) -> HttpResponse:
+    """Copy batch job: a new job in Withhold with the tasks, conditions, recurrence and alerts."""
+    job = _get_job(request, pk, change=True)
+    form = forms.CopyJobForm(request.POST or None, user=request.user, source=job)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        new = copying.copy_job(
+            job,
+            by=request.user,
+            description=data["description"],
+            company=data["company"],
+            scheduled_start=data["scheduled_start"],
+            run_as=data["run_as"],
+        )
+        messages.success(
+            request,
+            f"Copied job {job.pk} to job {new.pk}, which is in Withhold: set it to Waiting "
+            "with Change status to run it.",
+        )
+        url = reverse("jobs:detail", args=[new.pk])
+        if request.htmx:
+            return HttpResponseClientRedirect(url)
+        return redirect(url)
+    return _dialog(
+        request,
+        "jobs/job_copy.html",
+        {"job": job, "form": form, "task_count": job.tasks.count()},
+    )

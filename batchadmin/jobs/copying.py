@@ -1,0 +1,97 @@
+"""Copy batch job (D365 copy-batch-job.md): the job, its tasks with their parameters, their
+conditions, its recurrence and its alerts, as a new job in Withhold.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.forms.models import model_to_dict
+
+from batchadmin.alerts.models import BatchJobAlert
+from batchadmin.jobs.models import (
+    BatchJob,
+    BatchRecurrence,
+    BatchStatus,
+    BatchTask,
+    BatchTaskCondition,
+    Company,
+)
+
+# Recurrence fields that describe the schedule; the run counter starts again with the copy.
+RECURRENCE_SKIP = {"id", "job", "runs", "created", "modified"}
+
+
+def copy_job(
+    source: BatchJob,
+    *,
+    by: User,
+    description: str,
+    company: Company | None,
+    scheduled_start: dt.datetime,
+    run_as: User | None,
+) -> BatchJob:
+    """Create the copy and return it.
+
+    Tasks that ran in the source job's company run in the copy's company (the typical use:
+    the same job in another legal entity); tasks with a company of their own keep it.
+    """
+    with transaction.atomic():
+        job = BatchJob.objects.create(
+            description=description,
+            status=BatchStatus.WITHHOLD,  # D365: the copy waits until someone sets it Waiting
+            priority=source.priority,
+            scheduled_start=scheduled_start,
+            company=company,
+            active_period_id=source.active_period_id,
+            created_by=by,
+            run_as=run_as,
+        )
+        tasks = list(source.tasks.order_by("position", "pk"))
+        copies = BatchTask.objects.bulk_create(
+            BatchTask(
+                job=job,
+                key=t.key,
+                description=t.description,
+                company_id=(
+                    company.pk if company and t.company_id == source.company_id else t.company_id
+                ),
+                process=t.process,
+                parameters=copy.deepcopy(t.parameters),
+                group_id=t.group_id,
+                ignore_failure=t.ignore_failure,
+                max_retries=t.max_retries,
+                condition_type=t.condition_type,
+                position=t.position,
+            )
+            for t in tasks
+        )
+        new_pk = {old.pk: new.pk for old, new in zip(tasks, copies, strict=True)}
+        BatchTaskCondition.objects.bulk_create(
+            BatchTaskCondition(
+                task_id=new_pk[c.task_id],
+                depends_on_id=new_pk[c.depends_on_id],
+                expected_status=c.expected_status,
+            )
+            for c in BatchTaskCondition.objects.filter(task__job=source).order_by("pk")
+        )
+        BatchJobAlert.objects.bulk_create(
+            BatchJobAlert(
+                job=job,
+                user_id=a.user_id,
+                ended=a.ended,
+                error=a.error,
+                canceled=a.canceled,
+                popup=a.popup,
+                email=a.email,
+            )
+            for a in BatchJobAlert.objects.filter(job=source).order_by("pk")
+        )
+        recurrence = source.get_recurrence()
+        if recurrence is not None:
+            fields = model_to_dict(recurrence, exclude=RECURRENCE_SKIP)
+            BatchRecurrence.objects.create(job=job, **fields)
+    return job

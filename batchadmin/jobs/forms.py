@@ -1,0 +1,518 @@
+"""The batch job form (header and task lines), Change status and Copy batch job.
+
+A task line is edited with three forms at once, bundled in ``TaskEditor``: the task's own
+fields, the parameter form of its process (the process's dialog, D365's ``pack()``), and the
+Has conditions lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any, cast
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Max
+from django.urls import reverse
+
+from batchadmin.jobs import access, transitions
+from batchadmin.jobs.models import (
+    MAX_RETRIES_LIMIT,
+    RUNNING_JOB_STATUSES,
+    BatchJob,
+    BatchStatus,
+    BatchTask,
+    BatchTaskCondition,
+)
+from batchadmin.lib.graph import find_cycle
+from batchadmin.processes import registry
+from batchadmin.servers.models import BatchGroup
+
+HEADER_FIELDS = ["description", "scheduled_start", "run_as", "priority", "company"]
+# What the task line writes; status, retries and the attempt bookkeeping belong to transitions.
+TASK_FIELDS = [
+    "description",
+    "company",
+    "process",
+    "parameters",
+    "group",
+    "ignore_failure",
+    "max_retries",
+    "condition_type",
+]
+PARAMETER_PREFIX = "param"
+CONDITION_PREFIX = "cond"
+NEW = "new"
+
+
+class ChangeRefused(Exception):
+    """The change can't be made now: the job is executing or canceling (D365 does not let its
+    header or tasks change then), or what the change names was deleted meanwhile."""
+
+
+class DateTimeLocalInput(forms.DateTimeInput):
+    input_type = "datetime-local"
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(attrs, format="%Y-%m-%dT%H:%M")
+
+
+def lock_editable_job(job_id: int) -> BatchJob:
+    """Lock the job row for a change of its header or tasks; refuse while it runs.
+
+    The caller holds a transaction. The engine's start_job updates the same row, so it waits
+    for this change to commit, and a change that comes second sees Executing and stops here.
+    """
+    job = BatchJob.objects.select_for_update().get(pk=job_id)
+    if job.status in RUNNING_JOB_STATUSES:
+        raise ChangeRefused(
+            f"The job is {job.get_status_display()}: it can't be changed until it ends. "
+            "Nothing was saved."
+        )
+    return job
+
+
+def _run_by_field(
+    form: forms.ModelForm[BatchJob], user: User, *, creator: str, read_only: bool = False
+) -> None:
+    field = form.fields["run_as"]
+    assert isinstance(field, forms.ModelChoiceField)
+    field.queryset = get_user_model().objects.filter(is_active=True).order_by("username")
+    field.empty_label = f"The creator ({creator})"
+    if not access.is_manager(user) and not read_only:
+        # D365: only a batch job manager changes Run by. A disabled field ignores what is
+        # posted and keeps its initial value, so the refusal is server-side too.
+        field.disabled = True
+        field.help_text = "Only a batch job manager can change Run by."
+
+
+class JobForm(forms.ModelForm[BatchJob]):
+    """The job header: description, scheduled start, run by, priority, company."""
+
+    class Meta:
+        model = BatchJob
+        fields = HEADER_FIELDS
+        widgets = {"scheduled_start": DateTimeLocalInput()}
+
+    def __init__(self, *args: Any, user: User, read_only: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        creator = self.instance.created_by if self.instance.pk else user
+        _run_by_field(self, user, creator=str(creator or "unknown"), read_only=read_only)
+        company = self.fields["company"]
+        assert isinstance(company, forms.ModelChoiceField)
+        company.empty_label = "(none)"
+        if read_only:
+            for field in self.fields.values():
+                field.disabled = True
+
+    def save_header(self) -> BatchJob:
+        """Write the header fields only (never status), under the job lock."""
+        job = self.save(commit=False)
+        with transaction.atomic():
+            lock_editable_job(job.pk)
+            job.save(update_fields=[*HEADER_FIELDS, "modified"])
+        return job
+
+
+class CopyJobForm(forms.ModelForm[BatchJob]):
+    """Copy batch job: what the copy may change (D365 copy-batch-job.md)."""
+
+    class Meta:
+        model = BatchJob
+        fields = ["description", "company", "scheduled_start", "run_as"]
+        widgets = {"scheduled_start": DateTimeLocalInput()}
+        help_texts = {
+            "company": "Tasks that ran in the job's company move to this one with the copy.",
+        }
+
+    def __init__(self, *args: Any, user: User, source: BatchJob, **kwargs: Any) -> None:
+        run_as = source.run_as if access.is_manager(user) else None
+        initial = {
+            "description": source.description,
+            "company": source.company_id,
+            "scheduled_start": source.scheduled_start,
+            "run_as": run_as.pk if run_as else None,
+        }
+        kwargs.setdefault("initial", initial)
+        super().__init__(*args, **kwargs)
+        _run_by_field(self, user, creator=f"you, {user}")
+        company = self.fields["company"]
+        assert isinstance(company, forms.ModelChoiceField)
+        company.empty_label = "(none)"
+
+
+class ChangeStatusForm(forms.Form):
+    """Select new status. Every user move is a choice here; the dialog shows only the ones
+    transitions.USER_MOVES offers from the current status, and change_status refuses the rest.
+    """
+
+    status = forms.TypedChoiceField(
+        label="New status",
+        choices=[
+            (BatchStatus.WAITING.value, "Waiting"),
+            (BatchStatus.WITHHOLD.value, "Withhold"),
+            (BatchStatus.CANCELING.value, "Cancel"),
+        ],
+        coerce=BatchStatus,
+        widget=forms.RadioSelect,
+    )
+    confirm = forms.BooleanField(
+        label="Yes, cancel this job",
+        required=False,
+    )
+
+    def __init__(self, *args: Any, job: BatchJob, **kwargs: Any) -> None:
+        moves = transitions.USER_MOVES.get(BatchStatus(job.status), ())
+        if len(moves) == 1:
+            kwargs.setdefault("initial", {"status": moves[0].value})
+        super().__init__(*args, **kwargs)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("status") == BatchStatus.CANCELING and not cleaned.get("confirm"):
+            self.add_error("confirm", "Tick this box to confirm that the job is to be canceled.")
+        return cleaned
+
+
+# --- Task lines ---------------------------------------------------------------------------
+
+
+class ProcessSelect(forms.Select):
+    """D365's Class name list: each option says what the process does when hovered."""
+
+    def create_option(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        option: dict[str, Any] = super().create_option(*args, **kwargs)
+        with contextlib.suppress(registry.UnknownProcess):
+            option["attrs"]["title"] = registry.get(str(option["value"])).description
+        return option
+
+
+def process_choices(current: str = "") -> list[Any]:
+    """Registered processes grouped by the first part of their name (demo, mail, reports)."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for p in registry.all_processes():
+        groups.setdefault(p.name.split(".")[0], []).append((p.name, f"{p.label} ({p.name})"))
+    choices: list[Any] = [("", "Choose a batch process…"), *groups.items()]
+    if current and current not in {name for group in groups.values() for name, _ in group}:
+        # A process whose module is gone: keep it visible so the line reads true.
+        choices.append((current, f"{current} (no longer registered)"))
+    return choices
+
+
+class TaskForm(forms.ModelForm[BatchTask]):
+    process = forms.ChoiceField(
+        label="Class name",
+        help_text="The batch process this task runs.",
+        widget=ProcessSelect,
+    )
+
+    class Meta:
+        model = BatchTask
+        fields = [
+            "description",
+            "process",
+            "company",
+            "group",
+            "ignore_failure",
+            "max_retries",
+            "condition_type",
+        ]
+        widgets = {
+            # A line opened for editing puts the cursor here, so Enter and Esc work at once.
+            "description": forms.TextInput(attrs={"autofocus": True}),
+            "max_retries": forms.NumberInput(attrs={"min": 0, "max": MAX_RETRIES_LIMIT}),
+        }
+
+    def __init__(self, *args: Any, job: BatchJob, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        process = self.fields["process"]
+        assert isinstance(process, forms.ChoiceField)
+        process.choices = process_choices(self.instance.process)
+        company = self.fields["company"]
+        assert isinstance(company, forms.ModelChoiceField)
+        company.empty_label = f"The job's company ({job.company or 'none'})"
+        group = self.fields["group"]
+        assert isinstance(group, forms.ModelChoiceField)
+        group.empty_label = None
+        if not self.instance.pk and not self.initial.get("group"):
+            self.initial["group"] = BatchGroup.objects.default().pk
+
+    def clean_process(self) -> str:
+        name: str = self.cleaned_data["process"]
+        try:
+            registry.get(name)
+        except registry.UnknownProcess:
+            raise forms.ValidationError(
+                f"{name} is no longer registered: choose another batch process."
+            ) from None
+        return name
+
+
+class ConditionForm(forms.Form):
+    """One Has conditions line: run after task ``depends_on`` reaches ``expected_status``."""
+
+    # An integer, not a ModelChoiceField: a posted id of a task outside this job gets a clear
+    # message from ConditionFormSet.clean instead of "Select a valid choice".
+    depends_on = forms.IntegerField(label="Task ID", required=False, widget=forms.Select)
+    expected_status = forms.ChoiceField(
+        label="Expected status",
+        choices=BatchTaskCondition.ExpectedStatus.choices,
+        initial=BatchTaskCondition.ExpectedStatus.ENDED,
+    )
+
+
+class BaseConditionFormSet(forms.BaseFormSet[ConditionForm]):
+    def __init__(
+        self,
+        *args: Any,
+        job_tasks: dict[int, BatchTask],
+        task: BatchTask | None,
+        other_edges: dict[int, list[int]],
+        **kwargs: Any,
+    ) -> None:
+        self.job_tasks = job_tasks
+        self.task = task
+        self.other_edges = other_edges
+        super().__init__(*args, **kwargs)
+        choices = [("", "—")] + [
+            (pk, f"{t.key} · {t.description}")
+            for pk, t in job_tasks.items()
+            if task is None or pk != task.pk
+        ]
+        for form in self.forms:
+            form.fields["depends_on"].widget.choices = choices
+            form.fields["DELETE"].label = "Remove"
+
+    def chosen(self) -> list[tuple[ConditionForm, int, str]]:
+        """(form, parent task id, expected status) of the lines that name a parent."""
+        result = []
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", {})
+            if data.get("DELETE"):
+                continue
+            if data.get("depends_on") is not None:
+                result.append((form, data["depends_on"], data["expected_status"]))
+        return result
+
+    def clean(self) -> None:
+        if any(self.errors):
+            return
+        own_pk = self.task.pk if self.task else None
+        seen: dict[int, ConditionForm] = {}
+        for form, parent, _ in self.chosen():
+            if parent == own_pk:
+                form.add_error("depends_on", "A task can't have a condition on itself.")
+            elif parent not in self.job_tasks:
+                form.add_error(
+                    "depends_on",
+                    f"Task #{parent} is not a task of this batch job: a condition can only "
+                    "name a task of the same job.",
+                )
+            elif parent in seen:
+                key = self.job_tasks[parent].key
+                form.add_error("depends_on", f"There is already a condition on {key}.")
+            else:
+                seen[parent] = form
+        if any(self.errors):
+            return
+        # The job's graph with this task's new conditions in place of its old ones.
+        me = own_pk if own_pk is not None else 0
+        edges = dict(self.other_edges)
+        edges[me] = list(seen)
+        cycle = find_cycle(edges)
+        if cycle and me in cycle:
+            start = cycle.index(me)
+            loop = cycle[start:-1] + cycle[:start] + [me]
+            names = [self._key(pk) for pk in loop]
+            steps = ", ".join(f"{a} waits for {b}" for a, b in pairwise(names))
+            seen[loop[1]].add_error(
+                "depends_on",
+                f"This condition makes a cycle: {steps}. A task can't wait for itself.",
+            )
+
+    def _key(self, pk: int) -> str:
+        task = self.job_tasks.get(pk)
+        return task.key if task else "this task"
+
+
+ConditionFormSet = cast(
+    type[BaseConditionFormSet],
+    forms.formset_factory(ConditionForm, formset=BaseConditionFormSet, extra=0, can_delete=True),
+)
+
+
+def parameter_form(
+    process_name: str,
+    *,
+    data: Any = None,
+    initial: dict[str, Any] | None = None,
+    auto_id: str = "id_%s",
+) -> tuple[registry.BatchProcess | None, forms.Form]:
+    """The parameter form of a process, prefixed so its fields never clash with the task's."""
+    try:
+        process = registry.get(process_name)
+    except registry.UnknownProcess:
+        return None, registry.NoParameters(prefix=PARAMETER_PREFIX, auto_id=auto_id)
+    form = process.form_class(data=data, initial=initial, prefix=PARAMETER_PREFIX, auto_id=auto_id)
+    return process, form
+
+
+@dataclass
+class TaskEditor:
+    """One task line in edit mode: the task's fields, its parameters and its conditions."""
+
+    job: BatchJob
+    task: BatchTask | None
+    form: TaskForm
+    process: registry.BatchProcess | None
+    params: forms.Form
+    conditions: BaseConditionFormSet
+    quiet: bool = False  # re-rendered for "Add condition": don't show errors yet
+    error: str = ""  # a refusal that belongs to no field (the job started meanwhile)
+    parameters: dict[str, Any] = field(default_factory=dict)  # set by is_valid()
+
+    @property
+    def dom_id(self) -> str:
+        return f"task-{self.task.pk if self.task else NEW}"
+
+    @property
+    def task_ref(self) -> str:
+        return str(self.task.pk) if self.task else NEW
+
+    def is_valid(self) -> bool:
+        valid = self.form.is_valid()
+        valid = self.conditions.is_valid() and valid
+        if self.process is None:
+            return False
+        if not self.params.is_valid():
+            return False
+        try:
+            self.parameters = self.process.clean_parameters(
+                {name: self.params[name].data for name in self.params.fields}
+            )
+        except registry.ParameterError as exc:
+            for name, messages in exc.errors.items():
+                self.params.add_error(None if name == "__all__" else name, messages)
+            return False
+        return valid
+
+    def save(self) -> BatchTask:
+        """Create or update the task and replace its conditions, under the job lock."""
+        task = self.form.save(commit=False)
+        task.parameters = self.parameters
+        with transaction.atomic():
+            lock_editable_job(self.job.pk)
+            parents = {parent for _, parent, _ in self.conditions.chosen()}
+            if BatchTask.objects.filter(job=self.job, pk__in=parents).count() != len(parents):
+                raise ChangeRefused(
+                    "A task named in Has conditions was deleted meanwhile. Nothing was saved."
+                )
+            if self.task is None:
+                task.job = self.job
+                task.key = next_task_key(self.job.pk)
+                position = BatchTask.objects.filter(job=self.job).aggregate(p=Max("position"))
+                task.position = (position["p"] or 0) + 1
+                task.save()
+            elif not BatchTask.objects.filter(pk=task.pk, job=self.job).exists():
+                raise ChangeRefused("This task was deleted meanwhile. Nothing was saved.")
+            elif find_cycle(job_edges(self.job, without=task.pk) | {task.pk: list(parents)}):
+                # Someone else added a condition that closes a loop with these ones.
+                raise ChangeRefused(
+                    "These conditions would now make a cycle with a change made meanwhile. "
+                    "Nothing was saved; close the line and look again."
+                )
+            else:
+                task.save(update_fields=TASK_FIELDS)
+                task.conditions.all().delete()
+            BatchTaskCondition.objects.bulk_create(
+                BatchTaskCondition(task=task, depends_on_id=parent, expected_status=expected)
+                for _, parent, expected in self.conditions.chosen()
+            )
+        return task
+
+
+def job_edges(job: BatchJob, *, without: int | None) -> dict[int, list[int]]:
+    """Task -> the tasks it waits for, over the job, leaving out the conditions of ``without``."""
+    edges: dict[int, list[int]] = {}
+    for child, parent in BatchTaskCondition.objects.filter(task__job=job).values_list(
+        "task_id", "depends_on_id"
+    ):
+        if child != without:
+            edges.setdefault(child, []).append(parent)
+    return edges
+
+
+def next_task_key(job_id: int) -> str:
+    """T1, T2, ...: one more than the highest Tn of the job (the caller holds the job lock)."""
+    keys = BatchTask.objects.filter(job_id=job_id, key__regex=r"^T[0-9]+$").values_list(
+        "key", flat=True
+    )
+    return f"T{max((int(k[1:]) for k in keys), default=0) + 1}"
+
+
+def task_editor(
+    job: BatchJob,
+    task: BatchTask | None,
+    *,
+    data: Any = None,
+    process: str | None = None,
+    add_condition: bool = False,
+) -> TaskEditor:
+    """Build the editor for ``task`` (None: a new task), bound to ``data`` when posted."""
+    job_tasks = {t.pk: t for t in BatchTask.objects.filter(job=job).order_by("position", "pk")}
+    edges = job_edges(job, without=task.pk if task else None)
+    if data is not None and add_condition:
+        data = data.copy()
+        total = f"{CONDITION_PREFIX}-TOTAL_FORMS"
+        data[total] = str(int(data.get(total) or 0) + 1)
+    instance = task or BatchTask(job=job)
+    initial_conditions = None
+    if task is not None and data is None:
+        initial_conditions = [
+            {"depends_on": c.depends_on_id, "expected_status": c.expected_status}
+            for c in task.conditions.order_by("pk")
+        ]
+    ref = str(task.pk) if task else NEW
+    # Ids carry the line, so two lines open at once keep their labels apart.
+    auto_id = f"id_t{ref}_%s"
+    form = TaskForm(
+        data,
+        instance=instance,
+        job=job,
+        initial=None if task else {"process": process or ""},
+        auto_id=auto_id,
+    )
+    form.fields["process"].widget.attrs.update(
+        {
+            "hx-get": reverse("jobs:task-parameters", args=[job.pk]) + f"?task={ref}",
+            "hx-trigger": "change",
+            "hx-target": f"#task-{ref}-parameters",
+            "hx-swap": "outerHTML",
+            "hx-include": "this",
+        }
+    )
+    name = process or (data.get("process", "") if data is not None else instance.process)
+    stored = instance.parameters if name == instance.process else None
+    params_process, params = parameter_form(name, data=data, initial=stored, auto_id=auto_id)
+    conditions = ConditionFormSet(
+        data,
+        initial=initial_conditions,
+        prefix=CONDITION_PREFIX,
+        auto_id=auto_id,
+        job_tasks=job_tasks,
+        task=task,
+        other_edges=edges,
+    )
+    return TaskEditor(
+        job=job,
+        task=task,
+        form=form,
+        process=params_process,
+        params=params,
+        conditions=conditions,
+        quiet=add_condition,
+    )

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import json
+
+from django.test import SimpleTestCase
+
+from batchadmin.jobs import transitions
+from batchadmin.jobs.models import BatchJob, BatchStatus
+from batchadmin.lib import diagram
+from tests.base import HOSTNAME, drain, start
+from tests.jobs.form_base import FormTestCase
+
+S = BatchStatus
+# The walkthrough as (parent, child, expected status).
+WALKTHROUGH = [
+    ("T1", "T2", "ended_or_error"),
+    ("T2", "T3", "ended"),
+    ("T2", "T4", "ended"),
+    ("T2", "T5", "error"),
+    ("T3", "T6", "error"),
+    ("T3", "T7", "ended"),
+    ("T4", "T7", "ended"),
+]
+KEYS = ["T1", "T2", "T3", "T4", "T5", "T6", "T7"]
+
+
+class LayoutTestCase(SimpleTestCase):
+    def test_it_puts_each_task_in_the_column_of_its_dependency_depth(self):
+        layout = diagram.layout(KEYS, WALKTHROUGH)
+        columns = {key: box.layer for key, box in layout.boxes.items()}
+        assert columns == {"T1": 0, "T2": 1, "T3": 2, "T4": 2, "T5": 2, "T6": 3, "T7": 3}
+
+    def test_every_arrow_points_right_from_parent_to_child(self):
+        layout = diagram.layout(KEYS, WALKTHROUGH)
+        assert len(layout.arrows) == 7
+        for arrow in layout.arrows:
+            parent, child = layout.boxes[arrow.parent], layout.boxes[arrow.child]
+            assert parent.x + diagram.NODE_W < child.x
+            assert parent.x + diagram.NODE_W < arrow.label_x < child.x
+            assert arrow.path.startswith(f"M{parent.x + diagram.NODE_W:g},")
+
+    def test_the_drawing_holds_every_box(self):
+        layout = diagram.layout(KEYS, WALKTHROUGH)
+        for box in layout.boxes.values():
+            assert box.x >= 0 and box.x + diagram.NODE_W <= layout.width
+            assert box.y >= 0 and box.y + diagram.NODE_H <= layout.height
+
+    def test_it_orders_a_column_by_the_rows_of_the_parents(self):
+        # B's child comes first in display order but follows B, which sits below A.
+        layout = diagram.layout(["A", "B", "b", "a"], [("B", "b", "ended"), ("A", "a", "ended")])
+        assert layout.boxes["a"].y < layout.boxes["b"].y
+
+    def test_a_longest_path_wins_over_a_shortcut(self):
+        edges = [("A", "B", "ended"), ("B", "C", "ended"), ("A", "C", "ended")]
+        assert diagram.depths(["A", "B", "C"], {"B": ["A"], "C": ["B", "A"]}) == {
+            "A": 0,
+            "B": 1,
+            "C": 2,
+        }
+        assert diagram.layout(["A", "B", "C"], edges).boxes["C"].layer == 2
+
+    def test_a_cycle_is_still_drawn(self):
+        depths = diagram.depths(["A", "B", "C"], {"B": ["A", "C"], "C": ["B"]})
+        assert depths == {"A": 0, "B": 1, "C": 1}
+
+    def test_nothing_to_draw(self):
+        layout: diagram.Layout[str] = diagram.layout([], [])
+        assert (layout.boxes, layout.arrows) == ({}, [])
+
+    def test_a_10000_task_chain_needs_no_recursion(self):
+        keys = list(range(10_000))
+        edges = [(k, k + 1, "ended") for k in keys[:-1]]
+        assert diagram.layout(keys, edges).boxes[9_999].layer == 9_999
+
+
+class DiagramViewTestCase(FormTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.login(self.dave)
+
+    def url(self, job: BatchJob) -> str:
+        return f"/jobs/{job.pk}/"
+
+    def diagram(self, job: BatchJob, query: str = "") -> tuple[int, str, dict[str, str]]:
+        r = self.client.get(self.url(job) + query, headers=self.htmx("job-diagram"))
+        return r.status_code, r.content.decode(), dict(r.headers)
+
+    def test_it_draws_the_tasks_and_their_conditions(self):
+        job, tasks = self.make_walkthrough(created_by=self.dave, status=S.WITHHOLD)
+        status, html, _ = self.diagram(job)
+        assert status == 200
+        assert "<html" not in html
+        assert html.count('class="node n-waiting"') == 7
+        assert html.count('<g class="edge edge-ended">') == 4
+        assert html.count('<g class="edge edge-error">') == 2
+        assert html.count('<g class="edge edge-ended_or_error">') == 1
+        assert '>Ended or</tspan><tspan x="' in html  # two lines fit between the columns
+        assert "<title>T7 runs when T4 is ended</title>" in html
+        assert f'href="#task-{tasks["T7"].pk}"' in html
+
+    def test_nodes_take_the_colour_of_their_status(self):
+        job, _ = self.make_walkthrough(created_by=self.dave)
+        start(job)
+        drain(job)
+        _, html, _ = self.diagram(job)
+        assert html.count('class="node n-ended"') == 5
+        assert html.count('class="node n-not_run"') == 2
+        assert ">Didn&#x27;t run</text>" in html
+
+    def test_the_page_polls_only_while_the_job_is_live(self):
+        job = self.make_job(created_by=self.dave)
+        self.make_task(job, "T1")
+        start(job)
+        html = self.client.get(self.url(job)).content.decode()
+        assert 'hx-trigger="every 2s, tasks-changed from:body, job-changed from:body"' in html
+        assert "?poll=1&amp;editable=0" in html
+        held = self.make_job(created_by=self.dave, status=S.WITHHOLD)
+        html = self.client.get(self.url(held)).content.decode()
+        assert 'hx-trigger="tasks-changed from:body, job-changed from:body"' in html
+        assert "poll=1" not in html
+
+    def test_a_poll_of_a_running_job_updates_the_status_badges(self):
+        job = self.make_job(created_by=self.dave)
+        t1 = self.make_task(job, "T1")
+        start(job)
+        assert transitions.claim_task(task_id=t1.pk, server_id=self.server.pk, hostname=HOSTNAME)
+        status, html, headers = self.diagram(job, "?poll=1&editable=0")
+        assert status == 200
+        assert "HX-Trigger-After-Settle" not in headers
+        assert 'class="node n-executing"' in html
+        assert '<span id="job-status" hx-swap-oob="true">' in html
+        assert f'<span id="task-status-{t1.pk}" hx-swap-oob="true">' in html
+        assert 'id="job-times" hx-swap-oob="true"' in html
+        assert "every 2s" in html
+
+    def test_a_poll_of_a_settled_job_shows_the_end_and_stops_polling(self):
+        job = self.make_job(created_by=self.dave)
+        self.make_task(job, "T1")
+        start(job)
+        drain(job)
+        assert job.status == S.ENDED
+        # The page was read-only while it ran; it still is for a viewer.
+        self.login(self.bob)
+        status, html, _ = self.diagram(job, "?poll=1&editable=0")
+        assert status == 286
+        assert 'class="node n-ended"' in html
+        assert "every 2s" not in html
+
+    def test_a_poll_that_finds_the_page_out_of_date_refreshes_every_section(self):
+        job = self.make_job(created_by=self.dave)
+        self.make_task(job, "T1")
+        start(job)
+        drain(job)
+        # The page was drawn read-only while the job ran; now it may be edited again.
+        status, html, headers = self.diagram(job, "?poll=1&editable=0")
+        assert status == 286
+        assert 'class="node n-ended"' in html
+        assert json.loads(headers["HX-Trigger-After-Settle"]) == {"job-changed": {}}
+        # The new diagram carries the new state, so its next request changes nothing more.
+        _, _, headers = self.diagram(job, "?poll=1&editable=1")
+        assert "HX-Trigger-After-Settle" not in headers
+
+    def test_a_viewer_sees_the_diagram(self):
+        job, _ = self.make_walkthrough()
+        self.login(self.bob)
+        status, html, _ = self.diagram(job)
+        assert status == 200
+        assert html.count('class="node n-waiting"') == 7
+
+    def test_a_batch_user_cannot_see_the_diagram_of_others(self):
+        job, _ = self.make_walkthrough(created_by=self.alice)
+        status, _, _ = self.diagram(job, "?poll=1&editable=0")
+        assert status == 404
