@@ -25,3 +25,104 @@ def test_it_updates_the_job_list_without_reloading(cluster, web, page):
     page.wait_for_selector(f"#job-{job_id} .status-executing", timeout=15_000)
     page.wait_for_selector(f"#job-{job_id} .status-ended", timeout=15_000)
     assert navigations == []  # the statuses arrived without a reload
+
+
+def add_task(page, description: str, process: str, *, params: dict[str, str] | None = None,
+             after: str | None = None, after_description: str = "") -> None:  # fmt: skip
+    """Add a task line in the grid the way an administrator does: Add task, fill, Enter."""
+    page.click("[data-shortcut='new-task']")
+    form = page.locator("#task-new-form")
+    form.locator("[name=description]").fill(description)
+    form.locator("[name=process]").select_option(process)
+    for name, value in (params or {}).items():
+        form.locator(f"[name=param-{name}]").fill(value)  # swapped in for the chosen process
+    if after:
+        form.locator("button[name=add-condition]").click()
+        form = page.locator("#task-new-form")
+        form.locator("[name=cond-0-depends_on]").select_option(
+            label=f"{after} · {after_description}"
+        )
+        form.locator("[name=cond-0-expected_status]").select_option("ended")
+    form.locator("[name=description]").press("Enter")
+    page.wait_for_selector("#task-new-form", state="detached")
+
+
+def test_it_builds_runs_and_shows_a_job_in_the_browser(cluster, web, page):
+    """Sign in, create a job of three tasks with a condition, release it, watch it end
+    without reloading, and read a line its process logged in the history."""
+    cluster.start_worker(unique("ui-"))
+    sign_in(page, web, "ursula")
+    page.click("text=New batch job")
+    page.fill("[name=description]", "Browser-built invoicing")
+    page.click("button:has-text('Create job and add tasks')")
+    page.wait_for_selector("#task-grid")
+    job_url = page.url
+    add_task(page, "Post invoices", "demo.log", params={"lines": "3"})
+    add_task(page, "Settle", "demo.noop")
+    add_task(
+        page,
+        "Report",
+        "demo.log",
+        params={"lines": "1"},
+        after="T1",
+        after_description="Post invoices",
+    )
+    rows = page.locator("#task-rows tr.task-line")
+    assert rows.count() == 3
+    assert "T1" in rows.nth(2).inner_text()  # the condition shows in Has conditions
+    assert page.locator("#job-diagram svg").count() == 1
+
+    page.click("a:has-text('Change status')")
+    page.locator("#dialog input[value=waiting]").check()
+    page.locator("#dialog button[type=submit].primary").click()
+    page.wait_for_selector("#job-status .status-waiting")
+
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    page.wait_for_selector("#job-status .status-ended", timeout=30_000)
+    assert navigations == []  # status arrived by polling, no reload
+    assert page.url == job_url
+    for n in range(3):
+        assert "Ended" in rows.nth(n).inner_text()
+
+    page.click("text=Batch job history")
+    page.wait_for_selector("text=Run 1")
+    page.locator("summary:has-text('Log:')").first.click()
+    assert page.locator("text=Log line 2 of 3").count() >= 1
+
+
+def test_it_keeps_a_batch_user_out_of_another_users_job(cluster, web, page):
+    [job_id] = cluster.import_jobs(
+        {"description": "Victor's payroll", "status": "withhold",
+         "tasks": [{"key": "P", "description": "pay", "process": "demo.noop"}]}
+    )  # fmt: skip
+    cluster.manage("shell", "-c", f"""
+from django.contrib.auth.models import User
+from batchadmin.jobs.models import BatchJob
+BatchJob.objects.filter(pk={job_id}).update(created_by=User.objects.get(username="victor"))
+""")  # fmt: skip
+    sign_in(page, web, "ursula")
+    assert "Victor's payroll" not in page.content()
+    response = page.goto(f"{web}/jobs/{job_id}/")
+    assert response is not None and response.status == 404
+    assert page.goto(f"{web}/jobs/{job_id}/history/").status == 404
+    # A forged POST with a valid CSRF token from ursula's own session is refused too.
+    token = page.context.cookies()
+    csrf = next(c["value"] for c in token if c["name"] == "csrftoken")
+    for path, data in (
+        (f"/jobs/{job_id}/change-status/", {"status": "waiting"}),
+        ("/jobs/bulk-status/", {"action": "waiting", "job": str(job_id)}),
+    ):
+        r = page.request.post(
+            f"{web}{path}",
+            form=data,
+            headers={"X-CSRFToken": csrf, "Referer": web},
+            max_redirects=0,
+        )
+        assert r.status in (302, 404)
+    status = cluster.show(job_id)["status"]
+    assert status == "withhold"
+    # Victor himself may open it.
+    page.context.clear_cookies()
+    sign_in(page, web, "victor")
+    assert page.goto(f"{web}/jobs/{job_id}/").status == 200
