@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.e2e.browser import sign_in
 from tests.e2e.cluster import unique
 
@@ -27,7 +29,7 @@ def test_it_updates_the_job_list_without_reloading(cluster, web, page):
     assert navigations == []  # the statuses arrived without a reload
 
 
-def add_task(page, description: str, process: str, *, params: dict[str, str] | None = None,
+def add_task(page: Any, description: str, process: str, *, params: dict[str, str] | None = None,
              after: str | None = None, after_description: str = "") -> None:  # fmt: skip
     """Add a task line in the grid the way an administrator does: Add task, fill, Enter."""
     page.click("[data-shortcut='new-task']")
