@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, shared_task
-from django.db import IntegrityError, close_old_connections
+from django.db import IntegrityError, InterfaceError, OperationalError, connection
 
 from batchadmin.jobs import runner, scheduler
 from batchadmin.servers import worker
@@ -14,15 +14,18 @@ from batchadmin.servers import worker
 @shared_task(bind=True, name="batchadmin.run_batch_task", acks_late=True, ignore_result=True)
 def run_batch_task(self: Task[Any, Any], task_id: int) -> None:
     hostname = self.request.hostname or ""
-    # Connections are kept across tasks (CELERY_DB_REUSE_MAX); drop one that is too old or
-    # broken (PostgreSQL restarted) before using it.
-    close_old_connections()
     try:
         runner.run_task(task_id=task_id, server_id=worker.server_id(hostname), hostname=hostname)
     except IntegrityError:
         # The claim referred to a server row deleted since this process cached its id (the
         # claim rolled back, the task is still Ready): register again and claim once more.
         worker.forget_server(hostname)
+        runner.run_task(task_id=task_id, server_id=worker.server_id(hostname), hostname=hostname)
+    except (OperationalError, InterfaceError):
+        # Connections are kept across tasks (CELERY_DB_REUSE_MAX) without a health-check
+        # query per task; a broken one (PostgreSQL restarted) fails here once. Reconnect and
+        # claim again: if the first try had claimed, this claim finds it taken and stops.
+        connection.close()
         runner.run_task(task_id=task_id, server_id=worker.server_id(hostname), hostname=hostname)
 
 
