@@ -8,6 +8,7 @@ from django.views.generic import RedirectView
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="jobs:list", permanent=False)),
     path("jobs/", include("batchadmin.jobs.urls")),
+    path("active-periods/", include("batchadmin.jobs.period_urls")),
     path("", include("batchadmin.servers.urls")),
     path("account/", include("batchadmin.accounts.urls")),
     path("login/", auth_views.LoginView.as_view(), name="login"),

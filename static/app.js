@@ -26,6 +26,14 @@
     }
   });
 
+  // A radio with inputs of its own on its row (End after [N] runs): entering a value there
+  // chooses the radio, as in D365's dialogs. Only input does, so tabbing through changes nothing.
+  document.addEventListener("input", (event) => {
+    const row = event.target.closest("[data-choice-row]");
+    const radio = row && row.querySelector("input[type=radio]");
+    if (radio && event.target !== radio) radio.checked = true;
+  });
+
   // "Select all" check-boxes for bulk actions.
   document.addEventListener("change", (event) => {
     const all = event.target.closest("[data-select-all]");

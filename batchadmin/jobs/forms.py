@@ -23,6 +23,7 @@ from batchadmin.jobs import access, transitions
 from batchadmin.jobs.models import (
     MAX_RETRIES_LIMIT,
     RUNNING_JOB_STATUSES,
+    ActivePeriod,
     BatchJob,
     BatchStatus,
     BatchTask,
@@ -32,7 +33,7 @@ from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
 from batchadmin.servers.models import BatchGroup
 
-HEADER_FIELDS = ["description", "scheduled_start", "run_as", "priority", "company"]
+HEADER_FIELDS = ["description", "scheduled_start", "run_as", "priority", "company", "active_period"]
 # What the task line writes; status, retries and the attempt bookkeeping belong to transitions.
 TASK_FIELDS = [
     "description",
@@ -90,13 +91,19 @@ def _run_by_field(
         field.help_text = "Only a batch job manager can change Run by."
 
 
+class ActivePeriodChoiceField(forms.ModelChoiceField[ActivePeriod]):
+    def label_from_instance(self, obj: ActivePeriod) -> str:
+        return f"{obj.code}: {obj.describe()}"
+
+
 class JobForm(forms.ModelForm[BatchJob]):
-    """The job header: description, scheduled start, run by, priority, company."""
+    """The job header: description, scheduled start, run by, priority, company, active period."""
 
     class Meta:
         model = BatchJob
         fields = HEADER_FIELDS
         widgets = {"scheduled_start": DateTimeLocalInput()}
+        field_classes = {"active_period": ActivePeriodChoiceField}
 
     def __init__(self, *args: Any, user: User, read_only: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -105,6 +112,9 @@ class JobForm(forms.ModelForm[BatchJob]):
         company = self.fields["company"]
         assert isinstance(company, forms.ModelChoiceField)
         company.empty_label = "(none)"
+        period = self.fields["active_period"]
+        assert isinstance(period, forms.ModelChoiceField)
+        period.empty_label = "Any time"
         if read_only:
             for field in self.fields.values():
                 field.disabled = True

@@ -121,6 +121,13 @@ class ActivePeriod(models.Model):
     def next_opening(self, at: dt.datetime) -> dt.datetime:
         return self.window().next_opening(at)
 
+    def describe(self) -> str:
+        """The window in words: "18:00 to 08:00 (next day) Europe/Oslo", "All day UTC"."""
+        if self.start_time == self.end_time:
+            return f"All day {self.time_zone}"
+        tail = " (next day)" if self.end_time < self.start_time else ""
+        return f"{self.start_time:%H:%M} to {self.end_time:%H:%M}{tail} {self.time_zone}"
+
 
 class BatchJobQuerySet(models.QuerySet["BatchJob"]):
     def due(self, at: dt.datetime) -> BatchJobQuerySet:
@@ -238,6 +245,16 @@ class BatchJob(models.Model):
     @property
     def next_run(self) -> dt.datetime | None:
         return self.scheduled_start if self.status == BatchStatus.WAITING else None
+
+    def next_start(self, at: dt.datetime | None = None) -> dt.datetime | None:
+        """When the next run may start: outside its active period it waits for the period to
+        open, as transitions.start_job does."""
+        if self.next_run is None or self.active_period is None:
+            return self.next_run
+        due = max(self.next_run, at or now())  # a start that has passed is due now
+        if self.active_period.is_open(due):
+            return self.next_run
+        return self.active_period.next_opening(due)
 
     def get_recurrence(self) -> BatchRecurrence | None:
         try:

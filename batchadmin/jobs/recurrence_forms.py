@@ -135,6 +135,16 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
         super().__init__(*args, **kwargs)
         for name in ("every", "end", "on"):
             self.fields[name].required = False  # a cron pattern has no count; radios default
+        # The dialog shows these selects without labels of their own: their empty choice says
+        # what they are for.
+        for name, empty, choices in (
+            ("nth", "which", BatchRecurrence.Nth.choices),
+            ("weekday", "weekday", BatchRecurrence.Weekday.choices),
+            ("month", "month", BatchRecurrence.Month.choices),
+        ):
+            field = self.fields[name]
+            assert isinstance(field, forms.ChoiceField)
+            field.choices = [("", f"({empty})"), *choices]
         self.rule: recurrence.Rule | None = None
 
     def clean(self) -> dict[str, Any]:
@@ -258,9 +268,7 @@ class ActivePeriodForm(forms.ModelForm[ActivePeriod]):
         """The window in words: "18:00 to 08:00 (next day) Europe/Oslo" ("" while invalid)."""
         if not self.is_valid():
             return ""
-        start, end = self.cleaned_data["start_time"], self.cleaned_data["end_time"]
-        zone = self.cleaned_data["time_zone"]
-        if start == end:
-            return f"All day {zone}"
-        tail = " (next day)" if end < start else ""
-        return f"{start:%H:%M} to {end:%H:%M}{tail} {zone}"
+        data = self.cleaned_data
+        return ActivePeriod(
+            start_time=data["start_time"], end_time=data["end_time"], time_zone=data["time_zone"]
+        ).describe()

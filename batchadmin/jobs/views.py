@@ -10,7 +10,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.timezone import now
+from django.utils.timezone import get_current_timezone_name, now
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import (
     HttpResponseClientRedirect,
@@ -20,11 +20,12 @@ from django_htmx.http import (
 
 from batchadmin.alerts import forms as alert_forms
 from batchadmin.alerts.models import BatchJobAlert
-from batchadmin.jobs import access, copying, forms, task_grid, transitions
+from batchadmin.jobs import access, copying, forms, recurrence_forms, task_grid, transitions
 from batchadmin.jobs.filters import JobFilter
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
     BatchJob,
+    BatchRecurrence,
     BatchStatus,
     BatchTask,
     Company,
@@ -43,7 +44,9 @@ LIVE_STATUSES = (*RUNNING_JOB_STATUSES, BatchStatus.WAITING)
 
 def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJob:
     """The job if the user may see it (404 otherwise, so ids of others' jobs do not leak)."""
-    job = get_object_or_404(access.visible_jobs(request.user), pk=pk)
+    # The header shows the recurrence and the active period: one query with the job.
+    jobs = access.visible_jobs(request.user).select_related("recurrence", "active_period")
+    job = get_object_or_404(jobs, pk=pk)
     if change and not access.can_change(request.user, job):
         raise Http404("You can't change this batch job.")
     return job
@@ -150,6 +153,8 @@ def _job_page(request: AuthedRequest, job: BatchJob, **extra: Any) -> dict[str, 
         "editable": editable,
         "header_form": forms.JobForm(instance=job, user=request.user, read_only=not editable),
         "alert": BatchJobAlert.objects.filter(job=job, user=request.user).first(),
+        # Lazy: read only when the header is rendered, not on every diagram poll.
+        "missed": job.missed_occurrences.all()[:5],
         "editing": None,
         "editor": None,
     }
@@ -475,3 +480,91 @@ def job_copy(request: AuthedRequest, pk: int) -> HttpResponse:
         "jobs/job_copy.html",
         {"job": job, "form": form, "task_count": job.tasks.count()},
     )
+
+
+# --- Recurrence ---------------------------------------------------------------------------
+
+
+def _get_job_to_change(request: AuthedRequest, pk: int) -> BatchJob:
+    """404 for a job the user can't see; 403 for one they see but may not change."""
+    job = _get_job(request, pk)
+    if not access.can_change(request.user, job):
+        raise PermissionDenied("You can see this batch job but not change it.")
+    return job
+
+
+def _recurrence_dialog(job: BatchJob, data: Any = None) -> dict[str, Any]:
+    """The dialog's form and the saved recurrence in words.
+
+    The words are read first: validating the form writes the posted values onto the saved row.
+    """
+    saved = job.get_recurrence()
+    current = saved.describe() if saved else ""
+    # The viewer's zone (TimezoneMiddleware): a new recurrence's default and the preview's
+    # second column.
+    form = recurrence_forms.RecurrenceForm(data, job=job, viewer_zone=get_current_timezone_name())
+    return {"job": job, "form": form, "current": current}
+
+
+def _with_preview(context: dict[str, Any]) -> dict[str, Any]:
+    """The next runs, each with when the job's active period lets it start if it holds it."""
+    form: recurrence_forms.RecurrenceForm = context["form"]
+    job: BatchJob = context["job"]
+    runs = form.next_runs() if form.is_bound else []
+    period = job.active_period if runs else None
+    held = [
+        period.next_opening(run.viewer).astimezone(run.viewer.tzinfo)
+        if period is not None and not period.is_open(run.viewer)
+        else None
+        for run in runs
+    ]
+    return context | {
+        "runs": list(zip(runs, held, strict=True)),
+        "held": any(held),
+        "words": form.describe() if form.is_bound else "",
+        "preview_size": recurrence_forms.PREVIEW_RUNS,
+    }
+
+
+@require_http_methods(["GET", "POST"])
+def job_recurrence(request: AuthedRequest, pk: int) -> HttpResponse:
+    """Define recurrence. Saving reschedules the job to the first occurrence from now on; a
+    running job keeps its run and takes the change when the run ends (DESIGN.md section 5)."""
+    job = _get_job_to_change(request, pk)
+    context = _recurrence_dialog(job, request.POST or None)
+    form: recurrence_forms.RecurrenceForm = context["form"]
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        if not request.htmx:
+            messages.success(request, f"Saved the recurrence: {form.describe()}.")
+        return _dialog_done(request, job, "job-changed")
+    return _dialog(request, "jobs/job_recurrence.html", _with_preview(context))
+
+
+@require_POST
+def recurrence_preview(request: AuthedRequest, pk: int) -> HttpResponse:
+    """The next runs of what the dialog holds, without saving it.
+
+    For htmx only the preview is swapped, with each field's errors out of band, so the input
+    the user is in stays as it is.
+    """
+    job = _get_job_to_change(request, pk)
+    context = _with_preview(_recurrence_dialog(job, request.POST))
+    if request.htmx:
+        return render(
+            request, "jobs/job_recurrence.html#recurrence-preview", context | {"oob": True}
+        )
+    return render(request, "jobs/job_recurrence.html", {"nav": "jobs"} | context)
+
+
+@require_POST
+def recurrence_remove(request: AuthedRequest, pk: int) -> HttpResponse:
+    """Remove recurrence: the job keeps its scheduled start and runs once more."""
+    job = _get_job_to_change(request, pk)
+    removed, _ = BatchRecurrence.objects.filter(job=job).delete()
+    if not request.htmx:
+        if removed:
+            messages.success(request, "Removed the recurrence: the job runs once.")
+        else:
+            messages.info(request, "The job had no recurrence.")
+    return _dialog_done(request, job, "job-changed")

@@ -28,7 +28,7 @@ from functools import cached_property
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from cron_descriptor import ExpressionDescriptor, FormatException
+from cron_descriptor import ExpressionDescriptor, FormatException, MissingFieldException
 from cron_descriptor import Options as CronOptions
 from croniter import CroniterError, croniter
 from dateutil import rrule
@@ -372,7 +372,7 @@ def _describe_cron(expression: str) -> str:
     options.use_24hour_time_format = True
     try:
         return str(ExpressionDescriptor(expression, options).get_description())
-    except FormatException:
+    except (FormatException, MissingFieldException):  # a row edited by hand (too few fields)
         return f"Cron {expression}"
 
 

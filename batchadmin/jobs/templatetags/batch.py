@@ -9,6 +9,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timezone import now
 
+from batchadmin.jobs import access
 from batchadmin.lib import durations
 
 register = template.Library()
@@ -44,3 +45,9 @@ def sort_th(context: dict[str, Any], field: str, label: str) -> SafeString:
 @register.inclusion_tag("jobs/_status.html")
 def status_badge(status: str, label: str = "") -> dict[str, str]:
     return {"status": status, "label": label or status}
+
+
+@register.filter
+def is_batch_manager(user: Any) -> bool:
+    """Whether ``user`` has the Batch job manager role (the setup pages' nav links)."""
+    return access.is_manager(user)
