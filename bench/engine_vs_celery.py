@@ -11,13 +11,14 @@ beat (the release tick), then measures, one phase after the other:
 (b) engine chain: one job of C ``demo.noop`` tasks, each conditioned on the previous one ending;
     ms per hop = median of task[i].started_at - task[i-1].ended_at, from the database.
 (c) plain Celery on the same broker, queue and workers: a ``group`` of N no-op tasks (tasks/s from
-    sending to the last completion, counted in Redis) and a ``chain`` of C (ms per hop, from the
-    start/end times each task records in Redis).
+    sending to the last completion, counted in Redis), the same N messages queued before the
+    workers consume them (their own pace, publishing left out), and a ``chain`` of C (ms per
+    hop, from the start/end times each task records in Redis).
 (d) due-job start latency: jobs scheduled a few seconds ahead; run.started_at - scheduled_start.
 
 It prints a table, writes the figures to bench/results/latest.json, and stops every process it
 started and drops its database at the end, also on errors and Ctrl-C. Each phase is bounded by
---timeout; a phase that takes longer fails the run with a message.
+--timeout; a phase that takes longer fails the run with a message. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -519,11 +520,42 @@ class Bench:
             }
             return [runs[j] for j in job_ids] if len(runs) == len(job_ids) else None
 
-        runs = self.wait_until(what, self.args.timeout, ended, poll=0.1)
+        try:
+            runs = self.wait_until(what, self.args.timeout, ended, poll=0.1)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n{self.diagnose(job_ids)}") from None
         for run in runs:
             if run.status != "ended":
                 raise BenchError(f"{what}: job {run.job_id} ended {run.status!r}, not 'ended'")
         return runs
+
+    def diagnose(self, job_ids: list[int]) -> str:
+        """What a stuck engine phase looks like, for the failure message."""
+        from batchadmin.celery import app
+        from batchadmin.jobs.models import BatchJob, BatchTask
+        from batchadmin.servers.models import BatchServerReplica
+
+        lines = []
+        try:
+            for job in BatchJob.objects.filter(pk__in=job_ids):
+                counts = Counter(BatchTask.objects.filter(job=job).values_list("status", flat=True))
+                lines.append(f"  job {job.pk}: {job.status}, tasks {dict(counts)}")
+            lines.append(
+                f"  broker: {self.redis.llen(QUEUE)} message(s) in {QUEUE}, "
+                f"{self.redis.hlen('unacked')} unacked"
+            )
+            for r in BatchServerReplica.objects.all():
+                lines.append(
+                    f"  {r.hostname}: heartbeat {r.last_heartbeat:%H:%M:%S}, busy {r.busy}"
+                )
+            queues = app.control.inspect(timeout=2).active_queues() or {}
+            for host, consumed in sorted(queues.items()):
+                lines.append(f"  {host} consumes {', '.join(q['name'] for q in consumed)}")
+            if not queues:
+                lines.append("  no worker answered inspect active_queues")
+        except Exception as exc:  # a diagnosis must not hide the original failure
+            lines.append(f"  (diagnosis failed: {exc})")
+        return "\n".join(lines)
 
     def wait_queue_empty(self) -> None:
         """Start each phase with nothing left over from the one before."""
