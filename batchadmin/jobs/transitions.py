@@ -167,8 +167,12 @@ def _set_idle_status(*, job_id: int, to: BatchStatus, by_id: int | None) -> bool
         return True
 
 
-def _reset_tasks(job_id: int) -> None:
-    BatchTask.objects.filter(job_id=job_id).update(
+def _reset_tasks(job_id: int, *, statuses: tuple[str, ...] | None = None) -> None:
+    """Tasks start from scratch: Waiting, actual retries 0 (all of them, or those in ``statuses``)."""
+    tasks = BatchTask.objects.filter(job_id=job_id)
+    if statuses is not None:
+        tasks = tasks.filter(status__in=statuses)
+    tasks.update(
         status=S.WAITING,
         retries=0,
         attempt=0,
@@ -236,19 +240,7 @@ def rerun_job(*, job_id: int, by_id: int | None, only_failed: bool) -> bool:
         if n != 1:
             return False  # another request changed it first
         if only_failed:
-            again.update(
-                status=S.WAITING,
-                retries=0,
-                attempt=0,
-                server=None,
-                hostname="",
-                started_at=None,
-                ended_at=None,
-                ready_at=None,
-                dispatched_at=None,
-                lease_expires_at=None,
-                progress=None,
-            )
+            _reset_tasks(job_id, statuses=RERUN_TASK_STATUSES)
             reason = "Rerun of the tasks that failed or did not run"
         else:
             _reset_tasks(job_id)
