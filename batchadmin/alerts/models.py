@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils.timezone import now
 
-from batchadmin.jobs.models import BatchJob
+from batchadmin.jobs.models import BatchJob, Priority
+from batchadmin.servers.models import BatchGroup
 
 
 class BatchJobAlert(models.Model):
@@ -51,3 +53,152 @@ class BatchJobAlert(models.Model):
             return ""
         channels = self.channels()
         return ", ".join(events) + (f" ({', '.join(channels)})" if channels else "")
+
+
+class AlertKind(models.TextChoices):
+    ENDED = "ended", "Ended"
+    ERROR = "error", "Error"
+    CANCELED = "canceled", "Canceled"
+    # Beyond D365: a job that runs far longer than usual, a due job nothing can start.
+    LONG_RUNNING = "long_running", "Running long"
+    UNSERVED = "unserved", "Cannot start"
+
+
+STUCK_KINDS = (AlertKind.LONG_RUNNING, AlertKind.UNSERVED)
+
+
+class AlertEvent(models.Model):
+    """The outbox: something happened that someone may need to hear about.
+
+    Written in the same transaction as the status change that caused it. ``key`` is unique
+    ("run:<run id>:error"), so a finish that runs twice, two workers or two beats racing write
+    one row between them; delivery (fan-out to ``Notification`` rows, e-mail) happens later in
+    a Celery task and marks ``processed_at`` (D365's "alerts processed").
+    """
+
+    Kind = AlertKind
+
+    job = models.ForeignKey(BatchJob, models.CASCADE, related_name="alert_events")
+    job_run = models.ForeignKey(
+        "jobs.BatchJobRun", models.SET_NULL, null=True, blank=True, related_name="alert_events"
+    )
+    kind = models.CharField(max_length=12, choices=AlertKind.choices)
+    key = models.CharField(max_length=100, unique=True)
+    # A snapshot for the message (job description, status, times, failing tasks with their
+    # first error line, the reason of a stuck alert): history may be gone when it is sent.
+    details = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "alert event"
+        ordering = ["-created"]
+        indexes = [
+            # The tick's sweep for events whose delivery message was lost.
+            models.Index(
+                fields=["created"], name="alertevent_pending_idx", condition=Q(processed_at=None)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: job {self.job_id}"
+
+
+class Notification(models.Model):
+    """One alert for one user: the popup (bell, toast) and the e-mail state."""
+
+    class Email(models.TextChoices):
+        NONE = "none", "Not wanted"
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    event = models.ForeignKey(AlertEvent, models.CASCADE, related_name="notifications")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="batch_notifications"
+    )
+    popup = models.BooleanField(default=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    # The toast shows each popup once per browser tab poll; this marks it seen by any tab.
+    toasted_at = models.DateTimeField(null=True, blank=True)
+    email = models.CharField(max_length=7, choices=Email.choices, default=Email.NONE)
+    email_attempts = models.PositiveSmallIntegerField(default=0)
+    email_sent_at = models.DateTimeField(null=True, blank=True)
+    email_error = models.TextField(blank=True)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        verbose_name = "notification"
+        ordering = ["-created", "-pk"]
+        constraints = [
+            # Exactly one alert per user per event, however often delivery runs.
+            models.UniqueConstraint(fields=["event", "user"], name="notification_event_user"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["user", "-created"],
+                name="notification_unread_idx",
+                condition=Q(popup=True, read_at=None),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} for {self.user}"
+
+
+class AlertRule(models.Model):
+    """Beyond D365: a subscription to every job of a batch group and/or a priority.
+
+    Empty group and empty priority mean every job.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="alert_rules")
+    group = models.ForeignKey(
+        BatchGroup,
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="alert_rules",
+        verbose_name="batch group",
+        help_text="Jobs with a task in this group; empty means any group.",
+    )
+    priority = models.PositiveSmallIntegerField(
+        "scheduling priority",
+        choices=Priority.choices,
+        null=True,
+        blank=True,
+        help_text="Jobs with this priority; empty means any priority.",
+    )
+    ended = models.BooleanField("ended", default=False)
+    error = models.BooleanField("error", default=True)
+    canceled = models.BooleanField("canceled", default=False)
+    stuck = models.BooleanField(
+        "stuck",
+        default=False,
+        help_text="Running far longer than usual, or due and no online server serves its group.",
+    )
+    popup = models.BooleanField("popup", default=True)
+    email = models.BooleanField("e-mail", default=False)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        verbose_name = "alert rule"
+        ordering = ["user", "pk"]
+
+    def __str__(self) -> str:
+        scope = " ".join(
+            part
+            for part in [
+                f"group {self.group}" if self.group_id else "",
+                f"priority {self.get_priority_display()}" if self.priority else "",
+            ]
+            if part
+        )
+        return f"{self.user}: {scope or 'all jobs'}"
+
+    def wants(self, kind: str) -> bool:
+        if kind in STUCK_KINDS:
+            return self.stuck
+        return bool(getattr(self, kind, False))

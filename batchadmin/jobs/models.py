@@ -49,6 +49,14 @@ class Priority(models.IntegerChoices):
     RESERVED = 50, "Reserved capacity"
 
 
+class SaveHistory(models.TextChoices):
+    """D365 "Save job to history" (the job's LogLevel)."""
+
+    ALWAYS = "always", "Always"
+    ERRORS = "errors", "Errors only"
+    NEVER = "never", "Never"
+
+
 class Company(models.Model):
     code = models.CharField(
         "company",
@@ -137,6 +145,7 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
 class BatchJob(models.Model):
     Status = BatchStatus
     Priority = Priority
+    SaveHistory = SaveHistory
 
     description = models.CharField("job description", max_length=200)
     status = models.CharField(
@@ -158,6 +167,19 @@ class BatchJob(models.Model):
     )
     started_at = models.DateTimeField("actual start date/time", null=True, blank=True)
     ended_at = models.DateTimeField("end date/time", null=True, blank=True)
+    save_history = models.CharField(
+        "save job to history",
+        max_length=6,
+        choices=SaveHistory.choices,
+        default=SaveHistory.ALWAYS,
+        help_text="Always keeps every run; Errors only keeps runs that end in Error; Never keeps "
+        "none. Jobs with many tasks run lighter with Errors only.",
+    )
+    critical = models.BooleanField(
+        "critical job",
+        default=False,
+        help_text="When it ends in Error, every batch manager is alerted (popup and e-mail).",
+    )
     company = models.ForeignKey(
         Company,
         models.PROTECT,
@@ -654,7 +676,11 @@ class BatchJobRun(models.Model):
     class Meta:
         verbose_name = "batch job run"
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["job", "-started_at"], name="jobrun_job_idx")]
+        indexes = [
+            models.Index(fields=["job", "-started_at"], name="jobrun_job_idx"),
+            # History clean-up: "runs that ended before the limit".
+            models.Index(fields=["ended_at"], name="jobrun_ended_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"run {self.pk} of job {self.job_id}"
@@ -681,7 +707,11 @@ class BatchTaskRun(models.Model):
     class Meta:
         verbose_name = "batch task run"
         ordering = ["job_run", "task", "attempt"]
-        indexes = [models.Index(fields=["task", "attempt"], name="taskrun_task_idx")]
+        indexes = [
+            models.Index(fields=["task", "attempt"], name="taskrun_task_idx"),
+            # The workspace's "finished per minute / failures over the last day" and /metrics.
+            models.Index(fields=["ended_at"], name="taskrun_ended_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"task {self.task_id} attempt {self.attempt}"

@@ -1,0 +1,133 @@
+"""Writing alert events: called inside the transaction of the status change that caused them.
+
+Only the row is written here (a few milliseconds, once per job run); who hears about it and how
+is decided later by ``alerts.delivery`` in a Celery task, so a slow mail server or a long list
+of subscribers never holds the job lock or fails the job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils.timezone import now
+
+from batchadmin.alerts.models import AlertEvent, AlertKind
+from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskRun
+
+log = logging.getLogger(__name__)
+
+# The queue of the delivery task. Every batch server consumes it besides its groups' queues.
+ALERT_QUEUE = "batchadmin.alerts"
+DELIVER_TASK = "batchadmin.deliver_alerts"
+# Failing tasks listed in one message; the rest is summed up as "and N more".
+FAILED_TASKS_SHOWN = 10
+
+_KIND_OF_STATUS = {
+    BatchStatus.ENDED: AlertKind.ENDED,
+    BatchStatus.ERROR: AlertKind.ERROR,
+    BatchStatus.CANCELED: AlertKind.CANCELED,
+}
+
+
+def first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return ""
+
+
+def failing_tasks(job_id: int, run_id: int | None) -> tuple[list[dict[str, str]], int]:
+    """The job's tasks in Error with the first line of their last error, and how many in all."""
+    failed = BatchTask.objects.filter(job_id=job_id, status=BatchStatus.ERROR).order_by(
+        "position", "pk"
+    )
+    total = failed.count()
+    shown: list[dict[str, str]] = []
+    for task in failed.only("pk", "key", "description")[:FAILED_TASKS_SHOWN]:
+        error = (
+            BatchTaskRun.objects.filter(task_id=task.pk, job_run_id=run_id)
+            .exclude(error_message="")
+            .order_by("-attempt")
+            .values_list("error_message", flat=True)
+            .first()
+        )
+        shown.append(
+            {"key": task.key, "description": task.description, "error": first_line(error or "")}
+        )
+    return shown, total
+
+
+def record(
+    job: BatchJob,
+    kind: AlertKind,
+    *,
+    key: str,
+    run_id: int | None = None,
+    details: dict[str, Any] | None = None,
+    at: dt.datetime | None = None,
+) -> int | None:
+    """Write one event unless one with ``key`` exists; queue its delivery after commit.
+
+    Returns the new event's id, or None when another writer got there first. INSERT ... ON
+    CONFLICT DO NOTHING: the loser of a race gets no row and no error, and the transaction it
+    runs in (a task finish holding the job lock) stays usable.
+    """
+    payload = {"description": job.description, "priority": job.priority, **(details or {})}
+    field = AlertEvent._meta.get_field("details")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_SQL,
+            [
+                job.pk,
+                run_id,
+                kind,
+                key,
+                field.get_db_prep_save(payload, connection),
+                connection.ops.adapt_datetimefield_value(at or now()),
+            ],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    event_id: int = row[0]
+    transaction.on_commit(lambda: send(event_id))
+    return event_id
+
+
+_INSERT_SQL = f"""
+    INSERT INTO {AlertEvent._meta.db_table} (job_id, job_run_id, kind, key, details, created,
+        attempts)
+    VALUES (%s, %s, %s, %s, %s, %s, 0)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id
+"""
+
+
+def job_ended(
+    job: BatchJob, *, run_id: int | None, final: BatchStatus, at: dt.datetime
+) -> int | None:
+    """The job run ``run_id`` ended ``final``: one event per run, however often this is called."""
+    kind = _KIND_OF_STATUS[final]
+    details: dict[str, Any] = {
+        "status": str(final),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "ended_at": at.isoformat(),
+        "critical": job.critical,
+    }
+    if final in (BatchStatus.ERROR, BatchStatus.CANCELED):
+        details["failed_tasks"], details["failed_count"] = failing_tasks(job.pk, run_id)
+    key = f"run:{run_id}:{kind}" if run_id else f"job:{job.pk}:{kind}:{at.isoformat()}"
+    return record(job, kind, key=key, run_id=run_id, details=details, at=at)
+
+
+def send(event_id: int) -> None:
+    """Queue the delivery; a lost message is re-sent by the tick's sweep of pending events."""
+    from batchadmin.celery import app
+
+    try:
+        app.send_task(DELIVER_TASK, args=[event_id], queue=ALERT_QUEUE)
+    except Exception:  # broker down: the sweep sends it later
+        log.exception("Could not queue delivery of alert event %s; the tick resends it", event_id)
