@@ -173,7 +173,38 @@ EMAIL_PORT = env_int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("Set EMAIL_USE_TLS (STARTTLS, port 587) or EMAIL_USE_SSL, not both")
+# Seconds an SMTP connect or command may take; without it a hung mail server hangs delivery.
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "batchadmin@localhost")
+# Where people reach this site; links in alert e-mails start with it.
+BATCH_BASE_URL = os.environ.get("BATCH_BASE_URL", SITE_ROOT).rstrip("/")
+# Alert e-mails (batchadmin/alerts/delivery.py): after failed attempt N the next one waits
+# base * 2 ** (N - 1) seconds, capped below the broker's visibility timeout (an hour) so Redis
+# does not hand a waiting retry to a second worker; after BATCH_ALERT_EMAIL_ATTEMPTS attempts
+# (about two hours with the defaults) the e-mail is marked failed.
+BATCH_ALERT_RETRY_SECONDS = env_float("BATCH_ALERT_RETRY_SECONDS", 30)
+BATCH_ALERT_RETRY_MAX_SECONDS = env_float("BATCH_ALERT_RETRY_MAX_SECONDS", 1800)
+BATCH_ALERT_EMAIL_ATTEMPTS = env_int("BATCH_ALERT_EMAIL_ATTEMPTS", 10)
+# An e-mail still "sending" after this long lost its worker mid-send and is tried again.
+BATCH_ALERT_SENDING_TIMEOUT_SECONDS = env_float("BATCH_ALERT_SENDING_TIMEOUT_SECONDS", 600)
+# The tick's sweep runs this often; it resends the delivery of events still unprocessed this
+# long after they were written (a lost message) and of e-mails this long past their retry.
+BATCH_ALERT_SWEEP_SECONDS = env_float("BATCH_ALERT_SWEEP_SECONDS", 30)
+# "Running long" alert: a run is stuck when it has run BATCH_STUCK_FACTOR times the median of
+# the job's last BATCH_STUCK_RUNS runs that ended Ended, and at least BATCH_STUCK_MIN_MINUTES
+# more than that median; jobs with fewer than BATCH_STUCK_MIN_RUNS such runs are not judged.
+BATCH_STUCK_FACTOR = env_float("BATCH_STUCK_FACTOR", 3)
+BATCH_STUCK_RUNS = env_int("BATCH_STUCK_RUNS", 10)
+BATCH_STUCK_MIN_RUNS = env_int("BATCH_STUCK_MIN_RUNS", 5)
+BATCH_STUCK_MIN_MINUTES = env_float("BATCH_STUCK_MIN_MINUTES", 10)
+# "Cannot start" alert: a task of a running job has been ready this long and no online batch
+# server serves its group.
+BATCH_UNSERVED_AFTER_SECONDS = env_float("BATCH_UNSERVED_AFTER_SECONDS", 60)
+# Both stuck checks run at most this often (they are queries over every running job).
+BATCH_STUCK_CHECK_SECONDS = env_float("BATCH_STUCK_CHECK_SECONDS", 30)
 
 # --- Celery ---------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
@@ -220,6 +251,7 @@ BATCH_REDISPATCH_AFTER_SECONDS = env_float("BATCH_REDISPATCH_AFTER_SECONDS", 30)
 BATCH_PROCESS_MODULES = [
     "batchadmin.processes.builtin",
     "batchadmin.processes.business",
+    "batchadmin.processes.maintenance",
     *[m for m in os.environ.get("BATCH_PROCESS_MODULES", "").split(",") if m],
 ]
 # A recurring job whose missed-runs policy is "skip" still starts for an occurrence that passed
@@ -227,6 +259,11 @@ BATCH_PROCESS_MODULES = [
 BATCH_RECURRENCE_GRACE_SECONDS = env_float("BATCH_RECURRENCE_GRACE_SECONDS", 60)
 # Upper bound of rows each step of one tick handles, so one tick stays short.
 BATCH_TICK_LIMIT = env_int("BATCH_TICK_LIMIT", 500)
+# /healthz reports beat as down when its last successful tick is older than this. Beat records
+# a tick at most every 5 s, so keep this well above that and above the tick's own interval.
+BATCH_BEAT_STALE_SECONDS = env_float("BATCH_BEAT_STALE_SECONDS", 30)
+# When set, /metrics answers only requests with "Authorization: Bearer <token>".
+BATCH_METRICS_TOKEN = os.environ.get("BATCH_METRICS_TOKEN", "")
 
 LOGGING = {
     "version": 1,

@@ -61,6 +61,8 @@ class BaseTestCase(TestCase):
         self.send = self.enterContext(
             mock.patch("batchadmin.jobs.dispatch.send", side_effect=lambda tasks: len(tasks))
         )
+        # Queuing an alert's delivery (Celery task "batchadmin.deliver_alerts") after commit.
+        self.send_alert = self.enterContext(mock.patch("batchadmin.alerts.outbox.send"))
 
     # --- data ---------------------------------------------------------------------------------
 

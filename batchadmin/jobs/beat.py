@@ -7,17 +7,33 @@ never wait behind busy batch threads, and beat is the one process there is exact
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
 from typing import Any
 
+from django.db.models import Max
+from django.utils.timezone import now
+from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler
 
 log = logging.getLogger(__name__)
 
-IN_PROCESS_TASKS = frozenset({"batchadmin.tick"})
+TICK_TASK = "batchadmin.tick"
+IN_PROCESS_TASKS = frozenset({TICK_TASK})
+# Beat's liveness (for /healthz and /metrics) is the tick row's PeriodicTask.last_run_at,
+# written after a tick that worked. Why there and not in Redis: it survives a Redis flush or
+# restart, the health check of beat then does not depend on the broker (a Redis outage shows
+# as a broker failure, not as a dead beat too), no new table is needed, and the admin's "Last
+# run at" column shows the truth. django-celery-beat itself saves last_run_at only when it
+# syncs (every 3 minutes), too rarely for a liveness check; a write per tick (every second)
+# would be an UPDATE per second for nothing, so it is throttled to one per this many seconds.
+LIVENESS_WRITE_SECONDS = 5.0
 
 
 class BatchScheduler(DatabaseScheduler):  # type: ignore[misc]
+    _liveness_written_at = float("-inf")  # time.monotonic() of the last liveness write
+
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         if entry.task not in IN_PROCESS_TASKS:
             super().apply_entry(entry, producer=producer)
@@ -29,6 +45,31 @@ class BatchScheduler(DatabaseScheduler):  # type: ignore[misc]
             # Database or broker down: log it and try again on the next tick (celery-beat's
             # own scheduler loop survives DB errors the same way).
             log.exception("%s failed; retrying on the next tick", entry.task)
+            # Not a run: keep this attempt's time out of last_run_at (beat's liveness) when
+            # the scheduler next saves its entries.
+            self._dirty.discard(entry.name)
         else:
             if counts and any(counts.values()):
                 log.info("%s: %s", entry.task, counts)
+            self.record_liveness(entry.model.pk)
+
+    def record_liveness(self, periodic_task_id: int) -> None:
+        t = time.monotonic()
+        if t - self._liveness_written_at < LIVENESS_WRITE_SECONDS:
+            return
+        try:
+            # update(), not save(): no pre_save signal, so the scheduler does not take it for
+            # an edit of the schedule and reload every entry.
+            PeriodicTask.objects.filter(pk=periodic_task_id).update(last_run_at=now())
+        except Exception:
+            log.warning("Could not record beat's liveness; retrying after the next tick")
+        else:
+            self._liveness_written_at = t
+
+
+def last_tick() -> dt.datetime | None:
+    """When beat last ran the tick successfully (to within LIVENESS_WRITE_SECONDS), or None."""
+    at: dt.datetime | None = PeriodicTask.objects.filter(task=TICK_TASK, enabled=True).aggregate(
+        at=Max("last_run_at")
+    )["at"]
+    return at

@@ -23,6 +23,7 @@ from django.utils.timezone import now
 from batchadmin.jobs import transitions
 from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun, Company
 from batchadmin.processes import registry
+from batchadmin.servers import metrics
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -127,6 +128,8 @@ def run_task(*, task_id: int, server_id: int | None, hostname: str) -> bool:
     task_run = transitions.claim_task(task_id=task_id, server_id=server_id, hostname=hostname)
     if task_run is None:
         return False
+    started = time.monotonic()
+    finished = False
     LEASES.track(task_id)
     try:
         outcome, lines = execute(task_run)
@@ -135,7 +138,7 @@ def run_task(*, task_id: int, server_id: int | None, hostname: str) -> bool:
         # runs out and the tick fails the attempt instead.
         for delay in (1, 2, 4, 8, None):
             try:
-                transitions.finish_task(
+                finished = transitions.finish_task(
                     task_id=task_id,
                     attempt=task_run.attempt,
                     outcome=outcome,
@@ -154,6 +157,12 @@ def run_task(*, task_id: int, server_id: int | None, hostname: str) -> bool:
                 time.sleep(delay)
     finally:
         LEASES.untrack(task_id)
+    if finished:  # False: a late result the tick already counted when the lease ran out
+        metrics.task_finished(
+            task_id=task_id,
+            status=metrics.attempt_status(outcome),
+            seconds=time.monotonic() - started,
+        )
     return True
 
 

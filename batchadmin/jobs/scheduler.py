@@ -20,6 +20,7 @@ from django.db.models import Exists, OuterRef
 from django.utils.timezone import now
 from kombu.exceptions import ChannelError
 
+from batchadmin.alerts import delivery, stuck
 from batchadmin.jobs import dispatch, transitions
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
@@ -29,6 +30,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
 )
+from batchadmin.servers import metrics
 from batchadmin.servers.models import QUEUE_PREFIX
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,10 @@ def tick(at: dt.datetime | None = None) -> dict[str, int]:
         "resent": handle_lost_messages(at),
         "released": handle_stranded_tasks(),
         "settled": handle_stranded_jobs(at),
+        # Alerts last and throttled (every 30 s); they never raise into the tick.
+        "running_long": stuck.handle_long_running(at),
+        "unserved": stuck.handle_unserved(at),
+        "alerts_resent": delivery.handle_undelivered(at),
     }
 
 
@@ -66,12 +72,14 @@ def handle_expired_leases(at: dt.datetime) -> int:
     """Fail attempts whose batch server stopped renewing their lease (it died)."""
     expired = BatchTask.objects.filter(
         status__in=[S.EXECUTING, S.CANCELING], lease_expires_at__lt=at
-    ).values_list("pk", "attempt")
+    ).values_list("pk", "attempt", "group__code", "started_at")
     n = 0
-    for task_id, attempt in expired[: settings.BATCH_TICK_LIMIT]:
+    for task_id, attempt, group, started_at in expired[: settings.BATCH_TICK_LIMIT]:
         if transitions.expire_lease(task_id=task_id, attempt=attempt, at=at):
             log.warning("Task %s attempt %s: batch server lost", task_id, attempt)
             n += 1
+            seconds = (at - started_at).total_seconds() if started_at else 0.0
+            metrics.task_finished(task_id=task_id, status=S.ERROR, seconds=seconds, group=group)
     return n
 
 

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections, transaction
 from django.utils.timezone import now
 
+from batchadmin.alerts.outbox import ALERT_QUEUE
 from batchadmin.servers.models import (
     QUEUE_PREFIX,
     BatchGroup,
@@ -27,10 +28,6 @@ from batchadmin.servers.models import (
 )
 
 log = logging.getLogger(__name__)
-
-# A worker must consume at least one queue; a server with no group gets this empty one.
-# Outside the batch.<group> namespace, so no group code can collide with it.
-IDLE_QUEUE = "batchadmin.idle"
 
 _server_ids: dict[str, int] = {}
 
@@ -65,10 +62,15 @@ def forget_server(hostname: str) -> None:
 
 
 def wanted_queues(server: BatchServer) -> list[str]:
+    """The queues of the server's groups, then the alerts queue.
+
+    Every replica delivers alerts, also a disabled server or one without groups, so alerts go
+    out with the workers ops already run. Being always wanted, the heartbeat never cancels it.
+    """
     if not server.enabled:
-        return [IDLE_QUEUE]
-    queues = sorted(QUEUE_PREFIX + code for code in server.groups.values_list("code", flat=True))
-    return queues or [IDLE_QUEUE]
+        return [ALERT_QUEUE]
+    codes = server.groups.values_list("code", flat=True)
+    return [*sorted(QUEUE_PREFIX + code for code in codes), ALERT_QUEUE]
 
 
 @signals.celeryd_init.connect

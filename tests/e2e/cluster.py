@@ -72,12 +72,14 @@ class Cluster:
 
     # --- processes ----------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             args,
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -85,13 +87,25 @@ class Cluster:
         self.procs[name] = proc
         return proc
 
-    def start_worker(self, server: str, *, concurrency: int = 1, wait: bool = True) -> str:
-        """Start replica ``server@e2e`` of batch server ``server``; return its node name."""
-        hostname = f"{server}@e2e"
+    def start_worker(
+        self,
+        server: str,
+        *,
+        concurrency: int = 1,
+        wait: bool = True,
+        host: str = "e2e",
+        env: dict[str, str] | None = None,
+    ) -> str:
+        """Start replica ``server@host`` of batch server ``server``; return its node name.
+
+        ``env``: extra environment variables (settings) for this worker only.
+        """
+        hostname = f"{server}@{host}"
         self._spawn(
             hostname,
             [CELERY, "-A", "batchadmin", "worker", "-n", hostname, "-c", str(concurrency),
              "--pool", "prefork", "-l", "info", "--without-mingle", "--without-gossip"],
+            env,
         )  # fmt: skip
         if wait:
             wait_for(
@@ -103,11 +117,11 @@ class Cluster:
             )
         return hostname
 
-    def start_beat(self) -> None:
+    def start_beat(self, name: str = "beat") -> None:
         self._spawn(
-            "beat",
+            name,
             [CELERY, "-A", "batchadmin", "beat", "-l", "info",
-             "-s", str(self.log_dir / "beat-schedule")],
+             "-s", str(self.log_dir / f"{name}-schedule")],
         )  # fmt: skip
 
     def start_web(self, port: int) -> str:

@@ -291,5 +291,8 @@ class TickTestCase(BaseTestCase):
             "resent": 0,
             "released": 0,
             "settled": 0,
+            "running_long": 0,
+            "unserved": 0,
+            "alerts_resent": 0,
         }
         assert statuses(job) == {"T1": S.READY}

@@ -6,6 +6,7 @@ from unittest import mock
 import time_machine
 from django.test import SimpleTestCase
 
+from batchadmin.alerts.outbox import ALERT_QUEUE
 from batchadmin.jobs import io
 from batchadmin.jobs.models import BatchStatus
 from batchadmin.servers import worker
@@ -53,10 +54,15 @@ class RegisterServerTestCase(BaseTestCase):
 
     def test_it_consumes_the_queues_of_the_server_groups(self):
         server = worker.register_server("aos2")
-        assert worker.wanted_queues(server) == ["batch.default"]
+        assert worker.wanted_queues(server) == ["batch.default", ALERT_QUEUE]
         server.groups.add(BatchGroup.objects.create(code="nightly"))
         server.groups.add(BatchGroup.objects.create(code="invoices"))
-        assert worker.wanted_queues(server) == ["batch.default", "batch.invoices", "batch.nightly"]
+        assert worker.wanted_queues(server) == [
+            "batch.default",
+            "batch.invoices",
+            "batch.nightly",
+            ALERT_QUEUE,
+        ]
 
     def test_it_finds_the_server_again_after_its_row_was_deleted(self):
         with mock.patch.dict(worker._server_ids, clear=True):
@@ -73,12 +79,12 @@ class RegisterServerTestCase(BaseTestCase):
         server = BatchServer.objects.create(name="aos2", enabled=False)
         assert group.queue_name not in worker.wanted_queues(server)
 
-    def test_it_consumes_only_the_idle_queue_without_groups_or_when_disabled(self):
+    def test_it_consumes_only_the_alerts_queue_without_groups_or_when_disabled(self):
         server = BatchServer.objects.create(name="aos2")
-        assert worker.wanted_queues(server) == [worker.IDLE_QUEUE]
+        assert worker.wanted_queues(server) == [ALERT_QUEUE]
         server.groups.add(BatchGroup.objects.default())
         server.enabled = False
-        assert worker.wanted_queues(server) == [worker.IDLE_QUEUE]
+        assert worker.wanted_queues(server) == [ALERT_QUEUE]
 
 
 class WorkerSignalsTestCase(BaseTestCase):
@@ -93,8 +99,11 @@ class WorkerSignalsTestCase(BaseTestCase):
         worker.on_worker_init(sender="aos4@host1", instance=instance)
         server = BatchServer.objects.get(name="aos4")
         assert list(server.groups.all()) == [BatchGroup.objects.default()]
-        instance.app.amqp.queues.select_add.assert_called_once_with("batch.default")
-        instance.app.amqp.queues.select.assert_called_once_with(["batch.default"])
+        assert instance.app.amqp.queues.select_add.call_args_list == [
+            mock.call("batch.default"),
+            mock.call(ALERT_QUEUE),
+        ]
+        instance.app.amqp.queues.select.assert_called_once_with(["batch.default", ALERT_QUEUE])
 
     def test_it_starts_the_heartbeat_when_the_worker_is_ready(self):
         consumer = mock.Mock(hostname="aos1@host1")
@@ -118,10 +127,10 @@ class HeartbeatTestCase(BaseTestCase):
         job = self.make_job()
         self.make_task(job, "T1", status=BatchStatus.EXECUTING, hostname="aos1@host1")
         self.make_task(job, "T2", status=BatchStatus.EXECUTING, hostname="aos1@host2")
-        app = fake_app(["batch.default"])
+        app = fake_app(["batch.default", ALERT_QUEUE])
         with time_machine.travel(NINE, tick=False):
             consumed = worker.heartbeat(app, "aos1@host1", 4, None)
-        assert consumed == {"batch.default", "batch.nightly"}
+        assert consumed == {"batch.default", "batch.nightly", ALERT_QUEUE}
         app.control.add_consumer.assert_called_once_with(
             "batch.nightly", destination=["aos1@host1"]
         )
@@ -129,7 +138,7 @@ class HeartbeatTestCase(BaseTestCase):
         replica = BatchServerReplica.objects.get(hostname="aos1@host1")
         assert replica.server == self.server
         assert (replica.concurrency, replica.busy) == (4, 1)
-        assert replica.queues == ["batch.default", "batch.nightly"]
+        assert replica.queues == ["batch.default", "batch.nightly", ALERT_QUEUE]
         assert replica.started_at == replica.last_heartbeat == NINE
 
     def test_it_stops_consuming_the_queue_of_a_removed_group(self):
@@ -137,8 +146,8 @@ class HeartbeatTestCase(BaseTestCase):
         self.server.groups.set([BatchGroup.objects.create(code="nightly")])
         app = fake_app([])
         with time_machine.travel(NINE, tick=False):
-            consumed = worker.heartbeat(app, "aos1@host1", 2, {"batch.default"})
-        assert consumed == {"batch.nightly"}
+            consumed = worker.heartbeat(app, "aos1@host1", 2, {"batch.default", ALERT_QUEUE})
+        assert consumed == {"batch.nightly", ALERT_QUEUE}
         app.control.add_consumer.assert_called_once_with(
             "batch.nightly", destination=["aos1@host1"]
         )
@@ -148,6 +157,16 @@ class HeartbeatTestCase(BaseTestCase):
         replica = BatchServerReplica.objects.get(hostname="aos1@host1")
         assert replica.last_heartbeat == NINE
         assert replica.started_at != NINE  # not a restart
+
+    def test_it_keeps_delivering_alerts_when_the_server_is_disabled(self):
+        BatchServer.objects.filter(pk=self.server.pk).update(enabled=False)
+        app = fake_app(["batch.default", ALERT_QUEUE])
+        consumed = worker.heartbeat(app, "aos1@host1", 2, None)
+        assert consumed == {ALERT_QUEUE}
+        app.control.cancel_consumer.assert_called_once_with(
+            "batch.default", destination=["aos1@host1"]
+        )
+        app.control.add_consumer.assert_not_called()
 
     def test_it_tells_online_replicas_from_gone_ones(self):
         with time_machine.travel(NINE, tick=False):
