@@ -74,11 +74,13 @@ class BatchJobAdmin(admin.ModelAdmin[BatchJob]):
         "description",
         "status",
         "priority",
+        "save_history",
+        "critical",
         "scheduled_start",
         "started_at",
         "ended_at",
     ]
-    list_filter = ["status", "priority"]
+    list_filter = ["status", "priority", "save_history", "critical"]
     search_fields = ["description"]
     readonly_fields = ["status", "started_at", "ended_at", "current_run", "canceled_by"]
     inlines = [BatchRecurrenceInline, BatchTaskInline]

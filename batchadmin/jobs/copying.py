@@ -1,5 +1,6 @@
 """Copy batch job (D365 copy-batch-job.md): the job, its tasks with their parameters, their
-conditions, its recurrence and its alerts, as a new job in Withhold.
+conditions, its recurrence and its alerts, as a new job in Withhold. Save job to history and
+Critical come along with the header.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def copy_job(
             description=description,
             status=BatchStatus.WITHHOLD,  # D365: the copy waits until someone sets it Waiting
             priority=source.priority,
+            save_history=source.save_history,
+            critical=source.critical,
             scheduled_start=scheduled_start,
             company=company,
             active_period_id=source.active_period_id,

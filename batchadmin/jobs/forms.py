@@ -33,7 +33,16 @@ from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
 from batchadmin.servers.models import BatchGroup
 
-HEADER_FIELDS = ["description", "scheduled_start", "run_as", "priority", "company", "active_period"]
+HEADER_FIELDS = [
+    "description",
+    "scheduled_start",
+    "run_as",
+    "priority",
+    "company",
+    "active_period",
+    "save_history",
+    "critical",
+]
 # What the task line writes; status, retries and the attempt bookkeeping belong to transitions.
 TASK_FIELDS = [
     "description",
@@ -97,7 +106,8 @@ class ActivePeriodChoiceField(forms.ModelChoiceField[ActivePeriod]):
 
 
 class JobForm(forms.ModelForm[BatchJob]):
-    """The job header: description, scheduled start, run by, priority, company, active period."""
+    """The job header: description, scheduled start, run by, priority, company, active period,
+    save job to history and critical."""
 
     class Meta:
         model = BatchJob
@@ -115,6 +125,11 @@ class JobForm(forms.ModelForm[BatchJob]):
         period = self.fields["active_period"]
         assert isinstance(period, forms.ModelChoiceField)
         period.empty_label = "Any time"
+        if not access.is_manager(user) and not read_only:
+            # Critical alerts every batch job manager: theirs to decide, as Run by is. A
+            # disabled field keeps its initial value whatever is posted.
+            self.fields["critical"].disabled = True
+            self.fields["critical"].help_text += " Only a batch job manager can change it."
         if read_only:
             for field in self.fields.values():
                 field.disabled = True

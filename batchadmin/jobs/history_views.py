@@ -25,7 +25,7 @@ from django.utils.timezone import localtime
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
-from batchadmin.jobs import access, transitions
+from batchadmin.jobs import access, history, transitions
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
     BatchJob,
@@ -303,6 +303,7 @@ def _head_context(
         "live": job.is_live(),
         "may_change": may_change,
         "can_rerun": may_change and job.status in transitions.TERMINAL_JOB_STATUSES,
+        "not_saved": history.not_saved_note(job),
     }
 
 
@@ -314,8 +315,9 @@ def job_history(request: AuthedRequest, pk: int) -> HttpResponse:
         context = _head_context(request, job)
         response = render(request, template + "#history-head", context)
         latest = context["latest_run"]
-        if latest and str(latest.pk) != request.GET.get("latest", ""):
-            # A run started (or a rerun began) since the page drew its runs: redraw them.
+        if str(latest.pk if latest else "") != request.GET.get("latest", ""):
+            # A run started (or a rerun began) since the page drew its runs, or the run it
+            # showed ended and was not saved (Save job to history): redraw them.
             trigger_client_event(response, "history-changed")
         if not context["live"]:
             return _stop_polling(response)
@@ -331,6 +333,13 @@ def job_history(request: AuthedRequest, pk: int) -> HttpResponse:
 def history_run(request: AuthedRequest, pk: int, run_pk: int) -> HttpResponse:
     """One run of the history, polled while it executes; a finished run stops the polling."""
     job = _get_job(request, pk)
+    if not BatchJobRun.objects.filter(job=job, pk=run_pk).exists():
+        # The run polled here ended and its history was dropped (Save job to history), or the
+        # clean-up deleted it: say so in its place and stop polling.
+        if not request.htmx:
+            return redirect("jobs:history", pk=job.pk)
+        context = {"job": job, "run_pk": run_pk, "not_saved": history.not_saved_note(job)}
+        return _stop_polling(render(request, "jobs/job_history.html#run-not-saved", context))
     run = _get_run(job, run_pk)
     if not request.htmx:
         newer = BatchJobRun.objects.filter(job=job, started_at__gt=run.started_at).count()

@@ -27,6 +27,7 @@ from batchadmin.jobs.models import (
     BatchTaskCondition,
     Company,
     Priority,
+    SaveHistory,
 )
 from batchadmin.lib import recurrence
 from batchadmin.lib.graph import find_cycle
@@ -40,11 +41,14 @@ from batchadmin.servers.models import (
 
 PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
 IMPORT_STATUSES = {"waiting": BatchStatus.WAITING, "withhold": BatchStatus.WITHHOLD}
+SAVE_HISTORY_NAMES = {s.value: s for s in SaveHistory}
 JOB_KEYS = {
     "description",
     "scheduled_start",
     "status",
     "priority",
+    "save_history",
+    "critical",
     "run_as",
     "company",
     "active_period",
@@ -103,6 +107,8 @@ class _Job:
     run_as: Any
     company: str | None
     active_period: ActivePeriod | None = None
+    save_history: SaveHistory = SaveHistory.ALWAYS
+    critical: bool = False
     recurrence: dict[str, Any] | None = None  # BatchRecurrence field values
     tasks: list[_Task] = field(default_factory=list)
 
@@ -199,6 +205,14 @@ def _parse_job(raw: Any, index: int, known_groups: set[str]) -> _Job:
 
     status = _choice(raw.get("status", "waiting"), IMPORT_STATUSES, f"{where}: status")
     priority = _choice(raw.get("priority", "normal"), PRIORITY_NAMES, f"{where}: priority")
+    save_history = _choice(
+        raw.get("save_history", SaveHistory.ALWAYS.value),
+        SAVE_HISTORY_NAMES,
+        f"{where}: save_history",
+    )
+    critical = raw.get("critical", False)
+    if not isinstance(critical, bool):
+        raise ImportFailure(f"{where}: critical must be true or false, got {critical!r}.")
 
     run_as = None
     if raw.get("run_as") not in (None, ""):
@@ -227,6 +241,8 @@ def _parse_job(raw: Any, index: int, known_groups: set[str]) -> _Job:
         run_as,
         company,
         active_period=active_period,
+        save_history=save_history,
+        critical=critical,
         recurrence=recurring,
     )
     for i, raw_task in enumerate(raw_tasks, 1):
@@ -489,6 +505,8 @@ def _save_job(parsed: _Job, user: Any) -> BatchJob:
         created_by=user,
         company=Company.objects.get(code=parsed.company) if parsed.company else None,
         active_period=parsed.active_period,
+        save_history=parsed.save_history,
+        critical=parsed.critical,
     )
     if parsed.recurrence is not None:
         BatchRecurrence.objects.create(job=job, **parsed.recurrence)
@@ -534,6 +552,8 @@ def export_job(job: BatchJob) -> dict[str, Any]:
         "scheduled_start": job.scheduled_start.isoformat(),
         "status": "withhold" if job.status == BatchStatus.WITHHOLD else "waiting",
         "priority": Priority(job.priority).name.lower(),
+        "save_history": job.save_history,
+        "critical": job.critical,
     }
     if job.run_as_id:
         assert job.run_as is not None

@@ -14,6 +14,7 @@ from unittest import mock
 import pytest
 import time_machine
 from django.core.management import CommandError, call_command
+from django.db.models import QuerySet
 
 from batchadmin.jobs import io, transitions
 from batchadmin.jobs.models import (
@@ -21,6 +22,7 @@ from batchadmin.jobs.models import (
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
+    SaveHistory,
     StatusChange,
 )
 from batchadmin.servers.models import (
@@ -73,6 +75,11 @@ class CommandTestCase(BaseTestCase):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         self.folder = Path(folder)
+        # Jobs the database held before the test (migrations seed the history clean-up job).
+        self.seeded = list(BatchJob.objects.values_list("pk", flat=True))
+
+    def new_jobs(self) -> QuerySet[BatchJob]:
+        return BatchJob.objects.exclude(pk__in=self.seeded)
 
     def write(self, data: Any, name: str = "job.json") -> str:
         path = self.folder / name
@@ -88,7 +95,7 @@ class CommandTestCase(BaseTestCase):
 class ImportTestCase(CommandTestCase):
     def test_it_imports_a_job_and_prints_its_id(self):
         out = self.batch("import", self.write(job_data()), "--user", "alice")
-        job = BatchJob.objects.get()
+        job = self.new_jobs().get()
         assert out == f"{job.pk}\n"
         assert job.description == "Month-end close"
         assert job.status == S.WAITING
@@ -113,7 +120,7 @@ class ImportTestCase(CommandTestCase):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr("sys.stdin", StringIO(json.dumps(job_data(status="withhold"))))
             out = self.batch("import", "-")
-        job = BatchJob.objects.get()
+        job = self.new_jobs().get()
         assert out == f"{job.pk}\n"
         assert job.status == S.WITHHOLD
         assert job.created_by is None
@@ -145,8 +152,9 @@ class ImportTestCase(CommandTestCase):
 
     def test_it_defaults_what_the_file_leaves_out(self):
         self.batch("import", self.write({"description": "Bare", "tasks": [task_data("T1")]}))
-        job = BatchJob.objects.get()
+        job = self.new_jobs().get()
         assert (job.status, job.priority, job.run_as) == (S.WAITING, BatchJob.Priority.NORMAL, None)
+        assert (job.save_history, job.critical) == (SaveHistory.ALWAYS, False)
         task = job.tasks.get()
         assert task.parameters == {}
         assert (task.max_retries, task.ignore_failure, task.condition_type) == (0, False, "all")
@@ -161,8 +169,8 @@ class ImportRefusalTestCase(CommandTestCase):
             self.batch("import", self.write(data))
         assert str(excinfo.value).startswith("Nothing was imported. ")
         assert message in str(excinfo.value)
-        assert not BatchJob.objects.exists()
-        assert not BatchTask.objects.exists()
+        assert not self.new_jobs().exists()
+        assert not BatchTask.objects.exclude(job_id__in=self.seeded).exists()
         assert (BatchGroup.objects.count(), BatchServer.objects.count()) == before
 
     def test_it_refuses_an_unknown_process(self):
@@ -279,6 +287,10 @@ class ImportRefusalTestCase(CommandTestCase):
             ({"tasks": []}, 'job 1: "description" is required.'),
             (job_data(description=long), "description is longer than 200 characters."),
             (job_data(priority="urgent"), "priority 'urgent' is not one of low, normal"),
+            (job_data(save_history="errors_only"), "save_history 'errors_only' is not one of always, errors, never."),
+            (job_data(save_history=None), "save_history None is not one of always, errors, never."),
+            (job_data(critical="yes"), "critical must be true or false, got 'yes'."),
+            (job_data(critical=1), "critical must be true or false, got 1."),
             (job_data(tasks={}), '"tasks" must be a list.'),
             (job_data(tasks=["T1"]), "task 1: must be an object."),
             (job_data(tasks=[{"process": "demo.noop"}]), 'task 1: "key" is required'),
@@ -322,12 +334,12 @@ class ImportRefusalTestCase(CommandTestCase):
     def test_it_refuses_an_unknown_creator(self):
         with pytest.raises(CommandError, match="Unknown user 'nobody'."):
             self.batch("import", self.write(job_data()), "--user", "nobody")
-        assert not BatchJob.objects.exists()
+        assert not self.new_jobs().exists()
 
     def assert_refused_plain(self, text: str, message: str) -> None:
         with pytest.raises(CommandError, match=message):
             self.batch("import", self.write(text))
-        assert not BatchJob.objects.exists()
+        assert not self.new_jobs().exists()
 
 
 class ExportTestCase(CommandTestCase):
@@ -362,6 +374,8 @@ class ExportTestCase(CommandTestCase):
             "scheduled_start": "2025-03-01T09:00:00+00:00",
             "status": "withhold",
             "priority": "critical",
+            "save_history": "always",
+            "critical": False,
             "run_as": "bob",
             "company": "USMF",
             "tasks": [
@@ -412,6 +426,16 @@ class ExportTestCase(CommandTestCase):
         copy = BatchJob.objects.get(pk=int(out))
         assert copy.pk != job.pk
         assert io.export_job(copy) == io.export_job(job) == json.loads(exported)
+
+    def test_it_keeps_save_job_to_history_and_critical_through_export_and_import(self):
+        for save_history, critical in ((SaveHistory.NEVER, True), (SaveHistory.ERRORS, False)):
+            with self.subTest(save_history):
+                job = self.make_job(save_history=save_history, critical=critical)
+                data = io.export_job(job)
+                assert (data["save_history"], data["critical"]) == (save_history.value, critical)
+                [copy] = io.import_data(json.loads(json.dumps(data)))
+                assert (copy.save_history, copy.critical) == (save_history, critical)
+                assert io.export_job(copy) == data
 
     def test_it_exports_a_finished_job_as_waiting(self):
         job = self.make_job(status=S.ENDED)

@@ -143,7 +143,7 @@ class RecurrenceDialogTestCase(FormTestCase):
         ]
         assert 'UTC <span class="muted">(your time zone)</span>' in html
         assert WORDS in html
-        assert not BatchRecurrence.objects.exists()
+        assert not BatchRecurrence.objects.filter(job=self.job).exists()
         self.job.refresh_from_db()
         assert self.job.scheduled_start == NOW + dt.timedelta(hours=1)
 
@@ -186,14 +186,14 @@ class RecurrenceDialogTestCase(FormTestCase):
         assert (
             '<div id="id_start_date-errors" class="field-errors" hx-swap-oob="true"></div>' in html
         )
-        assert not BatchRecurrence.objects.exists()
+        assert not BatchRecurrence.objects.filter(job=self.job).exists()
 
     def test_the_preview_without_htmx_is_the_dialog_page(self):
         html = self.client.post(self.url(action="preview/"), weekly()).content.decode()
         assert "<html" in html
         assert len(rows(html)) == 5
         assert 'name="end_after" value="7"' in html
-        assert not BatchRecurrence.objects.exists()
+        assert not BatchRecurrence.objects.filter(job=self.job).exists()
 
     def test_the_preview_mentions_the_active_period(self):
         period = ActivePeriod.objects.create(
@@ -265,7 +265,7 @@ class RecurrenceDialogTestCase(FormTestCase):
         # The preview is rendered with the dialog: no load trigger, and it says why it is empty.
         assert "No preview yet" in html
         assert "load, change" not in html
-        assert not BatchRecurrence.objects.exists()
+        assert not BatchRecurrence.objects.filter(job=self.job).exists()
 
     def test_a_cron_expression_shows_its_error_at_the_field(self):
         r = self.client.post(self.url(), weekly(unit="cron", cron="0 22 * *"), headers=self.htmx())
@@ -305,7 +305,7 @@ class RecurrenceDialogTestCase(FormTestCase):
         self.save_weekly()
         r = self.client.post(self.url(action="remove/"), headers=self.htmx("dialog"))
         assert json.loads(r.headers["HX-Trigger"]) == {"dialog-close": {}, "job-changed": {}}
-        assert not BatchRecurrence.objects.exists()
+        assert not BatchRecurrence.objects.filter(job=self.job).exists()
         self.job.refresh_from_db()
         assert self.job.scheduled_start == dt.datetime(2025, 3, 3, 21, 0, tzinfo=UTC)
         header = self.client.get(f"/jobs/{self.job.pk}/", headers=self.htmx("job-header"))
@@ -321,7 +321,7 @@ class RecurrenceDialogTestCase(FormTestCase):
         self.save_weekly()
         assert self.client.get(self.url(action="remove/")).status_code == 405
         assert self.client.get(self.url(action="preview/")).status_code == 405
-        assert BatchRecurrence.objects.exists()
+        assert BatchRecurrence.objects.filter(job=self.job).exists()
 
     # --- who may ------------------------------------------------------------------------------
 
@@ -331,7 +331,7 @@ class RecurrenceDialogTestCase(FormTestCase):
         assert self.client.post(self.url(job), weekly()).status_code == 404
         assert self.client.post(self.url(job, "preview/"), weekly()).status_code == 404
         assert self.client.post(self.url(job, "remove/")).status_code == 404
-        assert not BatchRecurrence.objects.exists()
+        assert not BatchRecurrence.objects.filter(job__in=[job, self.job]).exists()
 
     def test_a_viewer_sees_the_recurrence_but_cannot_change_it(self):
         self.save_weekly()
@@ -343,7 +343,7 @@ class RecurrenceDialogTestCase(FormTestCase):
         assert self.client.post(self.url(), weekly(end_after="2")).status_code == 403
         assert self.client.post(self.url(action="preview/"), weekly()).status_code == 403
         assert self.client.post(self.url(action="remove/")).status_code == 403
-        assert BatchRecurrence.objects.get().end_after == 7
+        assert BatchRecurrence.objects.get(job=self.job).end_after == 7
 
     def test_a_manager_changes_anyones_recurrence(self):
         self.login(self.alice)
@@ -377,6 +377,7 @@ class JobHeaderScheduleTestCase(FormTestCase):
             "priority": str(Priority.HIGH.value),
             "company": str(self.usmf.pk),
             "active_period": str(self.night.pk),
+            "save_history": "always",
         }
         return data | overrides
 
@@ -407,6 +408,7 @@ class JobHeaderScheduleTestCase(FormTestCase):
                 "scheduled_start": "2025-03-02T03:04",
                 "priority": str(Priority.NORMAL.value),
                 "active_period": str(self.night.pk),
+                "save_history": "always",
             },
         )
         assert r.status_code == 302

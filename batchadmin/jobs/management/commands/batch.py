@@ -18,9 +18,9 @@ from batchadmin.jobs import io, transitions
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
     BatchJob,
-    BatchJobRun,
     BatchStatus,
     BatchTaskRun,
+    StatusChange,
 )
 from batchadmin.servers.models import BatchServer, BatchServerReplica
 
@@ -102,24 +102,21 @@ class Command(BaseCommand):
             )
 
     def do_wait(self, *, job_id: int, timeout: float | None, **_: Any) -> None:
+        # The end of the run is read from the job's status changes, not from its runs: a job
+        # that does not save its history (Save job to history) drops the run as it ends.
+        changes = StatusChange.objects.filter(job_id=job_id)
+        seen = changes.order_by("-pk").values_list("pk", flat=True).first() or 0
+        # Read after ``seen``: a run that ends from here on writes a change past it.
         job = _job(job_id)
-        last_run = job.runs.order_by("-pk").values_list("pk", flat=True).first() or 0
-        if job.status in RUNNING_JOB_STATUSES:
-            first_run = job.current_run_id or last_run  # the run in progress
-        elif job.status == BatchStatus.WAITING:
-            first_run = last_run + 1  # the run that has not started yet
-        else:
+        if job.status not in (*RUNNING_JOB_STATUSES, BatchStatus.WAITING):
             self.stdout.write(job.status)  # Withhold, or over already: nothing to wait for
             return
+        ends = changes.filter(pk__gt=seen, new_status__in=transitions.TERMINAL_JOB_STATUSES)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            run = (
-                BatchJobRun.objects.filter(job_id=job_id, pk__gte=first_run, ended_at__isnull=False)
-                .order_by("pk")
-                .first()
-            )
-            if run is not None:
-                self.stdout.write(run.status)
+            final = ends.order_by("pk").values_list("new_status", flat=True).first()
+            if final is not None:
+                self.stdout.write(final)
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 self.stderr.write(

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils.timezone import now
 
 from batchadmin.accounts.models import BATCH_USER, MANAGER, VIEWER
-from batchadmin.jobs import io
+from batchadmin.jobs import history, io
 from batchadmin.jobs.models import BatchJob, Company
 from batchadmin.servers.models import BatchGroup, BatchServer, BatchServerSchedule
 
@@ -124,7 +124,8 @@ class Command(BaseCommand):
                 BatchServerSchedule.objects.create(
                     server=server, start_time=dt.time(18), end_time=dt.time(8), max_threads=8
                 )
-        if BatchJob.objects.exists():
+        # The history clean-up job comes with the database (jobs migration 0005): not a demo job.
+        if BatchJob.objects.exclude(tasks__process=history.CLEANUP_PROCESS).exists():
             self.stdout.write("Demo data: jobs exist already, none added.")
             return
         admin = User.objects.get(username="admin")
