@@ -5,7 +5,8 @@ from typing import Any
 from django import forms
 from django.contrib.auth.models import User
 
-from batchadmin.alerts.models import BatchJobAlert
+from batchadmin.alerts.models import AlertRule, BatchJobAlert
+from batchadmin.jobs.models import Priority
 
 EVENTS = ("ended", "error", "canceled")
 
@@ -44,3 +45,57 @@ class AlertForm(forms.ModelForm[BatchJobAlert]):
                 alert.delete()
             return None
         return self.save()
+
+
+RULE_EVENTS = ("ended", "error", "canceled", "stuck")
+
+
+class AlertRuleForm(forms.ModelForm[AlertRule]):
+    """One of a manager's alert rules: every job of a batch group and/or a priority."""
+
+    class Meta:
+        model = AlertRule
+        fields = ["group", "priority", "ended", "error", "canceled", "stuck", "popup", "email"]
+        help_texts = {
+            "ended": "When a job ends.",
+            "error": "When a job ends in Error.",
+            "canceled": "When a job is canceled.",
+            "popup": "A notification on the batchadmin pages.",
+            "email": "An e-mail to the address of your account.",
+        }
+
+    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+        group = self.fields["group"]
+        assert isinstance(group, forms.ModelChoiceField)
+        group.empty_label = "Any batch group"
+        priority = self.fields["priority"]
+        assert isinstance(priority, forms.TypedChoiceField)
+        priority.choices = [("", "Any priority"), *Priority.choices]
+        if user.email:
+            self.fields["email"].help_text = f"An e-mail to {user.email}."
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if not any(cleaned.get(e) for e in RULE_EVENTS):
+            self.add_error(None, "Choose at least one event: ended, error, canceled or stuck.")
+        if not cleaned.get("popup") and not cleaned.get("email"):
+            self.add_error("popup", "Choose how to be alerted: popup, e-mail or both.")
+        if cleaned.get("email") and not self.user.email:
+            self.add_error(
+                "email",
+                "Your account has no e-mail address. Ask an administrator to add one, "
+                "or choose popup.",
+            )
+        # Two rules for the same jobs would only split one choice in two places.
+        same = AlertRule.objects.filter(
+            user=self.user, group=cleaned.get("group"), priority=cleaned.get("priority")
+        ).exclude(pk=self.instance.pk)
+        if "group" in cleaned and "priority" in cleaned and same.exists():
+            self.add_error(None, "You already have a rule for these jobs. Edit that rule instead.")
+        return cleaned
+
+    def save(self, commit: bool = True) -> AlertRule:
+        self.instance.user = self.user
+        return super().save(commit)
