@@ -60,3 +60,76 @@
     openState = new Map();
   });
 })();
+
+// --- Notifications: the bell's panel, toasts, mark read on open (alerts/views.py) ----------
+(function () {
+  "use strict";
+  const bell = () => document.getElementById("notify");
+  const csrf = () => {
+    try { return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || ""; }
+    catch (e) { return ""; }
+  };
+
+  // Opening an unread notification marks it read. The link stays a real link (new tab, no
+  // JavaScript); keepalive lets the POST finish while the browser navigates away.
+  const markRead = (event) => {
+    const link = event.target.closest("a[data-read-url]");
+    if (!link || (event.type === "auxclick" && event.button !== 1)) return;
+    fetch(link.dataset.readUrl, {
+      method: "POST", keepalive: true, redirect: "manual", credentials: "same-origin",
+      headers: { "X-CSRFToken": csrf() },
+    }).catch(() => {});
+    document.querySelectorAll(`a[data-read-url="${link.dataset.readUrl}"]`).forEach((a) => {
+      a.removeAttribute("data-read-url");
+      const item = a.closest(".notify-item, tr.unread");
+      if (item) item.classList.remove("unread");
+    });
+  };
+  document.addEventListener("click", markRead);
+  document.addEventListener("auxclick", markRead);
+
+  // The panel closes on Escape (focus back on the bell) and on a click elsewhere.
+  document.addEventListener("keydown", (event) => {
+    const b = bell();
+    if (event.key === "Escape" && b && b.open) {
+      b.open = false;
+      b.querySelector("summary").focus();
+    }
+  });
+  document.addEventListener("click", (event) => {
+    const b = bell();
+    if (b && b.open && !b.contains(event.target)) b.open = false;
+  });
+
+  // Toasts: the close button; auto-dismiss after data-dismiss-after seconds, paused while the
+  // pointer or focus is on the toast (errors have no timer: they stay until closed).
+  const dismiss = (toast) => {
+    toast.classList.add("leaving");
+    setTimeout(() => toast.remove(), 200);
+  };
+  const arm = (toast) => {
+    const seconds = Number(toast.dataset.dismissAfter);
+    if (!seconds || toast.dataset.armed) return;
+    toast.dataset.armed = "1";
+    let timer = setTimeout(() => dismiss(toast), seconds * 1000);
+    const pause = () => clearTimeout(timer);
+    const resume = () => {
+      clearTimeout(timer);
+      if (!toast.matches(":hover, :focus-within")) timer = setTimeout(() => dismiss(toast), seconds * 1000);
+    };
+    toast.addEventListener("mouseenter", pause);
+    toast.addEventListener("focusin", pause);
+    toast.addEventListener("mouseleave", resume);
+    toast.addEventListener("focusout", resume);
+  };
+  document.addEventListener("click", (event) => {
+    const close = event.target.closest("[data-toast-close]");
+    if (close) dismiss(close.closest("[data-toast]"));
+  });
+  document.addEventListener("htmx:load", (event) => {
+    const elt = event.detail.elt;
+    if (!elt || !elt.querySelectorAll) return;
+    if (elt.matches("[data-toast]")) arm(elt);
+    elt.querySelectorAll("[data-toast]").forEach(arm);
+  });
+})();

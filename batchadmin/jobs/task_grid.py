@@ -1,20 +1,25 @@
 """What the batch job page shows of a job's tasks: the grid's rows and the diagram.
 
-Three queries for any number of tasks (tasks, conditions, unserved groups); everything else is
+A fixed number of queries for any number of tasks: tasks, conditions, and what the
+explanations need (explain.load_world: servers, replicas, waiting tasks; beat's tick when the
+job is overdue); one broker round trip per batch group with queued tasks. Everything else is
 looked up in memory.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import textwrap
 from dataclasses import dataclass, field
 
 from django.http import Http404
+from django.utils.timezone import now
 
-from batchadmin.jobs.models import BatchJob, BatchTask, BatchTaskCondition
+from batchadmin.jobs import explain
+from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskCondition
 from batchadmin.lib import diagram
 from batchadmin.processes import registry
-from batchadmin.servers.models import BatchGroup
+from batchadmin.servers.coverage import Served
 
 Expected = BatchTaskCondition.ExpectedStatus
 
@@ -35,6 +40,12 @@ class TaskRow:
     task: BatchTask
     conditions: list[Condition] = field(default_factory=list)
     unserved_group: bool = False  # no enabled batch server serves the task's group
+    why: list[explain.Reason] = field(default_factory=list)  # why it is not running yet
+
+    @property
+    def group_warning(self) -> bool:
+        """The group warning of the line, unless the explanation already says it."""
+        return self.unserved_group and not any(r.code == "no_server" for r in self.why)
 
     @property
     def process(self) -> registry.BatchProcess | None:
@@ -90,9 +101,17 @@ class Diagram:
         return int(self.width * 0.85)
 
 
-def rows(job: BatchJob) -> list[TaskRow]:
+@dataclass
+class Grid:
+    rows: list[TaskRow]
+    job_why: list[explain.Reason]  # why the job has not started (Withhold, Waiting)
+
+
+def load(job: BatchJob, *, at: dt.datetime | None = None) -> Grid:
+    at = at or now()
     tasks = list(job.tasks.select_related("company", "group").order_by("position", "pk"))
     by_pk = {t.pk: TaskRow(t) for t in tasks}
+    parents: dict[int, list[explain.Condition]] = {t.pk: [] for t in tasks}
     conditions = (
         BatchTaskCondition.objects.filter(task__job=job)
         .order_by("pk")
@@ -101,10 +120,25 @@ def rows(job: BatchJob) -> list[TaskRow]:
     for child, parent, expected in conditions:
         if child in by_pk and parent in by_pk:
             by_pk[child].conditions.append(Condition(parent, by_pk[parent].task.key, expected))
-    unserved = set(BatchGroup.objects.exclude(servers__enabled=True).values_list("pk", flat=True))
+            parents[child].append(explain.Condition(by_pk[parent].task, expected))
+    overdue = job.status == BatchStatus.WAITING and job.scheduled_start <= at - explain.DUE_GRACE
+    world = explain.load_world(
+        [t.group for t in tasks],
+        at=at,
+        # Only queued tasks need their queue's length.
+        queue_groups=[t.group for t in tasks if t.status == BatchStatus.READY and t.dispatched_at],
+        beat=overdue,
+    )
     for row in by_pk.values():
-        row.unserved_group = row.task.group_id in unserved
-    return list(by_pk.values())
+        group = world.group(row.task.group_id)
+        row.unserved_group = group is not None and group.served == Served.NO_SERVER
+        row.why = explain.explain_task(explain.TaskView(row.task, job, parents[row.task.pk]), world)
+    open_groups = {t.group_id for t in tasks if t.is_open()}
+    return Grid(list(by_pk.values()), explain.explain_job(job, world, open_groups))
+
+
+def rows(job: BatchJob) -> list[TaskRow]:
+    return load(job).rows
 
 
 def row(job: BatchJob, task_pk: int) -> TaskRow:

@@ -141,7 +141,8 @@ DETAIL_TARGETS = ("job-header", "job-alerts", "task-grid", "job-diagram")
 
 
 def _job_page(request: AuthedRequest, job: BatchJob, **extra: Any) -> dict[str, Any]:
-    task_rows = task_grid.rows(job)
+    grid = task_grid.load(job)
+    task_rows = grid.rows
     can_change = access.can_change(request.user, job)
     editable = can_change and not job.is_running()
     context: dict[str, Any] = {
@@ -149,6 +150,7 @@ def _job_page(request: AuthedRequest, job: BatchJob, **extra: Any) -> dict[str, 
         "job": job,
         "rows": task_rows,
         "diagram": task_grid.build_diagram(task_rows),
+        "job_why": grid.job_why,  # why a Withhold or Waiting job is not running
         "can_change": can_change,
         "editable": editable,
         "header_form": forms.JobForm(instance=job, user=request.user, read_only=not editable),

@@ -10,4 +10,4 @@ def sign_in(page: Any, web: str, username: str) -> None:
     page.fill("#id_username", username)
     page.fill("#id_password", f"{username}-pw")
     page.click("button[type=submit]")
-    page.wait_for_url(f"{web}/jobs/")
+    page.wait_for_url(f"{web}/")  # the workspace

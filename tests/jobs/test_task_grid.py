@@ -103,7 +103,7 @@ class TaskGridTestCase(FormTestCase):
         # The message sits inside the field that holds the bad value.
         field = html[html.index('<div class="field invalid') :]
         assert field.index('name="param-seconds"') < field.index("greater than or equal to 0")
-        assert not BatchTask.objects.exists()
+        assert not self.job.tasks.exists()
 
     def test_it_validates_parameters_with_the_process_form(self):
         data = task_data(process="mail.send_document", **{"param-to": "not-an-address"})
@@ -112,19 +112,19 @@ class TaskGridTestCase(FormTestCase):
         html = r.content.decode()
         assert "Enter a valid email address." in html
         assert "Give a path inside the media folder." in html
-        assert not BatchTask.objects.exists()
+        assert not self.job.tasks.exists()
 
     def test_it_requires_a_registered_process(self):
         r = self.client.post(self.new_url(), task_data(process="os.system"), headers=self.htmx())
         assert "Select a valid choice. os.system is not one of the available choices." in (
             r.content.decode()
         )
-        assert not BatchTask.objects.exists()
+        assert not self.job.tasks.exists()
 
     def test_it_refuses_more_than_five_retries_at_the_field(self):
         r = self.client.post(self.new_url(), task_data(max_retries="9"), headers=self.htmx())
         assert "Ensure this value is less than or equal to 5." in r.content.decode()
-        assert not BatchTask.objects.exists()
+        assert not self.job.tasks.exists()
 
     def test_the_new_task_takes_the_default_group_and_the_jobs_company(self):
         html = self.client.get(self.new_url(), headers=self.htmx()).content.decode()
