@@ -90,7 +90,8 @@ def database_from_url(url: str) -> dict[str, Any]:
 SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-secret-key-change-me-in-production")
 DEBUG = env_bool("DEBUG", True)
 ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
-SITE_ROOT = os.environ.get("SITE_ROOT", "http://localhost:8000")
+# Where people reach this site; links in alert e-mails start with it.
+SITE_ROOT = os.environ.get("SITE_ROOT", "http://localhost:8000").rstrip("/")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -179,8 +180,6 @@ if EMAIL_USE_TLS and EMAIL_USE_SSL:
 # Seconds an SMTP connect or command may take; without it a hung mail server hangs delivery.
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "batchadmin@localhost")
-# Where people reach this site; links in alert e-mails start with it.
-BATCH_BASE_URL = os.environ.get("BATCH_BASE_URL", SITE_ROOT).rstrip("/")
 # Alert e-mails (batchadmin/alerts/delivery.py): after failed attempt N the next one waits
 # base * 2 ** (N - 1) seconds, capped below the broker's visibility timeout (an hour) so Redis
 # does not hand a waiting retry to a second worker; after BATCH_ALERT_EMAIL_ATTEMPTS attempts

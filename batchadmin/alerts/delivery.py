@@ -20,9 +20,8 @@ snapshot of the run, so alerts do not depend on Save job to history.)
 E-mail is at least once, not exactly once: a worker that dies after the mail server accepted a
 message and before it marked the e-mail sent leaves it "sending", and the sweep sends it again.
 
-``Notification.email_sent_at`` doubles as the time of the last attempt: an attempt stamps it
-when it claims the e-mail (the backoff and the "sending too long" check count from there), and
-it is stamped again when the mail server accepts the message.
+``Notification.email_attempt_at`` is when the last attempt claimed the e-mail: the backoff and
+the "sending too long" check count from there. ``email_sent_at`` is when the server accepted it.
 """
 
 from __future__ import annotations
@@ -281,7 +280,7 @@ def send_emails(event: AlertEvent, result: Result) -> None:
 
 
 def is_due(notification: Notification, at: dt.datetime) -> bool:
-    last = notification.email_sent_at
+    last = notification.email_attempt_at
     attempts = notification.email_attempts
     return attempts == 0 or last is None or last + backoff(attempts) <= at
 
@@ -291,7 +290,7 @@ def claim(notification: Notification) -> dt.datetime | None:
     at = now()
     n = Notification.objects.filter(
         pk=notification.pk, email=Email.PENDING, email_attempts=notification.email_attempts
-    ).update(email=Email.SENDING, email_sent_at=at)
+    ).update(email=Email.SENDING, email_attempt_at=at)
     return at if n == 1 else None
 
 
@@ -403,7 +402,7 @@ def link(event: AlertEvent) -> str:
         path = reverse("jobs:history-run", args=[event.job_id, event.job_run_id])
     else:
         path = reverse("jobs:detail", args=[event.job_id])
-    return settings.BATCH_BASE_URL + path
+    return settings.SITE_ROOT + path
 
 
 def _datetime(value: object) -> dt.datetime | None:
@@ -472,15 +471,15 @@ def overdue(cutoff: dt.datetime) -> Q:
     due = Q(email_attempts=0, created__lt=cutoff)
     last = settings.BATCH_ALERT_EMAIL_ATTEMPTS
     for attempts in range(1, last):
-        due |= Q(email_attempts=attempts, email_sent_at__lt=cutoff - backoff(attempts))
+        due |= Q(email_attempts=attempts, email_attempt_at__lt=cutoff - backoff(attempts))
     # A failed e-mail an operator set back to pending in the admin: one more try.
-    due |= Q(email_attempts__gte=last, email_sent_at__lt=cutoff - backoff(last))
+    due |= Q(email_attempts__gte=last, email_attempt_at__lt=cutoff - backoff(last))
     return Q(email=Email.PENDING) & due
 
 
 def free_interrupted(at: dt.datetime) -> int:
     cutoff = at - dt.timedelta(seconds=settings.BATCH_ALERT_SENDING_TIMEOUT_SECONDS)
-    stale = Notification.objects.filter(email=Email.SENDING, email_sent_at__lt=cutoff)
+    stale = Notification.objects.filter(email=Email.SENDING, email_attempt_at__lt=cutoff)
     if not stale.exists():
         return 0
     # A message that keeps killing its worker must not be sent forever.

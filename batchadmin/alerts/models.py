@@ -125,6 +125,7 @@ class Notification(models.Model):
     toasted_at = models.DateTimeField(null=True, blank=True)
     email = models.CharField(max_length=7, choices=Email.choices, default=Email.NONE)
     email_attempts = models.PositiveSmallIntegerField(default=0)
+    email_attempt_at = models.DateTimeField(null=True, blank=True)  # the last attempt's claim
     email_sent_at = models.DateTimeField(null=True, blank=True)
     email_error = models.TextField(blank=True)
     created = models.DateTimeField(default=now)
@@ -141,6 +142,13 @@ class Notification(models.Model):
                 fields=["user", "-created"],
                 name="notification_unread_idx",
                 condition=Q(popup=True, read_at=None),
+            ),
+            # The tick's sweep for e-mails to retry or stuck "sending": a handful of rows
+            # among every notification ever sent.
+            models.Index(
+                fields=["email_attempt_at"],
+                name="notification_email_open_idx",
+                condition=Q(email__in=["pending", "sending"]),
             ),
         ]
 

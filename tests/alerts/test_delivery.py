@@ -313,7 +313,7 @@ class MessageTestCase(AlertTestCase):
         assert f"Open the job: http://localhost:8000/jobs/{job.pk}/\n" in message.body
         assert "DemoFailure: Out of paper" in message.body  # from the snapshot
 
-    @override_settings(BATCH_BASE_URL="https://batch.example.com")
+    @override_settings(SITE_ROOT="https://batch.example.com")
     def test_it_explains_a_stuck_alert(self):
         job = self.make_job(status=S.EXECUTING, started_at=NINE)
         AlertRule.objects.create(user=self.bob, stuck=True, email=True)

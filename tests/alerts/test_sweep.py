@@ -60,7 +60,7 @@ class SweepTestCase(BaseTestCase):
     def test_it_resends_an_email_whose_retry_is_overdue(self):
         event = self.event()
         self.notification(
-            event, email=Email.PENDING, email_attempts=2, email_sent_at=NINE, email_error="down"
+            event, email=Email.PENDING, email_attempts=2, email_attempt_at=NINE, email_error="down"
         )
         # Retry 2 is due 60 s after the attempt; the task's own retry had 30 s to come.
         assert delivery.sweep(NINE + 90 * SECOND) == 0
@@ -74,7 +74,7 @@ class SweepTestCase(BaseTestCase):
 
     def test_it_sends_again_what_a_dead_worker_was_sending(self):
         event = self.event()
-        n = self.notification(event, email=Email.SENDING, email_attempts=1, email_sent_at=NINE)
+        n = self.notification(event, email=Email.SENDING, email_attempts=1, email_attempt_at=NINE)
         assert delivery.sweep(NINE + 10 * dt.timedelta(minutes=1)) == 0  # may still be sending
         with self.assertLogs("batchadmin.alerts.delivery", "WARNING"):
             assert delivery.sweep(NINE + 11 * dt.timedelta(minutes=1)) == 1
@@ -94,7 +94,7 @@ class SweepTestCase(BaseTestCase):
     @override_settings(BATCH_ALERT_EMAIL_ATTEMPTS=2)
     def test_it_fails_an_email_that_keeps_killing_its_worker(self):
         event = self.event()
-        n = self.notification(event, email=Email.SENDING, email_attempts=1, email_sent_at=NINE)
+        n = self.notification(event, email=Email.SENDING, email_attempts=1, email_attempt_at=NINE)
         with self.assertLogs("batchadmin.alerts.delivery", "WARNING"):
             delivery.sweep(NINE + dt.timedelta(hours=1))
         n.refresh_from_db()
@@ -102,7 +102,7 @@ class SweepTestCase(BaseTestCase):
 
     def test_it_costs_three_queries_when_all_is_delivered(self):
         event = self.event()
-        self.notification(event, email=Email.SENT, email_attempts=1, email_sent_at=NINE)
+        self.notification(event, email=Email.SENT, email_attempts=1, email_attempt_at=NINE)
         with self.assertNumQueries(3):  # e-mails stuck "sending", lost events, overdue e-mails
             assert delivery.sweep(NINE + dt.timedelta(hours=1)) == 0
         self.queue_size.assert_not_called()

@@ -25,7 +25,7 @@ def smtp_env(port: int) -> dict[str, str]:
         "EMAIL_PORT": str(port),
         "EMAIL_TIMEOUT": "5",
         "DEFAULT_FROM_EMAIL": "batchadmin@example.test",
-        "BATCH_BASE_URL": BASE_URL,
+        "SITE_ROOT": BASE_URL,
         # Retry a failed e-mail after 1 s, then every 2 s, and don't give up during a test.
         "BATCH_ALERT_RETRY_SECONDS": "1",
         "BATCH_ALERT_RETRY_MAX_SECONDS": "2",
