@@ -34,6 +34,12 @@ LOG_FLUSH_LINES = 200
 LOG_FLUSH_SECONDS = 1.0
 CANCEL_CHECK_SECONDS = 0.5
 PROGRESS_WRITE_SECONDS = 1.0
+DATABASE_BLIPS = (OperationalError, InterfaceError)
+
+
+def _after_blip(what: str) -> None:
+    log.warning("Database unavailable; could not %s, trying again later", what)
+    connection.close()  # the next query opens a fresh connection
 
 
 class ProcessContext:
@@ -87,8 +93,13 @@ class ProcessContext:
 
     def flush(self) -> None:
         if self._pending:
-            BatchLogEntry.objects.bulk_create(self._pending)
-            self._pending = []
+            try:
+                BatchLogEntry.objects.bulk_create(self._pending)
+            except DATABASE_BLIPS:
+                # Keep the lines: the next flush, or the finish, writes them.
+                _after_blip("write log lines")
+            else:
+                self._pending = []
         self._last_flush = time.monotonic()
 
     def take_pending(self) -> list[BatchLogEntry]:
@@ -99,9 +110,12 @@ class ProcessContext:
         t = time.monotonic()
         if t - self._last_progress >= PROGRESS_WRITE_SECONDS or percent >= 100:
             self._last_progress = t
-            BatchTask.objects.filter(pk=self.task_id).update(
-                progress=max(0, min(100, int(percent)))
-            )
+            try:
+                BatchTask.objects.filter(pk=self.task_id).update(
+                    progress=max(0, min(100, int(percent)))
+                )
+            except DATABASE_BLIPS:
+                _after_blip("record progress")  # the next report carries it
 
     def cancel_requested(self) -> bool:
         """True once the job is being canceled; cheap to call in a tight loop."""
@@ -110,9 +124,15 @@ class ProcessContext:
         t = time.monotonic()
         if t - self._last_cancel_check >= CANCEL_CHECK_SECONDS:
             self._last_cancel_check = t
-            status, attempt = BatchTask.objects.values_list("status", "attempt").get(
-                pk=self.task_id
-            )
+            try:
+                status, attempt = BatchTask.objects.values_list("status", "attempt").get(
+                    pk=self.task_id
+                )
+            except DATABASE_BLIPS:
+                # A database restart is no reason to stop the process: ask again at the next
+                # check. Should the database stay away, the lease runs out and decides.
+                _after_blip("check for a cancel")
+                return False
             # Canceling, or this attempt was given up (its lease ran out and the task moved on
             # to a retry elsewhere): either way this copy should stop.
             self.saw_cancel = status == BatchStatus.CANCELING or attempt != self.attempt
