@@ -216,6 +216,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # and take one message at a time so a long task does not hold others hostage.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A broker blip must not kill running batch tasks (Celery 6 will default this to True): the
+# messages of running tasks come back to the queue, and the claim turns those copies away.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "batch.default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -243,6 +246,13 @@ BATCH_HEARTBEAT_SECONDS = env_float("BATCH_HEARTBEAT_SECONDS", 5)
 # "Maximum retries"; we borrow the shape of its transient-SQL retry (5 s, doubling, 5 min cap).
 BATCH_RETRY_BACKOFF_SECONDS = env_float("BATCH_RETRY_BACKOFF_SECONDS", 5)
 BATCH_RETRY_BACKOFF_MAX_SECONDS = env_float("BATCH_RETRY_BACKOFF_MAX_SECONDS", 300)
+# A task without its own time limit is stopped after this long. 6 h: far above any ordinary
+# batch run (nightly postings, imports), yet a hung process frees its worker slot the same
+# day instead of holding it until someone notices. A task that needs more sets its own limit.
+BATCH_TASK_TIME_LIMIT_SECONDS = env_int("BATCH_TASK_TIME_LIMIT_SECONDS", 6 * 3600)
+# Cancel (or a time limit) asks a running process to stop through ctx.cancel_requested(); one
+# still running this long after is aborted: its worker process is killed.
+BATCH_CANCEL_GRACE_SECONDS = env_float("BATCH_CANCEL_GRACE_SECONDS", 30)
 # A ready task whose message has not been picked up this long, while its queue in the broker is
 # empty, is dispatched again (the message was lost, e.g. Redis restarted without persistence).
 BATCH_REDISPATCH_AFTER_SECONDS = env_float("BATCH_REDISPATCH_AFTER_SECONDS", 30)

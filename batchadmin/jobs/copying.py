@@ -67,6 +67,7 @@ def copy_job(
                 group_id=t.group_id,
                 ignore_failure=t.ignore_failure,
                 max_retries=t.max_retries,
+                time_limit=t.time_limit,
                 condition_type=t.condition_type,
                 position=t.position,
             )

@@ -43,3 +43,22 @@ def send(tasks: Sequence[tuple[int, str]]) -> int:
             len(tasks),
         )
     return sent
+
+
+def revoke(celery_task_id: str) -> bool:
+    """Abort: kill the worker process running this Celery task (and drop it if not started).
+
+    SIGKILL, not SIGTERM: the process already had the grace period to stop when asked, and a
+    hung one (a C call, a handler that swallows SIGTERM) may never act on a softer signal.
+    Celery acknowledges a terminated task's message, so it is not redelivered; if it were,
+    the claim refuses it (the task is no longer Ready). Never raises: the caller settles the
+    attempt anyway, and the orphan's late result is then discarded.
+    """
+    from batchadmin.celery import app
+
+    try:
+        app.control.revoke(celery_task_id, terminate=True, signal="SIGKILL")
+    except Exception:
+        log.exception("Could not revoke Celery task %s", celery_task_id)
+        return False
+    return True

@@ -6,8 +6,8 @@ The explanation is a list of small rules, each a pure function of one task (or j
 page by ``load_world``. A page explains any number of tasks with a fixed number of queries and
 at most one broker round trip per batch group; the rules themselves never query.
 
-Scheduling controls of a later issue slot in as rules of their own, in TASK_RULES before
-``threads_busy``: a paused group (D365 Max concurrency -1) and a job's concurrency limit.
+Scheduling controls are rules of their own, in TASK_RULES before ``threads_busy``: a paused
+group (D365 Max concurrency -1) and a job's concurrency limit (limits.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Count
 from django.utils.timezone import localtime, now
 
 from batchadmin.jobs import transitions
@@ -129,6 +130,8 @@ class World:
     groups: dict[int, GroupState] = field(default_factory=dict)
     queues: dict[int, int | None] = field(default_factory=dict)  # group id -> messages waiting
     beat: BeatState | None = None  # None: not looked at (nothing due long enough to ask)
+    # (job id, group id) -> its Executing and Canceling tasks, for groups with a max concurrency
+    running: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def group(self, group_id: int) -> GroupState | None:
         return self.groups.get(group_id)
@@ -468,13 +471,46 @@ def threads_busy(view: TaskView, world: World) -> Reason | None:
     return Reason("threads_busy", text)
 
 
+def group_paused(view: TaskView, world: World) -> Reason | None:
+    """D365 Max concurrency -1 on the batch group."""
+    group = world.group(view.task.group_id)
+    if view.task.status != S.READY or group is None or not group.group.is_paused():
+        return None
+    return Reason(
+        "group_paused",
+        f"Group {group.code} is paused (max concurrency -1): running tasks finish, no new ones "
+        "start",
+        WARN,
+    )
+
+
+def job_limit_reached(view: TaskView, world: World) -> Reason | None:
+    """D365 Max concurrency N: at most N tasks of each job run at once in the group."""
+    task = view.task
+    group = world.group(task.group_id)
+    if task.status != S.READY or group is None:
+        return None
+    limit = group.group.job_limit()
+    if limit is None:
+        return None
+    running = world.running.get((task.job_id, task.group_id), 0)
+    if running < limit:
+        return None
+    return Reason(
+        "job_limit",
+        f"Job concurrency limit reached: {running} of {limit} task{'s' if limit != 1 else ''} "
+        f"of this job run in group {group.code}",
+    )
+
+
 TASK_RULES: tuple[TaskRule, ...] = (
     job_not_started,
     waiting_for_conditions,
     retry_backoff,
     group_unserved,
     servers_closed,
-    # Later: group paused (Max concurrency -1), job concurrency limit reached.
+    group_paused,
+    job_limit_reached,
     threads_busy,
 )
 
@@ -533,7 +569,8 @@ def load_world(
     """What the rules need to know about ``groups``, in a fixed number of queries.
 
     servers with their groups and schedules (3), online replicas (1), waiting tasks per group
-    (1, coverage.py); beat's tick (1) when ``beat``; one broker round trip per group in
+    (1, coverage.py); running tasks per job (1) when a group has a max concurrency; beat's tick
+    (1) when ``beat``; one broker round trip per group in
     ``queue_groups``.
     """
     at = at or now()
@@ -559,10 +596,24 @@ def load_world(
             world.groups[group.pk] = GroupState(
                 group, c.served, [states[s.pk] for s in c.servers], c.waiting_tasks
             )
+    limited = [g.pk for g in group_list if g.job_limit() is not None]
+    if limited:
+        world.running = running_per_job(limited)
     world.queues = queue_sizes(list({g.pk: g for g in queue_groups}.values()))
     if beat:
         world.beat = beat_state()
     return world
+
+
+def running_per_job(group_ids: list[int]) -> dict[tuple[int, int], int]:
+    """Executing and Canceling tasks per (job, group) in these groups (one query)."""
+    rows = (
+        BatchTask.objects.filter(group_id__in=group_ids, status__in=[S.EXECUTING, S.CANCELING])
+        .values_list("job_id", "group_id")
+        .order_by()
+        .annotate(n=Count("pk"))
+    )
+    return {(job_id, group_id): n for job_id, group_id, n in rows}
 
 
 def beat_state() -> BeatState:

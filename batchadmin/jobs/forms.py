@@ -13,6 +13,7 @@ from itertools import pairwise
 from typing import Any, cast
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -23,12 +24,14 @@ from batchadmin.jobs import access, transitions
 from batchadmin.jobs.models import (
     MAX_RETRIES_LIMIT,
     RUNNING_JOB_STATUSES,
+    TIME_LIMIT_MAX_SECONDS,
     ActivePeriod,
     BatchJob,
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
 )
+from batchadmin.lib import durations
 from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
 from batchadmin.servers.models import BatchGroup
@@ -52,6 +55,7 @@ TASK_FIELDS = [
     "group",
     "ignore_failure",
     "max_retries",
+    "time_limit",
     "condition_type",
 ]
 PARAMETER_PREFIX = "param"
@@ -244,12 +248,16 @@ class TaskForm(forms.ModelForm[BatchTask]):
             "group",
             "ignore_failure",
             "max_retries",
+            "time_limit",
             "condition_type",
         ]
         widgets = {
             # A line opened for editing puts the cursor here, so Enter and Esc work at once.
             "description": forms.TextInput(attrs={"autofocus": True}),
             "max_retries": forms.NumberInput(attrs={"min": 0, "max": MAX_RETRIES_LIMIT}),
+            "time_limit": forms.NumberInput(
+                attrs={"min": 1, "max": TIME_LIMIT_MAX_SECONDS, "placeholder": "default"}
+            ),
         }
 
     def __init__(self, *args: Any, job: BatchJob, **kwargs: Any) -> None:
@@ -265,6 +273,11 @@ class TaskForm(forms.ModelForm[BatchTask]):
         group.empty_label = None
         if not self.instance.pk and not self.initial.get("group"):
             self.initial["group"] = BatchGroup.objects.default().pk
+        default = durations.whole(settings.BATCH_TASK_TIME_LIMIT_SECONDS)
+        self.fields["time_limit"].help_text = (
+            "An attempt running longer is asked to stop, then aborted, and ends in Error. "
+            f"Empty: the default, {default}."
+        )
 
     def clean_process(self) -> str:
         name: str = self.cleaned_data["process"]

@@ -19,6 +19,7 @@ from django.utils.timezone import is_naive, make_aware, now
 
 from batchadmin.jobs.models import (
     MAX_RETRIES_LIMIT,
+    TIME_LIMIT_MAX_SECONDS,
     ActivePeriod,
     BatchJob,
     BatchRecurrence,
@@ -74,6 +75,7 @@ TASK_KEYS = {
     "company",
     "ignore_failure",
     "max_retries",
+    "time_limit",
     "condition_type",
     "conditions",
 }
@@ -96,6 +98,7 @@ class _Task:
     max_retries: int
     condition_type: str
     conditions: list[tuple[str, str]]
+    time_limit: int | None = None
 
 
 @dataclass
@@ -396,6 +399,16 @@ def _parse_task(
         raise ImportFailure(
             f"{where}: max_retries must be a whole number from 0 to {MAX_RETRIES_LIMIT}, got {max_retries!r}."
         )
+    time_limit = raw.get("time_limit")
+    if time_limit is not None and (
+        isinstance(time_limit, bool)
+        or not isinstance(time_limit, int)
+        or not 1 <= time_limit <= TIME_LIMIT_MAX_SECONDS
+    ):
+        raise ImportFailure(
+            f"{where}: time_limit must be a whole number of seconds from 1 to "
+            f"{TIME_LIMIT_MAX_SECONDS} (7 days), or null for the default, got {time_limit!r}."
+        )
     condition_type = _choice(
         raw.get("condition_type", "all"),
         {c.value: c.value for c in BatchTask.ConditionType},
@@ -437,6 +450,7 @@ def _parse_task(
         max_retries,
         condition_type,
         conditions,
+        time_limit,
     )
 
 
@@ -523,6 +537,7 @@ def _save_job(parsed: _Job, user: Any) -> BatchJob:
             company=companies[t.company] if t.company else None,
             ignore_failure=t.ignore_failure,
             max_retries=t.max_retries,
+            time_limit=t.time_limit,
             condition_type=t.condition_type,
             position=i,
         )
@@ -584,6 +599,8 @@ def export_job(job: BatchJob) -> dict[str, Any]:
             "condition_type": t.condition_type,
             "conditions": conditions.get(t.pk, []),
         }
+        if t.time_limit is not None:
+            item["time_limit"] = t.time_limit  # seconds; left out: the server default
         data["tasks"].append(item)
     return data
 

@@ -9,11 +9,12 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils.timezone import now
 
-from batchadmin.lib import recurrence
+from batchadmin.lib import durations, recurrence
 from batchadmin.servers.models import CODE_VALIDATOR, BatchGroup, BatchServer
 
 MAX_RETRIES_LIMIT = 5  # D365: "The highest allowed value is 5" (retryable-batch.md)
 MISSED_COUNT_LIMIT = 10_000  # a MissedOccurrence row counts at most this many occurrences
+TIME_LIMIT_MAX_SECONDS = 7 * 24 * 3600  # a task's time limit: one week at most
 
 
 class BatchStatus(models.TextChoices):
@@ -553,6 +554,14 @@ class BatchTask(models.Model):
         validators=[MaxValueValidator(MAX_RETRIES_LIMIT)],
         help_text="How often a failed attempt is retried (0-5).",
     )
+    time_limit = models.PositiveIntegerField(
+        "time limit (seconds)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(TIME_LIMIT_MAX_SECONDS)],
+        help_text="An attempt running longer is asked to stop, then aborted, and ends in Error. "
+        "Empty: the server default.",
+    )
     condition_type = models.CharField(
         "condition type",
         max_length=3,
@@ -585,6 +594,12 @@ class BatchTask(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     progress = models.PositiveSmallIntegerField("progress %", null=True, blank=True)
     position = models.PositiveIntegerField(default=0)
+    # When the tick must next act on the running attempt (scheduler.handle_overdue_tasks): at
+    # the claim, start + time limit; once asked to stop (time limit or cancel), the end of the
+    # grace period, after which the attempt is aborted.
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    # The running attempt passed its time limit and was asked to stop; reset by the claim.
+    timed_out = models.BooleanField(default=False)
 
     class Meta:
         verbose_name = "batch task"
@@ -594,6 +609,11 @@ class BatchTask(models.Model):
             models.CheckConstraint(
                 condition=Q(max_retries__lte=MAX_RETRIES_LIMIT),
                 name="task_max_retries_0_5",
+            ),
+            models.CheckConstraint(
+                condition=Q(time_limit=None)
+                | Q(time_limit__gte=1, time_limit__lte=TIME_LIMIT_MAX_SECONDS),
+                name="task_time_limit_1s_7d",
             ),
         ]
         indexes = [
@@ -607,6 +627,12 @@ class BatchTask(models.Model):
                 name="task_lease_idx",
                 condition=Q(status__in=["executing", "canceling"]),
             ),
+            # The tick's time limits and aborts after the cancel grace period.
+            models.Index(
+                fields=["deadline_at"],
+                name="task_deadline_idx",
+                condition=Q(status__in=["executing", "canceling"]),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -614,6 +640,10 @@ class BatchTask(models.Model):
 
     def is_open(self) -> bool:
         return self.status in OPEN_TASK_STATUSES
+
+    def time_limit_text(self) -> str:
+        """'1 h 30 min': the task's own time limit, or the server default."""
+        return durations.whole(self.time_limit or settings.BATCH_TASK_TIME_LIMIT_SECONDS)
 
 
 class BatchTaskCondition(models.Model):
@@ -703,6 +733,8 @@ class BatchTaskRun(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
     error_message = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
+    # The Celery message this attempt ran under, to revoke (abort) it.
+    celery_task_id = models.CharField(max_length=64, blank=True)
 
     class Meta:
         verbose_name = "batch task run"

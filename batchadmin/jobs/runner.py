@@ -53,6 +53,8 @@ class ProcessContext:
         self.attempt = task_run.attempt
         self._task = task
         self.saw_cancel = False
+        self.timed_out = False  # asked to stop by the time limit, not by a cancel
+        self.time_limit: int | None = None
         self._pending: list[BatchLogEntry] = []
         self._last_flush = time.monotonic()
         self._last_cancel_check = 0.0
@@ -118,34 +120,41 @@ class ProcessContext:
                 _after_blip("record progress")  # the next report carries it
 
     def cancel_requested(self) -> bool:
-        """True once the job is being canceled; cheap to call in a tight loop."""
+        """True once the process should stop (the job is being canceled or the task ran past
+        its time limit); cheap to call in a tight loop."""
         if self.saw_cancel:
             return True
         t = time.monotonic()
         if t - self._last_cancel_check >= CANCEL_CHECK_SECONDS:
             self._last_cancel_check = t
             try:
-                status, attempt = BatchTask.objects.values_list("status", "attempt").get(
-                    pk=self.task_id
-                )
+                status, attempt, timed_out, self.time_limit = BatchTask.objects.values_list(
+                    "status", "attempt", "timed_out", "time_limit"
+                ).get(pk=self.task_id)
             except DATABASE_BLIPS:
                 # A database restart is no reason to stop the process: ask again at the next
                 # check. Should the database stay away, the lease runs out and decides.
                 _after_blip("check for a cancel")
                 return False
-            # Canceling, or this attempt was given up (its lease ran out and the task moved on
-            # to a retry elsewhere): either way this copy should stop.
-            self.saw_cancel = status == BatchStatus.CANCELING or attempt != self.attempt
+            # Canceling, past its time limit, or this attempt was given up (its lease ran out
+            # and the task moved on, or it was aborted): either way this copy should stop.
+            mine = attempt == self.attempt
+            self.timed_out = mine and timed_out and status == BatchStatus.EXECUTING
+            self.saw_cancel = not mine or timed_out or status != BatchStatus.EXECUTING
         return self.saw_cancel
 
 
-def run_task(*, task_id: int, server_id: int | None, hostname: str) -> bool:
+def run_task(
+    *, task_id: int, server_id: int | None, hostname: str, celery_task_id: str = ""
+) -> bool:
     """Claim, run and settle one task. Returns False when the claim was lost (nothing ran).
 
     Nothing a process does escapes from here: its exceptions become the attempt's error, so a
     failing process never takes the worker down.
     """
-    task_run = transitions.claim_task(task_id=task_id, server_id=server_id, hostname=hostname)
+    task_run = transitions.claim_task(
+        task_id=task_id, server_id=server_id, hostname=hostname, celery_task_id=celery_task_id
+    )
     if task_run is None:
         return False
     started = time.monotonic()
@@ -207,6 +216,12 @@ def execute(task_run: BatchTaskRun) -> tuple[transitions.Outcome, list[BatchLogE
         )
     else:
         outcome = transitions.Outcome(canceled=ctx.saw_cancel)
+    if ctx.timed_out:
+        # It stopped because its time limit asked it to: that is an error, not a cancel, and
+        # not retried (transitions.abort_task says why).
+        message = transitions.time_limit_message(ctx.time_limit, "the process stopped when asked")
+        ctx.error(message)
+        outcome = transitions.Outcome(error=message, traceback=outcome.traceback, retryable=False)
     return outcome, ctx.take_pending()
 
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
-from django.db.models import Exists, OuterRef
+from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db.models import Count, Exists, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 from kombu.exceptions import ChannelError
 
 from batchadmin.alerts import delivery, stuck
-from batchadmin.jobs import dispatch, transitions
+from batchadmin.jobs import dispatch, limits, transitions
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
     RUNNING_JOB_STATUSES,
@@ -31,19 +33,35 @@ from batchadmin.jobs.models import (
     BatchTaskCondition,
 )
 from batchadmin.servers import metrics
-from batchadmin.servers.models import QUEUE_PREFIX
+from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX
 
 log = logging.getLogger(__name__)
 S = BatchStatus
 TERMINAL_TASK_STATUSES = (S.ENDED, S.ERROR, S.NOT_RUN, S.CANCELED)
 
 
+# Until this time.monotonic(), no lease is failed: the tick could not reach the database a
+# moment ago, so most likely the workers could not renew their leases either. They get one
+# lease period after the outage to do so; a server that really died is failed after it.
+_lease_grace_until = 0.0
+
+
 def tick(at: dt.datetime | None = None) -> dict[str, int]:
+    global _lease_grace_until
+    try:
+        return _tick(at)
+    except (OperationalError, InterfaceError):
+        _lease_grace_until = time.monotonic() + settings.BATCH_LEASE_SECONDS
+        raise
+
+
+def _tick(at: dt.datetime | None) -> dict[str, int]:
     close_old_connections()  # beat is long-lived: drop a connection the database has closed
     at = at or now()
     return {
         "started": handle_due_jobs(at),
         "leases_expired": handle_expired_leases(at),
+        "overdue": handle_overdue_tasks(at),
         "dispatched": handle_ready_tasks(at),
         "resent": handle_lost_messages(at),
         "released": handle_stranded_tasks(),
@@ -70,6 +88,8 @@ def handle_due_jobs(at: dt.datetime) -> int:
 
 def handle_expired_leases(at: dt.datetime) -> int:
     """Fail attempts whose batch server stopped renewing their lease (it died)."""
+    if time.monotonic() < _lease_grace_until:
+        return 0
     expired = BatchTask.objects.filter(
         status__in=[S.EXECUTING, S.CANCELING], lease_expires_at__lt=at
     ).values_list("pk", "attempt", "group__code", "started_at")
@@ -83,14 +103,60 @@ def handle_expired_leases(at: dt.datetime) -> int:
     return n
 
 
+def handle_overdue_tasks(at: dt.datetime) -> int:
+    """Time limits and aborts: running attempts whose deadline has passed (task_deadline_idx).
+
+    An attempt past its time limit is asked to stop; one still running a grace period after it
+    was asked (by its time limit or a cancel) is aborted.
+    """
+    overdue = BatchTask.objects.filter(
+        status__in=[S.EXECUTING, S.CANCELING], deadline_at__lt=at
+    ).values_list("pk", "attempt", "status", "timed_out", "group__code", "started_at")
+    n = 0
+    for task_id, attempt, status, timed_out, group, started_at in overdue[
+        : settings.BATCH_TICK_LIMIT
+    ]:
+        try:
+            if status == S.EXECUTING and not timed_out:
+                if transitions.stop_for_time_limit(task_id=task_id, attempt=attempt, at=at):
+                    log.warning("Task %s attempt %s: time limit exceeded", task_id, attempt)
+                    n += 1
+            elif transitions.abort_task(task_id=task_id, attempt=attempt, at=at):
+                log.warning("Task %s attempt %s: aborted after the grace period", task_id, attempt)
+                n += 1
+                final = S.CANCELED if status == S.CANCELING else S.ERROR
+                seconds = (at - started_at).total_seconds() if started_at else 0.0
+                metrics.task_finished(task_id=task_id, status=final, seconds=seconds, group=group)
+        except Exception:
+            log.exception("Could not stop task %s attempt %s", task_id, attempt)
+    return n
+
+
 def handle_ready_tasks(at: dt.datetime) -> int:
-    """Send messages for ready tasks that have none yet (a retry whose backoff is over)."""
-    rows = list(
-        BatchTask.objects.filter(status=S.READY, dispatched_at=None, ready_at__lte=at).values_list(
-            "pk", "group__code"
-        )[: settings.BATCH_TICK_LIMIT]
+    """Send messages for ready tasks that have none yet: a retry whose backoff is over, or a
+    task its group's max concurrency held back (limits.py) that may go now."""
+    # Held tasks whose job is still at its limit, or whose group is paused, are left out in
+    # SQL so that they do not crowd the others out of the tick's batch.
+    taken = (
+        BatchTask.objects.filter(limits.TAKES_SLOT, job=OuterRef("job"), group=OuterRef("group"))
+        .order_by()
+        .values("job")
+        .annotate(n=Count("pk"))
+        .values("n")
     )
-    return _redispatch(rows, at)
+    ready = BatchTask.objects.filter(status=S.READY, dispatched_at=None, ready_at__lte=at)
+    rows = list(
+        ready.filter(
+            Q(group__max_concurrency=NO_LIMIT)
+            | Q(group__max_concurrency__gt=Coalesce(Subquery(taken), 0))
+        )
+        .order_by("ready_at", "position", "pk")
+        .values_list("pk", "job_id", "group__code", "group__max_concurrency")[
+            : settings.BATCH_TICK_LIMIT
+        ]
+    )
+    allowed = limits.dispatchable([limits.Candidate(*row) for row in rows])
+    return _redispatch([(c.task_id, c.group) for c in allowed], at)
 
 
 def handle_lost_messages(at: dt.datetime) -> int:
@@ -101,9 +167,12 @@ def handle_lost_messages(at: dt.datetime) -> int:
     queue either, so such a task may get a second message; the claim makes that harmless.
     """
     stale = at - dt.timedelta(seconds=settings.BATCH_REDISPATCH_AFTER_SECONDS)
-    rows = BatchTask.objects.filter(status=S.READY, dispatched_at__lt=stale).values_list(
-        "pk", "group__code"
-    )[: settings.BATCH_TICK_LIMIT]
+    # A paused group's claims refuse every task (it becomes held): no point resending.
+    rows = (
+        BatchTask.objects.filter(status=S.READY, dispatched_at__lt=stale)
+        .exclude(group__max_concurrency=PAUSED)
+        .values_list("pk", "group__code")[: settings.BATCH_TICK_LIMIT]
+    )
     by_group: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for pk, code in rows:
         by_group[code].append((pk, code))

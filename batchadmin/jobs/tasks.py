@@ -14,19 +14,36 @@ from batchadmin.servers import worker
 @shared_task(bind=True, name="batchadmin.run_batch_task", acks_late=True, ignore_result=True)
 def run_batch_task(self: Task[Any, Any], task_id: int) -> None:
     hostname = self.request.hostname or ""
+    # Recorded on the attempt so that an abort can revoke (kill) exactly this execution.
+    celery_id = self.request.id or ""
     try:
-        runner.run_task(task_id=task_id, server_id=worker.server_id(hostname), hostname=hostname)
+        runner.run_task(
+            task_id=task_id,
+            server_id=worker.server_id(hostname),
+            hostname=hostname,
+            celery_task_id=celery_id,
+        )
     except IntegrityError:
         # The claim referred to a server row deleted since this process cached its id (the
         # claim rolled back, the task is still Ready): register again and claim once more.
         worker.forget_server(hostname)
-        runner.run_task(task_id=task_id, server_id=worker.server_id(hostname), hostname=hostname)
+        runner.run_task(
+            task_id=task_id,
+            server_id=worker.server_id(hostname),
+            hostname=hostname,
+            celery_task_id=celery_id,
+        )
     except (OperationalError, InterfaceError):
         # Connections are kept across tasks (CELERY_DB_REUSE_MAX) without a health-check
         # query per task; a broken one (PostgreSQL restarted) fails here once. Reconnect and
         # claim again: if the first try had claimed, this claim finds it taken and stops.
         connection.close()
-        runner.run_task(task_id=task_id, server_id=worker.server_id(hostname), hostname=hostname)
+        runner.run_task(
+            task_id=task_id,
+            server_id=worker.server_id(hostname),
+            hostname=hostname,
+            celery_task_id=celery_id,
+        )
 
 
 @shared_task(name="batchadmin.tick", ignore_result=True)

@@ -22,7 +22,7 @@ from django.db.models import F
 from django.utils.timezone import now
 
 from batchadmin.alerts import outbox
-from batchadmin.jobs import dispatch, history
+from batchadmin.jobs import dispatch, history, limits
 from batchadmin.jobs.models import (
     MISSED_COUNT_LIMIT,
     OPEN_TASK_STATUSES,
@@ -37,8 +37,8 @@ from batchadmin.jobs.models import (
     MissedOccurrence,
     StatusChange,
 )
-from batchadmin.lib import recurrence
-from batchadmin.servers.models import QUEUE_PREFIX
+from batchadmin.lib import durations, recurrence
+from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, BatchGroup
 
 log = logging.getLogger(__name__)
 S = BatchStatus
@@ -208,7 +208,9 @@ def cancel_job(*, job_id: int, by_id: int | None) -> bool:
         BatchTask.objects.filter(job_id=job_id, status__in=[S.WAITING, S.READY]).update(
             status=S.NOT_RUN, ended_at=at, dispatched_at=None, ready_at=None
         )
-        BatchTask.objects.filter(job_id=job_id, status=S.EXECUTING).update(status=S.CANCELING)
+        BatchTask.objects.filter(job_id=job_id, status=S.EXECUTING).update(
+            status=S.CANCELING, deadline_at=at + _grace()
+        )
         _record(
             job_id,
             S.EXECUTING,
@@ -219,6 +221,95 @@ def cancel_job(*, job_id: int, by_id: int | None) -> bool:
         )
         _settle_job_if_done(job_id, at=at)
         return True
+
+
+def _grace() -> dt.timedelta:
+    return dt.timedelta(seconds=settings.BATCH_CANCEL_GRACE_SECONDS)
+
+
+def time_limit_message(time_limit: int | None, how: str) -> str:
+    seconds = time_limit or settings.BATCH_TASK_TIME_LIMIT_SECONDS
+    return f"Time limit of {durations.whole(seconds)} exceeded; {how}."
+
+
+def _grace_text() -> str:
+    return durations.whole(_grace().total_seconds())
+
+
+def stop_for_time_limit(*, task_id: int, attempt: int, at: dt.datetime | None = None) -> bool:
+    """The attempt ran past its time limit: ask it to stop, as a cancel would.
+
+    The task stays Executing (the job is not being canceled) with ``timed_out`` set, which the
+    process sees through ``ctx.cancel_requested()``; it has the cancel grace period to stop
+    before handle_overdue_tasks aborts it. Either way the attempt ends in Error.
+    """
+    at = at or now()
+    with transaction.atomic():
+        n = BatchTask.objects.filter(
+            pk=task_id, attempt=attempt, status=S.EXECUTING, timed_out=False, deadline_at__lt=at
+        ).update(timed_out=True, deadline_at=at + _grace())
+        if n != 1:
+            return False  # it finished, or was canceled, meanwhile
+        run = BatchTaskRun.objects.filter(task_id=task_id, attempt=attempt, status=S.EXECUTING)
+        run_id = run.values_list("pk", flat=True).order_by("-pk").first()
+        if run_id is not None:
+            time_limit = BatchTask.objects.values_list("time_limit", flat=True).get(pk=task_id)
+            BatchLogEntry.objects.create(
+                task_run_id=run_id,
+                level=BatchLogEntry.Level.WARNING,
+                message=time_limit_message(time_limit, "the process was asked to stop"),
+                created=at,
+            )
+        return True
+
+
+def abort_task(*, task_id: int, attempt: int, at: dt.datetime | None = None) -> bool:
+    """D365 Abort: the attempt did not stop within the grace period after it was asked to.
+
+    Its worker process is killed (Celery revoke with terminate) and the attempt is settled
+    here: Canceled when the job is being canceled, Error after a time limit. A time-limit
+    error is not retried: a process that hung once most likely hangs again, and each retry
+    would hold a worker slot for another whole time limit. When the process ends by itself
+    before this, finish_task's attempt and status guard makes the later of the two a no-op.
+    """
+    at = at or now()
+    state = (
+        BatchTask.objects.filter(
+            pk=task_id,
+            attempt=attempt,
+            status__in=[S.EXECUTING, S.CANCELING],
+            deadline_at__lt=at,
+        )
+        .values_list("status", "timed_out", "time_limit")
+        .first()
+    )
+    if state is None:
+        return False
+    status, timed_out, time_limit = state
+    if status == S.CANCELING:
+        outcome = Outcome(
+            error=f"Aborted after the {_grace_text()} grace period: the process did not stop "
+            "when the job was canceled.",
+            canceled=True,
+        )
+    elif timed_out:
+        how = f"the process was aborted after the {_grace_text()} grace period"
+        outcome = Outcome(error=time_limit_message(time_limit, how), retryable=False)
+    else:
+        return False  # not asked to stop yet: stop_for_time_limit comes first
+    celery_id = (
+        BatchTaskRun.objects.filter(task_id=task_id, attempt=attempt, status=S.EXECUTING)
+        .order_by("-pk")
+        .values_list("celery_task_id", flat=True)
+        .first()
+    )
+    if celery_id:
+        # Kill first, settle second: a process still running after its attempt was settled
+        # would be an orphan holding a worker slot.
+        dispatch.revoke(celery_id)
+    else:
+        log.warning("Task %s attempt %s: no Celery task id to abort", task_id, attempt)
+    return finish_task(task_id=task_id, attempt=attempt, outcome=outcome, at=at)
 
 
 def rerun_job(*, job_id: int, by_id: int | None, only_failed: bool) -> bool:
@@ -392,12 +483,20 @@ def reschedule_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
 
 
 def claim_task(
-    *, task_id: int, server_id: int | None, hostname: str, at: dt.datetime | None = None
+    *,
+    task_id: int,
+    server_id: int | None,
+    hostname: str,
+    at: dt.datetime | None = None,
+    limit_checked: bool = False,
+    celery_task_id: str = "",
 ) -> BatchTaskRun | None:
     """Ready -> Executing for the server that got the message; None if someone else did.
 
     A duplicate or stale delivery finds the task no longer Ready (or not yet past its retry
-    backoff) and does nothing.
+    backoff) and does nothing. A task of a group with a max concurrency is not claimed by the
+    fast statement: _claim_limited checks the limit under the job lock, then claims it with
+    ``limit_checked``.
     """
     at = at or now()
     lease = at + dt.timedelta(seconds=settings.BATCH_LEASE_SECONDS)
@@ -412,29 +511,58 @@ def claim_task(
         hostname,
         adapt(at),
         adapt(lease),
+        adapt(at),  # deadline_at: start + the task's time limit or the default
+        settings.BATCH_TASK_TIME_LIMIT_SECONDS,
         task_id,
         S.READY,
         adapt(at),
+        limit_checked,
     ]
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
                 _CLAIM_PG_SQL,
-                [*claim_params, task_id, S.EXECUTING, server_id, hostname, adapt(at)],
+                [
+                    *claim_params,
+                    task_id,
+                    S.EXECUTING,
+                    server_id,
+                    hostname,
+                    adapt(at),
+                    celery_task_id,
+                ],
             )
             row = cursor.fetchone()
         if row is None:
-            return None
+            return (
+                None
+                if limit_checked
+                else _claim_limited(task_id, server_id, hostname, at, celery_task_id)
+            )
         run_id, job_run_id, job_id, attempt, key, process, parameters, company_id = row
     else:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(_CLAIM_SQL, claim_params)
             row = cursor.fetchone()
             if row is None:
-                return None
+                return (
+                    None
+                    if limit_checked
+                    else _claim_limited(task_id, server_id, hostname, at, celery_task_id)
+                )
             job_id, attempt, key, process, parameters, company_id = row
             cursor.execute(
-                _RUN_SQL, [task_id, attempt, S.EXECUTING, server_id, hostname, adapt(at), job_id]
+                _RUN_SQL,
+                [
+                    task_id,
+                    attempt,
+                    S.EXECUTING,
+                    server_id,
+                    hostname,
+                    adapt(at),
+                    celery_task_id,
+                    job_id,
+                ],
             )
             run_id, job_run_id = cursor.fetchone()
     task = BatchTask(
@@ -456,20 +584,31 @@ def claim_task(
         server_id=server_id,
         hostname=hostname,
         started_at=at,
+        celery_task_id=celery_task_id,
     )
 
 
 _T = BatchTask._meta.db_table
+# The claim time plus the task's time limit (or the default), in the database's own date maths.
+_DEADLINE_SQL = (
+    "%s + COALESCE(time_limit, %s) * INTERVAL '1 second'"
+    if connection.vendor == "postgresql"
+    else "strftime('%%Y-%%m-%%d %%H:%%M:%%f', %s, '+' || COALESCE(time_limit, %s) || ' seconds')"
+)
+_G = BatchGroup._meta.db_table
 _CLAIM_SQL = f"""
     UPDATE {_T} SET status = %s, attempt = retries + 1, server_id = %s, hostname = %s,
-        started_at = %s, ended_at = NULL, lease_expires_at = %s, progress = NULL
+        started_at = %s, ended_at = NULL, lease_expires_at = %s, progress = NULL,
+        deadline_at = {_DEADLINE_SQL}, timed_out = FALSE
     WHERE id = %s AND status = %s AND (ready_at IS NULL OR ready_at <= %s)
+        AND (%s OR (SELECT max_concurrency FROM {_G} WHERE id = group_id) = {NO_LIMIT})
     RETURNING job_id, attempt, key, process, parameters, company_id
 """
 _RUN_SQL = f"""
     INSERT INTO {BatchTaskRun._meta.db_table}
-        (job_run_id, task_id, attempt, status, server_id, hostname, started_at, error_message, traceback)
-    SELECT current_run_id, %s, %s, %s, %s, %s, %s, '', ''
+        (job_run_id, task_id, attempt, status, server_id, hostname, started_at, error_message, traceback,
+         celery_task_id)
+    SELECT current_run_id, %s, %s, %s, %s, %s, %s, '', '', %s
     FROM {BatchJob._meta.db_table} WHERE id = %s
     RETURNING id, job_run_id
 """
@@ -477,14 +616,51 @@ _CLAIM_PG_SQL = f"""
     WITH claimed AS ({_CLAIM_SQL}),
     run AS (
         INSERT INTO {BatchTaskRun._meta.db_table}
-            (job_run_id, task_id, attempt, status, server_id, hostname, started_at, error_message, traceback)
-        SELECT j.current_run_id, %s, c.attempt, %s, %s, %s, %s, '', ''
+            (job_run_id, task_id, attempt, status, server_id, hostname, started_at, error_message, traceback,
+             celery_task_id)
+        SELECT j.current_run_id, %s, c.attempt, %s, %s, %s, %s, '', '', %s
         FROM claimed c JOIN {BatchJob._meta.db_table} j ON j.id = c.job_id
         RETURNING id, job_run_id
     )
     SELECT run.id, run.job_run_id, c.job_id, c.attempt, c.key, c.process, c.parameters, c.company_id
     FROM run, claimed c
 """
+
+
+def _claim_limited(
+    task_id: int, server_id: int | None, hostname: str, at: dt.datetime, celery_task_id: str
+) -> BatchTaskRun | None:
+    """The claim of a task whose group has a max concurrency (or of a task no longer Ready).
+
+    D365 Max concurrency: N = at most N tasks of each job run at once in the group, -1 = the
+    group is paused. Under the job's row lock (which finish_task takes too) two workers claiming
+    tasks of one job are serialised, so the count of running tasks is exact. A refused task
+    stays Ready without a message (held) until a task of its job finishes or the tick sends it.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_LOCK_JOB_SQL + _for_update(), [task_id])
+        if cursor.fetchone() is None:
+            return None
+        cursor.execute(_LIMIT_STATE_SQL, [connection.ops.adapt_datetimefield_value(at), task_id])
+        status, due, job_id, group_id, limit = cursor.fetchone()
+        if status != S.READY or not due:
+            return None  # someone else claimed it, or its retry backoff is not over
+        if limit != NO_LIMIT:
+            running = 0
+            if limit != PAUSED:
+                cursor.execute(_RUNNING_IN_GROUP_SQL, [job_id, group_id, S.EXECUTING, S.CANCELING])
+                (running,) = cursor.fetchone()
+            if limit == PAUSED or running >= limit:
+                cursor.execute(_HOLD_SQL, [task_id, S.READY])
+                return None
+        return claim_task(
+            task_id=task_id,
+            server_id=server_id,
+            hostname=hostname,
+            at=at,
+            limit_checked=True,
+            celery_task_id=celery_task_id,
+        )
 
 
 @dataclass
@@ -517,7 +693,7 @@ def finish_task(
         cursor.execute(_LOCK_JOB_SQL + _for_update(), [task_id])
         (job_id,) = cursor.fetchone()
         cursor.execute(_TASK_STATE_SQL, [task_id])
-        task_attempt, status, retries, max_retries = cursor.fetchone()
+        task_attempt, status, retries, max_retries, group_id, limit = cursor.fetchone()
         if task_attempt != attempt or status not in (S.EXECUTING, S.CANCELING):
             return False
         canceling = status == S.CANCELING
@@ -556,8 +732,14 @@ def finish_task(
                 # long-delayed (ETA) messages out of the broker and the workers' memory.
                 dispatched_at=None,
             )
+            if limit > 0:
+                limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
             return True
         cursor.execute(_FINISH_TASK_SQL, [new, adapt(at), task_id])
+        if limit > 0:
+            # Max concurrency: a slot of this job in the group is free; the next held task
+            # goes now, not at the next tick.
+            limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
         cursor.execute(_WHAT_FOLLOWS_SQL, [task_id, S.WAITING, job_id, *OPEN_TASK_STATUSES])
         has_dependents, has_open = cursor.fetchone()
         # The common case (no dependents, other tasks still open) ends here; the rest stays
@@ -577,7 +759,20 @@ _LOCK_JOB_SQL = f"""
     SELECT id FROM {BatchJob._meta.db_table}
     WHERE id = (SELECT job_id FROM {_T} WHERE id = %s)
 """
-_TASK_STATE_SQL = f"SELECT attempt, status, retries, max_retries FROM {_T} WHERE id = %s"
+_TASK_STATE_SQL = f"""
+    SELECT attempt, status, retries, max_retries, group_id,
+        (SELECT max_concurrency FROM {_G} WHERE id = group_id)
+    FROM {_T} WHERE id = %s
+"""
+_LIMIT_STATE_SQL = f"""
+    SELECT t.status, (t.ready_at IS NULL OR t.ready_at <= %s), t.job_id, t.group_id,
+        g.max_concurrency
+    FROM {_T} t JOIN {_G} g ON g.id = t.group_id WHERE t.id = %s
+"""
+_RUNNING_IN_GROUP_SQL = (
+    f"SELECT count(*) FROM {_T} WHERE job_id = %s AND group_id = %s AND status IN (%s, %s)"
+)
+_HOLD_SQL = f"UPDATE {_T} SET dispatched_at = NULL WHERE id = %s AND status = %s"
 _FINISH_RUN_SQL = f"""
     UPDATE {BatchTaskRun._meta.db_table} SET status = %s, ended_at = %s, error_message = %s,
         traceback = %s
@@ -685,10 +880,35 @@ def _make_ready(tasks: list[tuple[int, str]], *, at: dt.datetime) -> None:
     if not tasks:
         return
     ids = [tid for tid, _ in tasks]
+    group_limits = limits.cached_limits()  # per-process cache: no query for unlimited groups
+    if any(code in group_limits for _, code in tasks):
+        tasks, held = _apply_limits(tasks, group_limits)
+        # Max concurrency of the group: these stay Ready without a message (held).
+        BatchTask.objects.filter(pk__in=held, status=S.WAITING).update(
+            status=S.READY, ready_at=at, dispatched_at=None
+        )
+        ids = [tid for tid, _ in tasks]
     BatchTask.objects.filter(pk__in=ids, status=S.WAITING).update(
         status=S.READY, ready_at=at, dispatched_at=at
     )
     dispatch.send_on_commit([(tid, QUEUE_PREFIX + code) for tid, code in tasks])
+
+
+def _apply_limits(
+    tasks: list[tuple[int, str]], group_limits: dict[str, int]
+) -> tuple[list[tuple[int, str]], list[int]]:
+    """Split tasks becoming Ready into those sent now and those held by their group's limit."""
+    job_ids = dict(
+        BatchTask.objects.filter(
+            pk__in=[tid for tid, code in tasks if code in group_limits]
+        ).values_list("pk", "job_id")
+    )
+    candidates = [
+        limits.Candidate(tid, job_ids.get(tid, 0), code, group_limits.get(code, 0))
+        for tid, code in tasks
+    ]
+    allowed = {c.task_id for c in limits.dispatchable(candidates)}
+    return [t for t in tasks if t[0] in allowed], [t[0] for t in tasks if t[0] not in allowed]
 
 
 def _settle_job_if_done(job_id: int, *, at: dt.datetime) -> bool:

@@ -24,3 +24,15 @@ def short(delta: dt.timedelta | None) -> str:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours:02d} h"
+
+
+def whole(seconds: float) -> str:
+    """A set length, such as a limit, in its units: '30 s', '5 min', '1 h 30 min', '7 d'."""
+    if seconds < 1:
+        return f"{seconds:g} s"
+    rest = round(seconds)
+    days, rest = divmod(rest, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, sec = divmod(rest, 60)
+    units = ((days, "d"), (hours, "h"), (minutes, "min"), (sec, "s"))
+    return " ".join(f"{n} {unit}" for n, unit in units if n)

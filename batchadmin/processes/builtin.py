@@ -1,4 +1,5 @@
-"""Processes for trying the engine out and for its tests: demo.noop / sleep / fail / flaky / log."""
+"""Processes for trying the engine out and for its tests: demo.noop / sleep / fail / flaky / log
+/ hang."""
 
 from __future__ import annotations
 
@@ -92,3 +93,14 @@ def flaky(ctx: Context, *, failures: int) -> None:
 def log(ctx: Context, *, lines: int) -> None:
     for n in range(1, lines + 1):
         ctx.info(f"Log line {n} of {lines}")
+
+
+@register(
+    "demo.hang",
+    label="Hang",
+    description="Test aid: sleeps forever and never checks for a cancel, like a hung process. "
+    "Only an abort (after a cancel or its time limit) ends it.",
+)
+def hang(ctx: Context) -> None:
+    while True:
+        time.sleep(1)

@@ -24,7 +24,7 @@ class BatchServerAdmin(admin.ModelAdmin[BatchServer]):
 
 @admin.register(BatchGroup)
 class BatchGroupAdmin(admin.ModelAdmin[BatchGroup]):
-    list_display = ["code", "description"]
+    list_display = ["code", "description", "max_concurrency"]
 
 
 @admin.register(BatchServerReplica)

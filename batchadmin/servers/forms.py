@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 
 from batchadmin.servers.models import (
     MAX_THREADS_LIMIT,
+    PAUSED,
     BatchGroup,
     BatchServer,
     BatchServerSchedule,
@@ -18,10 +19,30 @@ ZONES = sorted(available_timezones())
 DAY = 24 * 3600
 
 
+MAX_CONCURRENCY_ERROR = (
+    f"Max concurrency must be a whole number from -1 to {MAX_THREADS_LIMIT}: "
+    "-1 pauses the group, 0 means no limit, N allows N tasks of each job at once."
+)
+
+
 class GroupForm(forms.ModelForm[BatchGroup]):
+    max_concurrency = forms.IntegerField(
+        label="Max concurrency",
+        min_value=PAUSED,
+        max_value=MAX_THREADS_LIMIT,
+        initial=0,
+        required=False,
+        help_text=BatchGroup._meta.get_field("max_concurrency").help_text,
+        error_messages={
+            "invalid": MAX_CONCURRENCY_ERROR,
+            "min_value": MAX_CONCURRENCY_ERROR,
+            "max_value": MAX_CONCURRENCY_ERROR,
+        },
+    )
+
     class Meta:
         model = BatchGroup
-        fields = ["code", "description"]
+        fields = ["code", "description", "max_concurrency"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -30,6 +51,11 @@ class GroupForm(forms.ModelForm[BatchGroup]):
             # name would be stranded by a rename. D365 does not rename groups either.
             self.fields["code"].disabled = True
             self.fields["code"].help_text = "A group's code can't be changed once created."
+
+    def clean_max_concurrency(self) -> int:
+        value: int | None = self.cleaned_data.get("max_concurrency")
+        # Left empty (or not posted): keep what the group has; a new group gets no limit.
+        return self.instance.max_concurrency if value is None else value
 
     def clean_code(self) -> str:
         code: str = self.cleaned_data["code"]

@@ -19,6 +19,9 @@ CODE_VALIDATOR = RegexValidator(
 QUEUE_PREFIX = "batch."
 DEFAULT_GROUP_CODE = "default"
 MAX_THREADS_LIMIT = 512
+# D365 Max concurrency on the batch group: 0 = no limit, N = per job, -1 = paused.
+NO_LIMIT = 0
+PAUSED = -1
 
 
 class BatchGroupQuerySet(models.QuerySet["BatchGroup"]):
@@ -40,6 +43,18 @@ class BatchGroup(models.Model):
         help_text="Identifier of the batch group; its Celery queue is batch.<group>.",
     )
     description = models.CharField("description", max_length=200, blank=True)
+    max_concurrency = models.SmallIntegerField(
+        "max concurrency",
+        default=NO_LIMIT,
+        validators=[
+            MinValueValidator(PAUSED, "Use -1 (pause), 0 (no limit) or 1-512."),
+            MaxValueValidator(MAX_THREADS_LIMIT, "Use -1 (pause), 0 (no limit) or 1-512."),
+        ],
+        help_text=(
+            "0 = no limit; N (1-512) = at most N tasks of each job run at once in this group; "
+            "-1 = pause the group: running tasks finish, no new ones start."
+        ),
+    )
     created = models.DateTimeField(default=now)
 
     objects = BatchGroupQuerySet.as_manager()
@@ -47,6 +62,12 @@ class BatchGroup(models.Model):
     class Meta:
         ordering = ["code"]
         verbose_name = "batch group"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_concurrency__gte=PAUSED, max_concurrency__lte=MAX_THREADS_LIMIT),
+                name="group_max_concurrency_range",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.code
@@ -57,6 +78,13 @@ class BatchGroup(models.Model):
 
     def is_default(self) -> bool:
         return self.code == DEFAULT_GROUP_CODE
+
+    def is_paused(self) -> bool:
+        return self.max_concurrency == PAUSED
+
+    def job_limit(self) -> int | None:
+        """At most this many tasks of one job run at once; None: no limit (or paused)."""
+        return self.max_concurrency if self.max_concurrency > 0 else None
 
 
 class BatchServer(models.Model):

@@ -186,7 +186,12 @@ def _group_form(request: AuthedRequest, group: BatchGroup | None) -> HttpRespons
     if request.method == "POST" and form.is_valid():
         saved = form.save()
         verb = "Saved" if group else "Created"
-        return _groups_done(request, saved.pk, f"{verb} batch group {saved.code}.", dialog=True)
+        notice = f"{verb} batch group {saved.code}."
+        if saved.is_paused():
+            notice += " It is paused: running tasks finish, no new ones start."
+        elif "max_concurrency" in form.changed_data and group is not None:
+            notice += " The new max concurrency applies within a few seconds."
+        return _groups_done(request, saved.pk, notice, dialog=True)
     context = {"form": form, "group": group, "nav": "groups"}
     if request.htmx:
         response = render(request, "servers/group_list.html#group-dialog", context)

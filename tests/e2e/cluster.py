@@ -34,6 +34,8 @@ ENGINE_ENV = {
     "BATCH_HEARTBEAT_SECONDS": "1",
     "BATCH_RETRY_BACKOFF_SECONDS": "0.2",
     "BATCH_REDISPATCH_AFTER_SECONDS": "5",
+    # A process that ignores a cancel or its time limit is aborted 2 s after being asked to stop.
+    "BATCH_CANCEL_GRACE_SECONDS": "2",
     "LOG_LEVEL": "INFO",
 }
 

@@ -54,11 +54,14 @@ class CeleryTasksTestCase(SimpleTestCase):
             mock.patch.object(runner, "run_task") as run_task,
         ):
             # The request a worker builds for a message it received on node aos2@host1.
-            tasks.run_batch_task.push_request(hostname="aos2@host1")  # type: ignore[call-arg]  # celery-types lists no fields
+            tasks.run_batch_task.push_request(hostname="aos2@host1", id="msg-1")  # type: ignore[call-arg]  # celery-types lists no fields
             self.addCleanup(tasks.run_batch_task.pop_request)
             tasks.run_batch_task.run(42)
         server_id.assert_called_once_with("aos2@host1")
-        run_task.assert_called_once_with(task_id=42, server_id=3, hostname="aos2@host1")
+        # The message id is recorded on the attempt, to revoke it on an abort.
+        run_task.assert_called_once_with(
+            task_id=42, server_id=3, hostname="aos2@host1", celery_task_id="msg-1"
+        )
 
     def test_it_ticks(self):
         with mock.patch.object(scheduler, "tick", return_value={"started": 1}) as tick:

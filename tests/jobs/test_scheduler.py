@@ -287,6 +287,7 @@ class TickTestCase(BaseTestCase):
         assert counts == {
             "started": 1,
             "leases_expired": 0,
+            "overdue": 0,
             "dispatched": 0,
             "resent": 0,
             "released": 0,
