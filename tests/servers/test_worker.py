@@ -108,9 +108,12 @@ class WorkerSignalsTestCase(BaseTestCase):
     def test_it_starts_the_heartbeat_when_the_worker_is_ready(self):
         consumer = mock.Mock(hostname="aos1@host1")
         consumer.pool.num_processes = 8
+        consumer.controller.autoscaler = None
         with mock.patch("threading.Thread") as thread:
             worker.on_worker_ready(sender=consumer)
-        assert thread.call_args.kwargs["args"] == (consumer.app, "aos1@host1", 8)
+        app, hostname, ceiling, pool = thread.call_args.kwargs["args"]
+        assert (app, hostname, ceiling) == (consumer.app, "aos1@host1", 8)
+        assert pool.consumer is consumer
         assert thread.call_args.kwargs["daemon"] is True
         thread.return_value.start.assert_called_once_with()
 
@@ -129,8 +132,8 @@ class HeartbeatTestCase(BaseTestCase):
         self.make_task(job, "T2", status=BatchStatus.EXECUTING, hostname="aos1@host2")
         app = fake_app(["batch.default", ALERT_QUEUE])
         with time_machine.travel(NINE, tick=False):
-            consumed = worker.heartbeat(app, "aos1@host1", 4, None)
-        assert consumed == {"batch.default", "batch.nightly", ALERT_QUEUE}
+            beat = worker.heartbeat(app, "aos1@host1", 4, worker.Beat())
+        assert beat.queues == {"batch.default", "batch.nightly", ALERT_QUEUE}
         app.control.add_consumer.assert_called_once_with(
             "batch.nightly", destination=["aos1@host1"]
         )
@@ -142,12 +145,14 @@ class HeartbeatTestCase(BaseTestCase):
         assert replica.started_at == replica.last_heartbeat == NINE
 
     def test_it_stops_consuming_the_queue_of_a_removed_group(self):
-        worker.heartbeat(fake_app([]), "aos1@host1", 2, None)
+        worker.heartbeat(fake_app([]), "aos1@host1", 2, worker.Beat())
         self.server.groups.set([BatchGroup.objects.create(code="nightly")])
         app = fake_app([])
         with time_machine.travel(NINE, tick=False):
-            consumed = worker.heartbeat(app, "aos1@host1", 2, {"batch.default", ALERT_QUEUE})
-        assert consumed == {"batch.nightly", ALERT_QUEUE}
+            beat = worker.heartbeat(
+                app, "aos1@host1", 2, worker.Beat({"batch.default", ALERT_QUEUE}, 2)
+            )
+        assert beat.queues == {"batch.nightly", ALERT_QUEUE}
         app.control.add_consumer.assert_called_once_with(
             "batch.nightly", destination=["aos1@host1"]
         )
@@ -161,8 +166,8 @@ class HeartbeatTestCase(BaseTestCase):
     def test_it_keeps_delivering_alerts_when_the_server_is_disabled(self):
         BatchServer.objects.filter(pk=self.server.pk).update(enabled=False)
         app = fake_app(["batch.default", ALERT_QUEUE])
-        consumed = worker.heartbeat(app, "aos1@host1", 2, None)
-        assert consumed == {ALERT_QUEUE}
+        beat = worker.heartbeat(app, "aos1@host1", 2, worker.Beat())
+        assert beat.queues == {ALERT_QUEUE}
         app.control.cancel_consumer.assert_called_once_with(
             "batch.default", destination=["aos1@host1"]
         )
@@ -170,7 +175,7 @@ class HeartbeatTestCase(BaseTestCase):
 
     def test_it_tells_online_replicas_from_gone_ones(self):
         with time_machine.travel(NINE, tick=False):
-            worker.heartbeat(fake_app(["batch.default"]), "aos1@host1", 2, None)
+            worker.heartbeat(fake_app(["batch.default"]), "aos1@host1", 2, worker.Beat())
         replica = BatchServerReplica.objects.get()
         offline_after = BatchServerReplica.offline_after()
         assert replica.is_online(NINE + offline_after)
