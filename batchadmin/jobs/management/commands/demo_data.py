@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils.timezone import now
 
 from batchadmin.accounts.models import BATCH_USER, MANAGER, VIEWER
+from batchadmin.alerts.models import AlertRule, BatchJobAlert
 from batchadmin.jobs import history, io
 from batchadmin.jobs.models import BatchJob, Company
 from batchadmin.servers.models import BatchGroup, BatchServer, BatchServerSchedule
@@ -67,6 +68,8 @@ def demo_jobs(start: dt.datetime) -> list[dict[str, Any]]:
             "description": "Warehouse clean-up (fails)",
             "scheduled_start": at(3),
             "priority": "low",
+            # Critical: its Error alerts every batch job manager (popup and e-mail).
+            "critical": True,
             "tasks": [
                 {"key": "purge", "description": "Purge old pick lists", "process": "demo.fail",
                  "parameters": {"message": "Warehouse WH-12 is locked by another process"}},
@@ -130,6 +133,13 @@ class Command(BaseCommand):
             return
         admin = User.objects.get(username="admin")
         jobs = io.import_data({"jobs": demo_jobs(now())}, user=admin)
+        # So the bell has something to say: the manager hears how the invoicing ends, and
+        # about anything stuck in any group.
+        manager = User.objects.get(username="manager")
+        BatchJobAlert.objects.create(
+            job=jobs[0], user=manager, ended=True, error=True, canceled=True, popup=True, email=True
+        )
+        AlertRule.objects.create(user=manager, error=False, stuck=True, popup=True)
         self.stdout.write(
             f"Demo data: created jobs {', '.join(str(j.pk) for j in jobs)}; sign in as admin / admin."
         )
