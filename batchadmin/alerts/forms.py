@@ -11,6 +11,18 @@ from batchadmin.jobs.models import Priority
 EVENTS = ("ended", "error", "canceled")
 
 
+def check_channels(form: forms.BaseForm, cleaned: dict[str, Any], user: User) -> None:
+    """At least one way to be alerted, and e-mail only to an account that has an address."""
+    if not cleaned.get("popup") and not cleaned.get("email"):
+        form.add_error("popup", "Choose how to be alerted: popup, e-mail or both.")
+    if cleaned.get("email") and not user.email:
+        form.add_error(
+            "email",
+            "Your account has no e-mail address. Ask an administrator to add one, "
+            "or choose popup.",
+        )
+
+
 class AlertForm(forms.ModelForm[BatchJobAlert]):
     """The Alerts dialog of one job for the signed-in user (D365 alerts.md)."""
 
@@ -27,14 +39,7 @@ class AlertForm(forms.ModelForm[BatchJobAlert]):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         if any(cleaned.get(e) for e in EVENTS):
-            if not cleaned.get("popup") and not cleaned.get("email"):
-                self.add_error("popup", "Choose how to be alerted: popup, e-mail or both.")
-            if cleaned.get("email") and not self.user.email:
-                self.add_error(
-                    "email",
-                    "Your account has no e-mail address. Ask an administrator to add one, "
-                    "or choose popup.",
-                )
+            check_channels(self, cleaned, self.user)
         return cleaned
 
     def save_or_delete(self) -> BatchJobAlert | None:
@@ -80,14 +85,7 @@ class AlertRuleForm(forms.ModelForm[AlertRule]):
         cleaned = super().clean() or {}
         if not any(cleaned.get(e) for e in RULE_EVENTS):
             self.add_error(None, "Choose at least one event: ended, error, canceled or stuck.")
-        if not cleaned.get("popup") and not cleaned.get("email"):
-            self.add_error("popup", "Choose how to be alerted: popup, e-mail or both.")
-        if cleaned.get("email") and not self.user.email:
-            self.add_error(
-                "email",
-                "Your account has no e-mail address. Ask an administrator to add one, "
-                "or choose popup.",
-            )
+        check_channels(self, cleaned, self.user)
         # Two rules for the same jobs would only split one choice in two places.
         same = AlertRule.objects.filter(
             user=self.user, group=cleaned.get("group"), priority=cleaned.get("priority")
