@@ -18,8 +18,7 @@ def check_channels(form: forms.BaseForm, cleaned: dict[str, Any], user: User) ->
     if cleaned.get("email") and not user.email:
         form.add_error(
             "email",
-            "Your account has no e-mail address. Ask an administrator to add one, "
-            "or choose popup.",
+            "Your account has no e-mail address. Ask an administrator to add one, or choose popup.",
         )
 
 
