@@ -224,7 +224,14 @@ CELERY_TASK_DEFAULT_QUEUE = "batch.default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Redelivery of an unacked message after a lost worker. The batch lease (below) notices a lost
 # server far sooner; this only bounds how long a stray message lingers.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+# priority_steps: each batch queue is one Redis list per step and a worker pops the lowest
+# step first; batchadmin/jobs/priority.py maps scheduling priorities (and aging) onto 0-8.
+# 0-9 include kombu's default steps (0, 3, 6, 9), so every list an older version or a plain
+# kombu client may have filled is still read and counted.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+    "priority_steps": list(range(10)),
+}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 # Celery's Django fix-up closes the database connection after every task unless told to reuse
@@ -256,6 +263,10 @@ BATCH_CANCEL_GRACE_SECONDS = env_float("BATCH_CANCEL_GRACE_SECONDS", 30)
 # A ready task whose message has not been picked up this long, while its queue in the broker is
 # empty, is dispatched again (the message was lost, e.g. Redis restarted without persistence).
 BATCH_REDISPATCH_AFTER_SECONDS = env_float("BATCH_REDISPATCH_AFTER_SECONDS", 30)
+# A ready task waiting for a thread has its message sent again one priority step higher every
+# this many seconds (priority.py), so Low tasks are never starved by a stream of higher ones.
+# 0 turns aging off (strict priority order).
+BATCH_PRIORITY_AGING_SECONDS = env_float("BATCH_PRIORITY_AGING_SECONDS", 60)
 # Modules whose import registers batch processes (add your own, comma-separated).
 BATCH_PROCESS_MODULES = [
     "batchadmin.processes.builtin",

@@ -45,6 +45,7 @@ def copy_job(
             description=description,
             status=BatchStatus.WITHHOLD,  # D365: the copy waits until someone sets it Waiting
             priority=source.priority,
+            priority_overridden=source.priority_overridden,
             save_history=source.save_history,
             critical=source.critical,
             scheduled_start=scheduled_start,

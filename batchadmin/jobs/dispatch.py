@@ -13,16 +13,20 @@ from collections.abc import Sequence
 from django.db import transaction
 
 log = logging.getLogger(__name__)
+# (task id, queue) or (task id, queue, Redis priority step: lower is served first, see
+# priority.py). Without a step the message goes at Normal's.
+Message = tuple[int, str] | tuple[int, str, int]
+NORMAL_STEP = 6  # priority.STEPS[Priority.NORMAL]; not imported, to keep this module light
 
 
-def send_on_commit(tasks: Sequence[tuple[int, str]]) -> None:
-    """Send ``(task_id, queue)`` pairs once the current transaction has committed."""
+def send_on_commit(tasks: Sequence[Message]) -> None:
+    """Send messages (see ``Message``) once the current transaction has committed."""
     if tasks:
         batch = list(tasks)
         transaction.on_commit(lambda: send(batch))
 
 
-def send(tasks: Sequence[tuple[int, str]]) -> int:
+def send(tasks: Sequence[Message]) -> int:
     """Publish one message per task over a single pooled connection; returns how many went out.
 
     Never raises: when the broker is unreachable the tasks stay Ready with their dispatch time
@@ -33,8 +37,13 @@ def send(tasks: Sequence[tuple[int, str]]) -> int:
     sent = 0
     try:
         with run_batch_task.app.producer_or_acquire() as producer:
-            for task_id, queue in tasks:
-                run_batch_task.apply_async((task_id,), queue=queue, producer=producer)
+            for task_id, queue, *step in tasks:
+                run_batch_task.apply_async(
+                    (task_id,),
+                    queue=queue,
+                    producer=producer,
+                    priority=step[0] if step else NORMAL_STEP,
+                )
                 sent += 1
     except Exception:
         log.exception(

@@ -7,7 +7,8 @@ page by ``load_world``. A page explains any number of tasks with a fixed number 
 at most one broker round trip per batch group; the rules themselves never query.
 
 Scheduling controls are rules of their own, in TASK_RULES before ``threads_busy``: a paused
-group (D365 Max concurrency -1) and a job's concurrency limit (limits.py).
+group (D365 Max concurrency -1), a job's concurrency limit (limits.py) and a group's reserved
+capacity (priority.py); after it, the higher-priority tasks queued ahead.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils.timezone import localtime, now
 
-from batchadmin.jobs import transitions
+from batchadmin.jobs import priority, transitions
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
     BatchJob,
@@ -31,7 +32,13 @@ from batchadmin.jobs.models import (
 )
 from batchadmin.lib import durations, recurrence
 from batchadmin.servers import coverage
-from batchadmin.servers.models import QUEUE_PREFIX, BatchGroup, BatchServer, BatchServerReplica
+from batchadmin.servers.models import (
+    QUEUE_PREFIX,
+    BatchGroup,
+    BatchServer,
+    BatchServerReplica,
+    Priority,
+)
 
 S = BatchStatus
 Served = coverage.Served
@@ -132,6 +139,10 @@ class World:
     beat: BeatState | None = None  # None: not looked at (nothing due long enough to ask)
     # (job id, group id) -> its Executing and Canceling tasks, for groups with a max concurrency
     running: dict[tuple[int, int], int] = field(default_factory=dict)
+    # (group id, effective priority) -> its Ready tasks that were sent, for priority_behind
+    ready: dict[tuple[int, int], int] = field(default_factory=dict)
+    # group id -> its running tasks other than Reserved capacity, for groups that reserve some
+    shared_running: dict[int, int] = field(default_factory=dict)
 
     def group(self, group_id: int) -> GroupState | None:
         return self.groups.get(group_id)
@@ -503,6 +514,54 @@ def job_limit_reached(view: TaskView, world: World) -> Reason | None:
     )
 
 
+def task_priority(view: TaskView, world: World) -> int:
+    """The task's effective scheduling priority (its job's when overridden, else its group's)."""
+    group = world.group(view.task.group_id)
+    default = group.group.default_priority if group else Priority.NORMAL
+    return priority.effective(view.job.priority, view.job.priority_overridden, default)
+
+
+def reserved_capacity_kept(view: TaskView, world: World) -> Reason | None:
+    """D365 Reserved capacity level: the group's shared threads are all taken."""
+    task = view.task
+    group = world.group(task.group_id)
+    if task.status != S.READY or group is None or not group.group.reserved_capacity:
+        return None
+    if task_priority(view, world) == Priority.RESERVED:
+        return None
+    threads = group.threads
+    kept = priority.kept_threads(threads, group.group.reserved_capacity)
+    running = world.shared_running.get(group.group.pk, 0)
+    if not threads or running < threads - kept:
+        return None
+    return Reason(
+        "reserved_capacity",
+        f"Reserved capacity: {group.group.reserved_capacity}% of group {group.code}'s threads "
+        f"({kept} of {threads}) are kept for Reserved capacity jobs, and the other {threads - kept} "
+        "are busy",
+    )
+
+
+def priority_behind(view: TaskView, world: World) -> Reason | None:
+    """Tasks of a higher priority queued in the same group start first."""
+    task = view.task
+    group = world.group(task.group_id)
+    if task.status != S.READY or task.dispatched_at is None or group is None:
+        return None
+    mine = task_priority(view, world)
+    ahead = sum(
+        n for (gid, level), n in world.ready.items() if gid == task.group_id and level > mine
+    )
+    if not ahead:
+        return None
+    moves_up = "; it moves up while it waits" if settings.BATCH_PRIORITY_AGING_SECONDS > 0 else ""
+    return Reason(
+        "priority_behind",
+        f"Waiting for a thread: {ahead} higher-priority task{'s are' if ahead != 1 else ' is'} "
+        f"queued for group {group.code} (this task: {Priority(mine).label}{moves_up})",
+    )
+
+
 TASK_RULES: tuple[TaskRule, ...] = (
     job_not_started,
     waiting_for_conditions,
@@ -511,7 +570,9 @@ TASK_RULES: tuple[TaskRule, ...] = (
     servers_closed,
     group_paused,
     job_limit_reached,
+    reserved_capacity_kept,
     threads_busy,
+    priority_behind,
 )
 
 
@@ -569,7 +630,8 @@ def load_world(
     """What the rules need to know about ``groups``, in a fixed number of queries.
 
     servers with their groups and schedules (3), online replicas (1), waiting tasks per group
-    (1, coverage.py); running tasks per job (1) when a group has a max concurrency; beat's tick
+    (1, coverage.py); ready tasks per priority (1); running tasks per job (1) when a group has
+    a max concurrency; shared running tasks (1) when a group reserves capacity; beat's tick
     (1) when ``beat``; one broker round trip per group in
     ``queue_groups``.
     """
@@ -599,6 +661,11 @@ def load_world(
     limited = [g.pk for g in group_list if g.job_limit() is not None]
     if limited:
         world.running = running_per_job(limited)
+    if group_list:
+        world.ready = ready_per_priority([g.pk for g in group_list])
+    reserving = [g.pk for g in group_list if g.reserved_capacity]
+    if reserving:
+        world.shared_running = shared_running(reserving)
     world.queues = queue_sizes(list({g.pk: g for g in queue_groups}.values()))
     if beat:
         world.beat = beat_state()
@@ -614,6 +681,33 @@ def running_per_job(group_ids: list[int]) -> dict[tuple[int, int], int]:
         .annotate(n=Count("pk"))
     )
     return {(job_id, group_id): n for job_id, group_id, n in rows}
+
+
+def ready_per_priority(group_ids: list[int]) -> dict[tuple[int, int], int]:
+    """Ready tasks that were sent, per (group, effective priority) (one query)."""
+    rows = (
+        BatchTask.objects.filter(
+            group_id__in=group_ids, status=S.READY, dispatched_at__isnull=False
+        )
+        .annotate(level=priority.effective_priority_expr())
+        .values_list("group_id", "level")
+        .order_by()
+        .annotate(n=Count("pk"))
+    )
+    return {(group_id, level): n for group_id, level, n in rows}
+
+
+def shared_running(group_ids: list[int]) -> dict[int, int]:
+    """Running tasks other than Reserved capacity ones, per group (one query)."""
+    rows = (
+        BatchTask.objects.filter(group_id__in=group_ids, status__in=[S.EXECUTING, S.CANCELING])
+        .alias(level=priority.effective_priority_expr())
+        .exclude(level=Priority.RESERVED)
+        .values_list("group_id")
+        .order_by()
+        .annotate(n=Count("pk"))
+    )
+    return dict(rows)
 
 
 def beat_state() -> BeatState:

@@ -34,13 +34,14 @@ from batchadmin.jobs.models import (
 from batchadmin.lib import durations
 from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
-from batchadmin.servers.models import BatchGroup
+from batchadmin.servers.models import BatchGroup, Priority
 
 HEADER_FIELDS = [
     "description",
     "scheduled_start",
     "run_as",
     "priority",
+    "priority_overridden",
     "company",
     "active_period",
     "save_history",
@@ -109,18 +110,37 @@ class ActivePeriodChoiceField(forms.ModelChoiceField[ActivePeriod]):
         return f"{obj.code}: {obj.describe()}"
 
 
+# D365 shows "Scheduling priority is overridden" and the priority as two fields; here they are
+# one select whose first choice is "not overridden", so a priority that does not apply is never
+# on screen.
+GROUP_PRIORITY = ""
+PRIORITY_CHOICES = [(GROUP_PRIORITY, "Batch group's priority"), *Priority.choices]
+
+
 class JobForm(forms.ModelForm[BatchJob]):
     """The job header: description, scheduled start, run by, priority, company, active period,
     save job to history and critical."""
 
+    priority = forms.TypedChoiceField(
+        label="Scheduling priority",
+        choices=PRIORITY_CHOICES,
+        coerce=int,
+        empty_value=None,
+        required=False,
+        help_text="Overrides the batch groups' priority for every task; higher ones start first.",
+    )
+
     class Meta:
         model = BatchJob
-        fields = HEADER_FIELDS
+        fields = [f for f in HEADER_FIELDS if f not in ("priority", "priority_overridden")]
         widgets = {"scheduled_start": DateTimeLocalInput()}
         field_classes = {"active_period": ActivePeriodChoiceField}
 
     def __init__(self, *args: Any, user: User, read_only: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if not self.is_bound and "priority" not in self.initial:
+            job = self.instance
+            self.initial["priority"] = job.priority if job.priority_overridden else GROUP_PRIORITY
         creator = self.instance.created_by if self.instance.pk else user
         _run_by_field(self, user, creator=str(creator or "unknown"), read_only=read_only)
         company = self.fields["company"]
@@ -137,6 +157,15 @@ class JobForm(forms.ModelForm[BatchJob]):
         if read_only:
             for field in self.fields.values():
                 field.disabled = True
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or self.cleaned_data
+        # Not a model field of this form (see PRIORITY_CHOICES): written to the job here.
+        chosen: int | None = cleaned.get("priority")
+        self.instance.priority_overridden = chosen is not None
+        if chosen is not None:
+            self.instance.priority = chosen
+        return cleaned
 
     def save_header(self) -> BatchJob:
         """Write the header fields only (never status), under the job lock."""

@@ -41,6 +41,11 @@ from batchadmin.servers.models import (
 )
 
 PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
+# A job's "priority": one of the names overrides the batch groups' priority for all its tasks
+# (files written before groups had a priority keep their meaning); "group", or no key, leaves
+# each task its group's. Export writes the key only when the job overrides.
+GROUP_PRIORITY = "group"
+JOB_PRIORITY_NAMES: dict[str, Priority | None] = {**PRIORITY_NAMES, GROUP_PRIORITY: None}
 IMPORT_STATUSES = {"waiting": BatchStatus.WAITING, "withhold": BatchStatus.WITHHOLD}
 SAVE_HISTORY_NAMES = {s.value: s for s in SaveHistory}
 JOB_KEYS = {
@@ -79,7 +84,7 @@ TASK_KEYS = {
     "condition_type",
     "conditions",
 }
-GROUP_KEYS = {"code", "description", "servers"}
+GROUP_KEYS = {"code", "description", "servers", "priority"}
 
 
 class ImportFailure(ValueError):
@@ -106,7 +111,7 @@ class _Job:
     description: str
     scheduled_start: dt.datetime
     status: BatchStatus
-    priority: Priority
+    priority: Priority | None  # None: each task takes its group's
     run_as: Any
     company: str | None
     active_period: ActivePeriod | None = None
@@ -121,6 +126,7 @@ class _Group:
     code: str
     description: str | None
     servers: list[str] | None  # None: leave the group's servers as they are
+    priority: Priority | None = None  # the group's scheduling priority; None: leave it
 
 
 def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
@@ -166,7 +172,10 @@ def _parse_group(raw: Any, index: int) -> _Group:
     description = raw.get("description")
     if description is not None and not isinstance(description, str):
         raise ImportFailure(f'{where}: "description" must be a string.')
-    return _Group(code, description, servers)
+    priority = None
+    if "priority" in raw:
+        priority = _choice(raw["priority"], PRIORITY_NAMES, f"{where}: priority")
+    return _Group(code, description, servers, priority)
 
 
 def _validate_code(code: str, where: str) -> None:
@@ -207,7 +216,9 @@ def _parse_job(raw: Any, index: int, known_groups: set[str]) -> _Job:
         scheduled_start = make_aware(parsed) if is_naive(parsed) else parsed
 
     status = _choice(raw.get("status", "waiting"), IMPORT_STATUSES, f"{where}: status")
-    priority = _choice(raw.get("priority", "normal"), PRIORITY_NAMES, f"{where}: priority")
+    priority = _choice(
+        raw.get("priority", GROUP_PRIORITY), JOB_PRIORITY_NAMES, f"{where}: priority"
+    )
     save_history = _choice(
         raw.get("save_history", SaveHistory.ALWAYS.value),
         SAVE_HISTORY_NAMES,
@@ -496,7 +507,11 @@ def _choice(value: Any, options: dict[str, Any], where: str) -> Any:
 
 def _save_group(group: _Group) -> None:
     # A key left out leaves that part of an existing group as it is.
-    defaults = {} if group.description is None else {"description": group.description}
+    defaults: dict[str, Any] = {}
+    if group.description is not None:
+        defaults["description"] = group.description
+    if group.priority is not None:
+        defaults["default_priority"] = group.priority
     obj, _ = BatchGroup.objects.update_or_create(code=group.code, defaults=defaults)
     if group.servers is None:
         return
@@ -514,7 +529,8 @@ def _save_job(parsed: _Job, user: Any) -> BatchJob:
         description=parsed.description,
         scheduled_start=parsed.scheduled_start,
         status=parsed.status,
-        priority=parsed.priority,
+        priority=Priority.NORMAL if parsed.priority is None else parsed.priority,
+        priority_overridden=parsed.priority is not None,
         run_as=parsed.run_as,
         created_by=user,
         company=Company.objects.get(code=parsed.company) if parsed.company else None,
@@ -566,10 +582,11 @@ def export_job(job: BatchJob) -> dict[str, Any]:
         "description": job.description,
         "scheduled_start": job.scheduled_start.isoformat(),
         "status": "withhold" if job.status == BatchStatus.WITHHOLD else "waiting",
-        "priority": Priority(job.priority).name.lower(),
         "save_history": job.save_history,
         "critical": job.critical,
     }
+    if job.priority_overridden:
+        data["priority"] = Priority(job.priority).name.lower()
     if job.run_as_id:
         assert job.run_as is not None
         data["run_as"] = job.run_as.get_username()

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from django.db.models import Q
 
-from batchadmin.jobs import dispatch
+from batchadmin.jobs import dispatch, priority
 from batchadmin.jobs.models import BatchStatus, BatchTask
 from batchadmin.servers.models import NO_LIMIT, QUEUE_PREFIX, BatchGroup
 
@@ -134,10 +134,23 @@ def release_held(*, job_id: int, group_id: int, limit: int, at: dt.datetime) -> 
     held = list(
         tasks.filter(status=S.READY, dispatched_at=None, ready_at__lte=at)
         .order_by("ready_at", "position", "pk")
-        .values_list("pk", "group__code")[:free]
+        .values_list("pk", "group__code", "job__priority", "job__priority_overridden", "ready_at")[
+            :free
+        ]
     )
     if not held:
         return 0
-    BatchTask.objects.filter(pk__in=[pk for pk, _ in held], status=S.READY).update(dispatched_at=at)
-    dispatch.send_on_commit([(pk, QUEUE_PREFIX + code) for pk, code in held])
+    BatchTask.objects.filter(pk__in=[row[0] for row in held], status=S.READY).update(
+        dispatched_at=at
+    )
+    dispatch.send_on_commit(
+        [
+            (
+                pk,
+                QUEUE_PREFIX + code,
+                priority.task_step(code, job_priority, overridden, priority.waited(at, ready_at)),
+            )
+            for pk, code, job_priority, overridden, ready_at in held
+        ]
+    )
     return len(held)

@@ -11,6 +11,7 @@ from django.utils.timezone import now
 
 from batchadmin.lib import durations, recurrence
 from batchadmin.servers.models import CODE_VALIDATOR, BatchGroup, BatchServer
+from batchadmin.servers.models import Priority as Priority  # re-exported: long imported from here
 
 MAX_RETRIES_LIMIT = 5  # D365: "The highest allowed value is 5" (retryable-batch.md)
 MISSED_COUNT_LIMIT = 10_000  # a MissedOccurrence row counts at most this many occurrences
@@ -39,15 +40,6 @@ OPEN_TASK_STATUSES = (
     BatchStatus.CANCELING,
 )
 RUNNING_JOB_STATUSES = (BatchStatus.EXECUTING, BatchStatus.CANCELING)
-
-
-class Priority(models.IntegerChoices):
-    # Integers so the scheduler can ORDER BY them; import/export use the lower-case names.
-    LOW = 10, "Low"
-    NORMAL = 20, "Normal"
-    HIGH = 30, "High"
-    CRITICAL = 40, "Critical"
-    RESERVED = 50, "Reserved capacity"
 
 
 class SaveHistory(models.TextChoices):
@@ -160,6 +152,13 @@ class BatchJob(models.Model):
         choices=Priority.choices,
         default=Priority.NORMAL,
         help_text="Higher priorities are started first when more is due than can run.",
+    )
+    # D365 "Scheduling priority is overridden": off = each task takes its batch group's
+    # scheduling priority; on = every task of the job takes ``priority``.
+    priority_overridden = models.BooleanField(
+        "scheduling priority is overridden",
+        default=False,
+        help_text="Off: each task takes its batch group's scheduling priority.",
     )
     scheduled_start = models.DateTimeField(
         "scheduled start date/time",

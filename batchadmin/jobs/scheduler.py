@@ -17,13 +17,13 @@ from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
-from django.db.models import Count, Exists, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 from kombu.exceptions import ChannelError
 
 from batchadmin.alerts import delivery, stuck
-from batchadmin.jobs import dispatch, limits, transitions
+from batchadmin.jobs import dispatch, limits, priority, transitions
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
     RUNNING_JOB_STATUSES,
@@ -33,7 +33,7 @@ from batchadmin.jobs.models import (
     BatchTaskCondition,
 )
 from batchadmin.servers import metrics
-from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX
+from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
 log = logging.getLogger(__name__)
 S = BatchStatus
@@ -64,6 +64,7 @@ def _tick(at: dt.datetime | None) -> dict[str, int]:
         "overdue": handle_overdue_tasks(at),
         "dispatched": handle_ready_tasks(at),
         "resent": handle_lost_messages(at),
+        "aged": handle_aging(at),
         "released": handle_stranded_tasks(),
         "settled": handle_stranded_jobs(at),
         # Alerts last and throttled (every 30 s); they never raise into the tick.
@@ -144,19 +145,43 @@ def handle_ready_tasks(at: dt.datetime) -> int:
         .annotate(n=Count("pk"))
         .values("n")
     )
-    ready = BatchTask.objects.filter(status=S.READY, dispatched_at=None, ready_at__lte=at)
+    ready = BatchTask.objects.filter(status=S.READY, dispatched_at=None, ready_at__lte=at).annotate(
+        eff_priority=priority.effective_priority_expr()
+    )
+    # Reserved capacity: groups whose shared threads are all taken send none of their other
+    # tasks (left out in SQL, like the limits above); the rest send up to their room.
+    reserved = [g.id for g in priority.group_settings().values() if g.reserved_capacity]
+    room = priority.room(reserved, at)
+    full = [gid for gid, n in room.items() if n <= 0]
+    if full:
+        ready = ready.exclude(Q(group_id__in=full) & ~Q(eff_priority=Priority.RESERVED))
     rows = list(
         ready.filter(
             Q(group__max_concurrency=NO_LIMIT)
             | Q(group__max_concurrency__gt=Coalesce(Subquery(taken), 0))
         )
-        .order_by("ready_at", "position", "pk")
-        .values_list("pk", "job_id", "group__code", "group__max_concurrency")[
-            : settings.BATCH_TICK_LIMIT
-        ]
+        .order_by("-eff_priority", "ready_at", "position", "pk")
+        .values_list(
+            "pk",
+            "job_id",
+            "group__code",
+            "group__max_concurrency",
+            "group_id",
+            "eff_priority",
+            "ready_at",
+        )[: settings.BATCH_TICK_LIMIT]
     )
-    allowed = limits.dispatchable([limits.Candidate(*row) for row in rows])
-    return _redispatch([(c.task_id, c.group) for c in allowed], at)
+    extra = {row[0]: row[4:] for row in rows}
+    allowed = limits.dispatchable([limits.Candidate(*row[:4]) for row in rows])
+    send: list[tuple[int, str, int]] = []
+    for c in allowed:
+        group_id, eff, ready_at = extra[c.task_id]
+        if group_id in room and eff != Priority.RESERVED:
+            if room[group_id] <= 0:
+                continue
+            room[group_id] -= 1
+        send.append((c.task_id, c.group, priority.step(eff, priority.waited(at, ready_at))))
+    return _redispatch(send, at)
 
 
 def handle_lost_messages(at: dt.datetime) -> int:
@@ -171,11 +196,12 @@ def handle_lost_messages(at: dt.datetime) -> int:
     rows = (
         BatchTask.objects.filter(status=S.READY, dispatched_at__lt=stale)
         .exclude(group__max_concurrency=PAUSED)
-        .values_list("pk", "group__code")[: settings.BATCH_TICK_LIMIT]
+        .annotate(eff_priority=priority.effective_priority_expr())
+        .values_list("pk", "group__code", "eff_priority", "ready_at")[: settings.BATCH_TICK_LIMIT]
     )
-    by_group: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for pk, code in rows:
-        by_group[code].append((pk, code))
+    by_group: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
+    for pk, code, eff, ready_at in rows:
+        by_group[code].append((pk, code, priority.step(eff, priority.waited(at, ready_at))))
     lost = [
         row
         for code, group_rows in by_group.items()
@@ -185,11 +211,46 @@ def handle_lost_messages(at: dt.datetime) -> int:
     return _redispatch(lost, at)
 
 
-def _redispatch(rows: list[tuple[int, str]], at: dt.datetime) -> int:
+def handle_aging(at: dt.datetime) -> int:
+    """Never starved: resend each waiting task's message one priority step higher every
+    BATCH_PRIORITY_AGING_SECONDS (priority.py), until it reached the top step.
+
+    Its earlier message stays in the queue; whichever delivery comes first claims the task and
+    the other finds it no longer Ready.
+    """
+    aging = settings.BATCH_PRIORITY_AGING_SECONDS
+    if aging <= 0:
+        return 0
+    period = dt.timedelta(seconds=aging)
+    # Last sent below the top step: sent less than (base step) periods after it became ready.
+    below_top = Q()
+    for level, base in priority.STEPS.items():
+        if base > 0:
+            below_top |= Q(eff_priority=level, dispatched_at__lt=F("ready_at") + base * period)
+    rows = (
+        BatchTask.objects.filter(status=S.READY, dispatched_at__lte=at - period, ready_at__lte=at)
+        .exclude(group__max_concurrency=PAUSED)
+        .annotate(eff_priority=priority.effective_priority_expr())
+        .filter(below_top)
+        .order_by("ready_at", "pk")
+        .values_list("pk", "group__code", "eff_priority", "ready_at")[: settings.BATCH_TICK_LIMIT]
+    )
+    return _redispatch(
+        [
+            (pk, code, priority.step(eff, priority.waited(at, ready_at)))
+            for pk, code, eff, ready_at in rows
+        ],
+        at,
+    )
+
+
+def _redispatch(rows: list[tuple[int, str, int]], at: dt.datetime) -> int:
     if not rows:
         return 0
-    BatchTask.objects.filter(pk__in=[pk for pk, _ in rows], status=S.READY).update(dispatched_at=at)
-    return dispatch.send([(pk, QUEUE_PREFIX + code) for pk, code in rows])
+    BatchTask.objects.filter(pk__in=[row[0] for row in rows], status=S.READY).update(
+        dispatched_at=at
+    )
+    return dispatch.send([(pk, QUEUE_PREFIX + code, step) for pk, code, step in rows])
 
 
 def queue_size(queue: str) -> int:

@@ -22,7 +22,7 @@ from django.db.models import F
 from django.utils.timezone import now
 
 from batchadmin.alerts import outbox
-from batchadmin.jobs import dispatch, history, limits
+from batchadmin.jobs import dispatch, history, limits, priority
 from batchadmin.jobs.models import (
     MISSED_COUNT_LIMIT,
     OPEN_TASK_STATUSES,
@@ -38,7 +38,7 @@ from batchadmin.jobs.models import (
     StatusChange,
 )
 from batchadmin.lib import durations, recurrence
-from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, BatchGroup
+from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, BatchGroup, Priority
 
 log = logging.getLogger(__name__)
 S = BatchStatus
@@ -395,7 +395,13 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
             BatchRecurrence.objects.filter(pk=recurring.pk).update(runs=F("runs") + 1)
         _record(job_id, S.WAITING, S.EXECUTING, run_id=run.pk, at=at)
         roots = BatchTask.objects.filter(job_id=job_id, status=S.WAITING, conditions__isnull=True)
-        _make_ready(list(roots.values_list("pk", "group__code")), at=at)
+        _make_ready(
+            [
+                (pk, code, priority.task_step(code, job.priority, job.priority_overridden))
+                for pk, code in roots.values_list("pk", "group__code")
+            ],
+            at=at,
+        )
         # A rerun of only the failed tasks (rerun_job) keeps Ended tasks Ended: their waiting
         # dependents are decided now, as if those parents had just finished.
         decided = BatchTask.objects.filter(job_id=job_id, status__in=DECIDED_TASK_STATUSES)
@@ -601,7 +607,8 @@ _CLAIM_SQL = f"""
         started_at = %s, ended_at = NULL, lease_expires_at = %s, progress = NULL,
         deadline_at = {_DEADLINE_SQL}, timed_out = FALSE
     WHERE id = %s AND status = %s AND (ready_at IS NULL OR ready_at <= %s)
-        AND (%s OR (SELECT max_concurrency FROM {_G} WHERE id = group_id) = {NO_LIMIT})
+        AND (%s OR (SELECT max_concurrency = {NO_LIMIT} AND reserved_capacity = 0
+                    FROM {_G} WHERE id = group_id))
     RETURNING job_id, attempt, key, process, parameters, company_id
 """
 _RUN_SQL = f"""
@@ -630,19 +637,25 @@ _CLAIM_PG_SQL = f"""
 def _claim_limited(
     task_id: int, server_id: int | None, hostname: str, at: dt.datetime, celery_task_id: str
 ) -> BatchTaskRun | None:
-    """The claim of a task whose group has a max concurrency (or of a task no longer Ready).
+    """The claim of a task whose group has a max concurrency or reserved capacity (or of a
+    task no longer Ready).
 
     D365 Max concurrency: N = at most N tasks of each job run at once in the group, -1 = the
     group is paused. Under the job's row lock (which finish_task takes too) two workers claiming
     tasks of one job are serialised, so the count of running tasks is exact. A refused task
     stays Ready without a message (held) until a task of its job finishes or the tick sends it.
+
+    Reserved capacity: a task that is not of priority Reserved capacity may not start while the
+    group's other running tasks fill its shared threads (priority.usable). Those claims take
+    the group's row lock (after the job's, the one order used) so that the count is exact;
+    Reserved capacity tasks are not limited by it and do not take that lock.
     """
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_LOCK_JOB_SQL + _for_update(), [task_id])
         if cursor.fetchone() is None:
             return None
         cursor.execute(_LIMIT_STATE_SQL, [connection.ops.adapt_datetimefield_value(at), task_id])
-        status, due, job_id, group_id, limit = cursor.fetchone()
+        status, due, job_id, group_id, limit, reserved, task_priority = cursor.fetchone()
         if status != S.READY or not due:
             return None  # someone else claimed it, or its retry backoff is not over
         if limit != NO_LIMIT:
@@ -653,6 +666,17 @@ def _claim_limited(
             if limit == PAUSED or running >= limit:
                 cursor.execute(_HOLD_SQL, [task_id, S.READY])
                 return None
+        if reserved and task_priority != Priority.RESERVED:
+            cursor.execute(_LOCK_GROUP_SQL + _for_update(), [group_id])
+            threads = priority.group_threads([group_id], at)
+            if group_id in threads:  # no known thread: nothing to keep
+                cursor.execute(
+                    _SHARED_RUNNING_SQL, [group_id, S.EXECUTING, S.CANCELING, Priority.RESERVED]
+                )
+                (shared,) = cursor.fetchone()
+                if shared >= priority.usable(threads[group_id], reserved):
+                    cursor.execute(_HOLD_SQL, [task_id, S.READY])
+                    return None
         return claim_task(
             task_id=task_id,
             server_id=server_id,
@@ -764,10 +788,20 @@ _TASK_STATE_SQL = f"""
         (SELECT max_concurrency FROM {_G} WHERE id = group_id)
     FROM {_T} WHERE id = %s
 """
+_J = BatchJob._meta.db_table
 _LIMIT_STATE_SQL = f"""
     SELECT t.status, (t.ready_at IS NULL OR t.ready_at <= %s), t.job_id, t.group_id,
-        g.max_concurrency
-    FROM {_T} t JOIN {_G} g ON g.id = t.group_id WHERE t.id = %s
+        g.max_concurrency, g.reserved_capacity,
+        CASE WHEN j.priority_overridden THEN j.priority ELSE g.default_priority END
+    FROM {_T} t JOIN {_G} g ON g.id = t.group_id JOIN {_J} j ON j.id = t.job_id
+    WHERE t.id = %s
+"""
+_LOCK_GROUP_SQL = f"SELECT id FROM {_G} WHERE id = %s"
+# Running tasks of a group other than Reserved capacity ones (what reserved capacity limits).
+_SHARED_RUNNING_SQL = f"""
+    SELECT count(*) FROM {_T} t JOIN {_J} j ON j.id = t.job_id JOIN {_G} g ON g.id = t.group_id
+    WHERE t.group_id = %s AND t.status IN (%s, %s)
+        AND CASE WHEN j.priority_overridden THEN j.priority ELSE g.default_priority END <> %s
 """
 _RUNNING_IN_GROUP_SQL = (
     f"SELECT count(*) FROM {_T} WHERE job_id = %s AND group_id = %s AND status IN (%s, %s)"
@@ -853,17 +887,23 @@ def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> None:
             "task__group__code",
             "expected_status",
             "depends_on__status",
+            # The job's priority rides along (a join, not a query) for the message's step.
+            "task__job__priority",
+            "task__job__priority_overridden",
         )
-        by_task: dict[int, tuple[str, str, list[bool | None]]] = {}
-        for tid, ctype, group_code, expected, parent_status in rows:
-            entry = by_task.setdefault(tid, (ctype, group_code, []))
-            entry[2].append(condition_state(expected, parent_status))
-        ready: list[tuple[int, str]] = []
+        by_task: dict[int, tuple[str, str, int, list[bool | None]]] = {}
+        for tid, ctype, group_code, expected, parent_status, job_priority, overridden in rows:
+            entry = by_task.setdefault(
+                tid,
+                (ctype, group_code, priority.task_step(group_code, job_priority, overridden), []),
+            )
+            entry[3].append(condition_state(expected, parent_status))
+        ready: list[tuple[int, str, int]] = []
         not_run: list[int] = []
-        for tid, (ctype, group_code, states) in by_task.items():
+        for tid, (ctype, group_code, step, states) in by_task.items():
             decision = decide(ctype, states)
             if decision == S.READY:
-                ready.append((tid, group_code))
+                ready.append((tid, group_code, step))
             elif decision == S.NOT_RUN:
                 not_run.append(tid)
         _make_ready(ready, at=at)
@@ -875,37 +915,40 @@ def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> None:
         parent_ids = not_run
 
 
-def _make_ready(tasks: list[tuple[int, str]], *, at: dt.datetime) -> None:
-    """Waiting -> Ready and send each a "start this now" message once the transaction commits."""
+def _make_ready(tasks: list[tuple[int, str, int]], *, at: dt.datetime) -> None:
+    """Waiting -> Ready and send each a "start this now" message once the transaction commits.
+
+    ``tasks``: (task id, group code, priority step of its message, see priority.py).
+    """
     if not tasks:
         return
-    ids = [tid for tid, _ in tasks]
+    ids = [tid for tid, _, _ in tasks]
     group_limits = limits.cached_limits()  # per-process cache: no query for unlimited groups
-    if any(code in group_limits for _, code in tasks):
+    if any(code in group_limits for _, code, _ in tasks):
         tasks, held = _apply_limits(tasks, group_limits)
         # Max concurrency of the group: these stay Ready without a message (held).
         BatchTask.objects.filter(pk__in=held, status=S.WAITING).update(
             status=S.READY, ready_at=at, dispatched_at=None
         )
-        ids = [tid for tid, _ in tasks]
+        ids = [tid for tid, _, _ in tasks]
     BatchTask.objects.filter(pk__in=ids, status=S.WAITING).update(
         status=S.READY, ready_at=at, dispatched_at=at
     )
-    dispatch.send_on_commit([(tid, QUEUE_PREFIX + code) for tid, code in tasks])
+    dispatch.send_on_commit([(tid, QUEUE_PREFIX + code, step) for tid, code, step in tasks])
 
 
 def _apply_limits(
-    tasks: list[tuple[int, str]], group_limits: dict[str, int]
-) -> tuple[list[tuple[int, str]], list[int]]:
+    tasks: list[tuple[int, str, int]], group_limits: dict[str, int]
+) -> tuple[list[tuple[int, str, int]], list[int]]:
     """Split tasks becoming Ready into those sent now and those held by their group's limit."""
     job_ids = dict(
         BatchTask.objects.filter(
-            pk__in=[tid for tid, code in tasks if code in group_limits]
+            pk__in=[tid for tid, code, _ in tasks if code in group_limits]
         ).values_list("pk", "job_id")
     )
     candidates = [
         limits.Candidate(tid, job_ids.get(tid, 0), code, group_limits.get(code, 0))
-        for tid, code in tasks
+        for tid, code, _ in tasks
     ]
     allowed = {c.task_id for c in limits.dispatchable(candidates)}
     return [t for t in tasks if t[0] in allowed], [t[0] for t in tasks if t[0] not in allowed]

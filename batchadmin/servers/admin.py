@@ -24,7 +24,13 @@ class BatchServerAdmin(admin.ModelAdmin[BatchServer]):
 
 @admin.register(BatchGroup)
 class BatchGroupAdmin(admin.ModelAdmin[BatchGroup]):
-    list_display = ["code", "description", "max_concurrency"]
+    list_display = [
+        "code",
+        "description",
+        "default_priority",
+        "max_concurrency",
+        "reserved_capacity",
+    ]
 
 
 @admin.register(BatchServerReplica)

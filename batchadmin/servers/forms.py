@@ -25,6 +25,9 @@ MAX_CONCURRENCY_ERROR = (
 )
 
 
+KEPT_WHEN_LEFT_OUT = ("default_priority", "reserved_capacity")
+
+
 class GroupForm(forms.ModelForm[BatchGroup]):
     max_concurrency = forms.IntegerField(
         label="Max concurrency",
@@ -42,7 +45,7 @@ class GroupForm(forms.ModelForm[BatchGroup]):
 
     class Meta:
         model = BatchGroup
-        fields = ["code", "description", "max_concurrency"]
+        fields = ["code", "description", "default_priority", "max_concurrency", "reserved_capacity"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,6 +54,16 @@ class GroupForm(forms.ModelForm[BatchGroup]):
             # name would be stranded by a rename. D365 does not rename groups either.
             self.fields["code"].disabled = True
             self.fields["code"].help_text = "A group's code can't be changed once created."
+        for name in KEPT_WHEN_LEFT_OUT:
+            self.fields[name].required = False
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or self.cleaned_data
+        for name in KEPT_WHEN_LEFT_OUT:
+            # Not posted (an older form, a script): keep what the group has, or the default.
+            if cleaned.get(name) in (None, ""):
+                cleaned[name] = getattr(self.instance, name)
+        return cleaned
 
     def clean_max_concurrency(self) -> int:
         value: int | None = self.cleaned_data.get("max_concurrency")

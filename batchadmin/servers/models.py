@@ -24,6 +24,25 @@ NO_LIMIT = 0
 PAUSED = -1
 
 
+class Priority(models.IntegerChoices):
+    # Integers so the scheduler can ORDER BY them; import/export use the lower-case names.
+    # Defined here because a batch group has a default priority; jobs.models re-exports it.
+    LOW = 10, "Low"
+    NORMAL = 20, "Normal"
+    HIGH = 30, "High"
+    CRITICAL = 40, "Critical"
+    RESERVED = 50, "Reserved capacity"
+
+
+class ReservedCapacity(models.IntegerChoices):
+    """D365 "Reserved capacity level": share of the group's threads kept for Reserved jobs."""
+
+    NONE = 0, "No"
+    LOW = 10, "Low (10%)"
+    MEDIUM = 15, "Medium (15%)"
+    HIGH = 25, "High (25%)"
+
+
 class BatchGroupQuerySet(models.QuerySet["BatchGroup"]):
     def default(self) -> BatchGroup:
         # The migration creates it; get_or_create keeps a flushed test database working too.
@@ -53,6 +72,24 @@ class BatchGroup(models.Model):
         help_text=(
             "0 = no limit; N (1-512) = at most N tasks of each job run at once in this group; "
             "-1 = pause the group: running tasks finish, no new ones start."
+        ),
+    )
+    default_priority = models.PositiveSmallIntegerField(
+        "scheduling priority",
+        choices=Priority.choices,
+        default=Priority.NORMAL,
+        help_text=(
+            "The priority of this group's tasks, unless their job overrides it. When more "
+            "tasks are ready than threads are free, higher priorities start first."
+        ),
+    )
+    reserved_capacity = models.PositiveSmallIntegerField(
+        "reserved capacity level",
+        choices=ReservedCapacity.choices,
+        default=ReservedCapacity.NONE,
+        help_text=(
+            "Share of the threads of this group's servers kept for tasks of priority Reserved "
+            "capacity: other tasks start only while more than that share is free."
         ),
     )
     created = models.DateTimeField(default=now)

@@ -7,7 +7,10 @@ import time
 from typing import Any
 
 import redis
+from kombu.transport.redis import Channel as RedisChannel
 
+from batchadmin.jobs.priority import STEPS
+from batchadmin.servers.models import Priority
 from tests.e2e.cluster import REDIS_URL, Cluster, unique, wait_for
 
 
@@ -143,7 +146,8 @@ def test_it_runs_a_twice_delivered_message_once(cluster):
          "tasks": [{"key": "L", "description": "log", "process": "demo.log", "parameters": {"lines": 3}, "group": group}]}
     )  # fmt: skip
     # No server of the group runs yet: beat starts the job and the message waits in the queue.
-    queue = f"batch.{group}"
+    # The Redis list of Normal's priority step (priority.py): kombu names it queue + sep + step.
+    queue = f"batch.{group}{RedisChannel.sep}{STEPS[Priority.NORMAL]}"
     broker = redis.Redis.from_url(REDIS_URL)
     [message] = wait_for(lambda: broker.lrange(queue, 0, -1), timeout=15, what="the task message")
     broker.lpush(queue, message)  # the very same message, delivered a second time

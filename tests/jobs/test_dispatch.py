@@ -19,12 +19,13 @@ class SendTestCase(SimpleTestCase):
         self.apply_async = self.enterContext(mock.patch.object(tasks.run_batch_task, "apply_async"))
 
     def test_it_sends_each_task_to_its_queue_over_one_connection(self):
-        assert dispatch.send([(1, "batch.default"), (2, "batch.nightly")]) == 2
+        assert dispatch.send([(1, "batch.default"), (2, "batch.nightly", 2)]) == 2
         producer = self.producer_or_acquire.return_value.__enter__.return_value
         assert self.producer_or_acquire.call_count == 1
+        # Without a priority step a message goes at Normal's.
         assert self.apply_async.call_args_list == [
-            mock.call((1,), queue="batch.default", producer=producer),
-            mock.call((2,), queue="batch.nightly", producer=producer),
+            mock.call((1,), queue="batch.default", producer=producer, priority=6),
+            mock.call((2,), queue="batch.nightly", producer=producer, priority=2),
         ]
 
     def test_it_never_raises_when_the_broker_is_down(self):

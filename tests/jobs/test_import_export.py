@@ -349,6 +349,7 @@ class ExportTestCase(CommandTestCase):
             description="Settlement",
             status=S.WITHHOLD,
             priority=BatchJob.Priority.CRITICAL,
+            priority_overridden=True,
             scheduled_start=NINE,
             run_as=self.bob,
         )

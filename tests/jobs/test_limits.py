@@ -25,7 +25,7 @@ S = BatchStatus
 
 
 def sent_ids(send: mock.Mock) -> list[int]:
-    return [tid for call in send.call_args_list for tid, _ in call.args[0]]
+    return [msg[0] for call in send.call_args_list for msg in call.args[0]]
 
 
 class LimitsTestCase(BaseTestCase):

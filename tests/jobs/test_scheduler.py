@@ -9,6 +9,7 @@ from django.test import override_settings
 from django.utils.timezone import now
 
 from batchadmin.jobs import scheduler, transitions
+from batchadmin.jobs.dispatch import NORMAL_STEP
 from batchadmin.jobs.models import BatchJobRun, BatchStatus, BatchTask, BatchTaskRun
 from batchadmin.jobs.transitions import SERVER_LOST, Outcome
 from batchadmin.servers.models import BatchGroup
@@ -36,7 +37,7 @@ class HandleDueJobsTestCase(BaseTestCase):
         job.refresh_from_db()
         assert job.status == S.EXECUTING
         assert job.started_at == NINE
-        self.send.assert_called_once_with([(t1.pk, "batch.default")])
+        self.send.assert_called_once_with([(t1.pk, "batch.default", NORMAL_STEP)])
 
     def test_it_does_not_start_a_job_scheduled_in_the_future(self):
         with time_machine.travel(NINE, tick=False):
@@ -174,7 +175,7 @@ class HandleReadyTasksTestCase(BaseTestCase):
     def test_it_sends_a_retry_once_its_backoff_is_over(self):
         at = NINE + dt.timedelta(seconds=10)
         assert scheduler.handle_ready_tasks(at) == 1
-        self.send.assert_called_once_with([(self.task.pk, "batch.nightly")])
+        self.send.assert_called_once_with([(self.task.pk, "batch.nightly", NORMAL_STEP)])
         self.task.refresh_from_db()
         assert self.task.dispatched_at == at
 
@@ -195,7 +196,9 @@ class HandleReadyTasksTestCase(BaseTestCase):
         BatchTask.objects.filter(pk=t2.pk).update(dispatched_at=None, ready_at=NINE)
         assert scheduler.handle_ready_tasks(NINE + dt.timedelta(minutes=1)) == 2
         (sent,), _ = self.send.call_args
-        assert sorted(sent) == sorted([(self.task.pk, "batch.nightly"), (t2.pk, "batch.default")])
+        assert sorted(msg[:2] for msg in sent) == sorted(
+            [(self.task.pk, "batch.nightly"), (t2.pk, "batch.default")]
+        )
 
 
 class HandleLostMessagesTestCase(BaseTestCase):
@@ -210,7 +213,8 @@ class HandleLostMessagesTestCase(BaseTestCase):
         with mock.patch.object(scheduler, "queue_size", return_value=0) as queue_size:
             assert scheduler.handle_lost_messages(self.later) == 1
         queue_size.assert_called_once_with("batch.default")
-        self.send.assert_called_once_with([(self.task.pk, "batch.default")])
+        (sent,), _ = self.send.call_args
+        assert [msg[:2] for msg in sent] == [(self.task.pk, "batch.default")]
         self.task.refresh_from_db()
         assert self.task.dispatched_at == self.later
 
@@ -271,7 +275,7 @@ class HandleStrandedTestCase(BaseTestCase):
         with self.captureOnCommitCallbacks(execute=True):
             assert scheduler.handle_stranded_tasks() == 2
         assert statuses(job) == {"T1": S.ENDED, "T2": S.READY, "T3": S.NOT_RUN}
-        self.send.assert_called_once_with([(t2.pk, "batch.default")])
+        self.send.assert_called_once_with([(t2.pk, "batch.default", NORMAL_STEP)])
 
 
 class TickTestCase(BaseTestCase):
@@ -290,6 +294,7 @@ class TickTestCase(BaseTestCase):
             "overdue": 0,
             "dispatched": 0,
             "resent": 0,
+            "aged": 0,
             "released": 0,
             "settled": 0,
             "running_long": 0,

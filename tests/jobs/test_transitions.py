@@ -8,6 +8,7 @@ from django.test import SimpleTestCase, override_settings
 from django.utils.timezone import now
 
 from batchadmin.jobs import transitions
+from batchadmin.jobs.dispatch import NORMAL_STEP
 from batchadmin.jobs.models import (
     BatchJobRun,
     BatchLogEntry,
@@ -200,7 +201,7 @@ class StartJobTestCase(BaseTestCase):
             assert transitions.start_job(job_id=job.pk)
             self.send.assert_not_called()  # not before the commit
         assert len(callbacks) == 1
-        self.send.assert_called_once_with([(t1.pk, "batch.default")])
+        self.send.assert_called_once_with([(t1.pk, "batch.default", NORMAL_STEP)])
 
     def test_it_opens_a_run_as_the_run_as_user(self):
         at = now()
@@ -320,7 +321,7 @@ class FinishTaskTestCase(BaseTestCase):
         task_run = self.start_and_claim(t1)
         with self.captureOnCommitCallbacks(execute=True):
             assert transitions.finish_task(task_id=t1.pk, attempt=1, outcome=Outcome())
-        self.send.assert_called_once_with([(t2.pk, "batch.default")])
+        self.send.assert_called_once_with([(t2.pk, "batch.default", NORMAL_STEP)])
         assert statuses(job) == {"T1": S.ENDED, "T2": S.READY}
         task_run.refresh_from_db()
         assert task_run.status == S.ENDED
