@@ -541,7 +541,7 @@ class Bench:
                 counts = Counter(BatchTask.objects.filter(job=job).values_list("status", flat=True))
                 lines.append(f"  job {job.pk}: {job.status}, tasks {dict(counts)}")
             lines.append(
-                f"  broker: {self.redis.llen(QUEUE)} message(s) in {QUEUE}, "
+                f"  broker: {self.queue_length()} message(s) in {QUEUE}, "
                 f"{self.redis.hlen('unacked')} unacked"
             )
             for r in BatchServerReplica.objects.all():
@@ -557,11 +557,15 @@ class Bench:
             lines.append(f"  (diagnosis failed: {exc})")
         return "\n".join(lines)
 
+    def queue_length(self) -> int:
+        """Messages in QUEUE over all its priority steps (engine messages carry a step)."""
+        from batchadmin.servers.metrics import queue_keys
+
+        return sum(int(self.redis.llen(key)) for key in queue_keys(QUEUE))
+
     def wait_queue_empty(self) -> None:
         """Start each phase with nothing left over from the one before."""
-        self.wait_until(
-            "draining the queue", self.args.timeout, lambda: self.redis.llen(QUEUE) == 0
-        )
+        self.wait_until("draining the queue", self.args.timeout, lambda: self.queue_length() == 0)
 
     def job_tasks(self, job_id: int) -> list[tuple[str, str, dt.datetime, dt.datetime]]:
         from batchadmin.jobs.models import BatchTask
