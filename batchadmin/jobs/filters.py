@@ -15,8 +15,14 @@ from batchadmin.servers.models import BatchGroup
 class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped package
     """The Batch jobs list's filters; all of them live in the query string."""
 
+    # distinct=False: status IN (...) on the job's own column cannot repeat a row, and the
+    # DISTINCT django-filter adds by default made PostgreSQL sort every matching job twice
+    # (page and count): 1 s p95 with 100,000 jobs (bench/pages.py).
     status = django_filters.MultipleChoiceFilter(
-        choices=BatchStatus.choices, widget=forms.CheckboxSelectMultiple, label="Status"
+        choices=BatchStatus.choices,
+        widget=forms.CheckboxSelectMultiple,
+        label="Status",
+        distinct=False,
     )
     description = django_filters.CharFilter(lookup_expr="icontains", label="Description contains")
     created_by = django_filters.ModelChoiceFilter(
