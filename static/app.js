@@ -26,6 +26,16 @@
     }
   });
 
+  // A big job's task lines load in pages; a line added before the last page loaded sits at
+  // the end and comes again with that page, in its place: keep that one.
+  document.addEventListener("htmx:afterSettle", (event) => {
+    if (!event.detail.target || !document.getElementById("task-rows")) return;
+    const seen = new Set();
+    document.querySelectorAll("#task-rows > tr.task-line[id]").forEach((tr) => {
+      if (seen.has(tr.id)) tr.remove(); else seen.add(tr.id);
+    });
+  });
+
   // A radio with inputs of its own on its row (End after [N] runs): entering a value there
   // chooses the radio, as in D365's dialogs. Only input does, so tabbing through changes nothing.
   document.addEventListener("input", (event) => {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import textwrap
+from collections import Counter
 from dataclasses import dataclass, field
 
 from django.http import Http404
@@ -135,6 +136,19 @@ def load(job: BatchJob, *, at: dt.datetime | None = None) -> Grid:
         row.why = explain.explain_task(explain.TaskView(row.task, job, parents[row.task.pk]), world)
     open_groups = {t.group_id for t in tasks if t.is_open()}
     return Grid(list(by_pk.values()), explain.explain_job(job, world, open_groups))
+
+
+@dataclass(frozen=True)
+class StatusCount:
+    status: str
+    label: str
+    count: int
+
+
+def status_counts(task_rows: list[TaskRow]) -> list[StatusCount]:
+    """How many tasks are in each status, in the order of the statuses: the big job's summary."""
+    counts = Counter(r.task.status for r in task_rows)
+    return [StatusCount(s.value, str(s.label), counts[s]) for s in BatchStatus if counts[s]]
 
 
 def rows(job: BatchJob) -> list[TaskRow]:

@@ -17,6 +17,7 @@ job_urls = [
     path("recurrence/remove/", views.recurrence_remove, name="recurrence-remove"),
     path("tasks/new/", views.task_new, name="task-new"),
     path("tasks/parameters/", views.task_parameters, name="task-parameters"),
+    path("tasks/page/", views.task_page, name="task-page"),
     path("tasks/<int:task_pk>/", views.task_row, name="task-row"),
     path("tasks/<int:task_pk>/edit/", views.task_edit, name="task-edit"),
     path("tasks/<int:task_pk>/delete/", views.task_delete, name="task-delete"),

@@ -140,16 +140,38 @@ def job_row(request: AuthedRequest, pk: int) -> HttpResponse:
 DETAIL_TARGETS = ("job-header", "job-alerts", "task-grid", "job-diagram")
 
 
-def _job_page(request: AuthedRequest, job: BatchJob, **extra: Any) -> dict[str, Any]:
+# The grid renders this many task lines with the page; the rest load in pages as it scrolls.
+TASK_PAGE = 100
+# Above this many tasks the diagram is drawn only on request (?diagram=1): its SVG would be
+# most of a big job's page, and a thousand boxes are no overview anyway.
+DIAGRAM_INLINE_MAX = 200
+
+
+def _row_urls(job: BatchJob) -> dict[str, str]:
+    """What every task line needs: one reversed prefix instead of four reverse() per line."""
+    return {"task_base": reverse("jobs:detail", args=[job.pk]) + "tasks/"}
+
+
+def _job_page(
+    request: AuthedRequest, job: BatchJob, *, all_tasks: bool = False, **extra: Any
+) -> dict[str, Any]:
     grid = task_grid.load(job)
     task_rows = grid.rows
     can_change = access.can_change(request.user, job)
     editable = can_change and not job.is_running()
+    all_tasks = all_tasks or request.GET.get("tasks") == "all"
+    shown = task_rows if all_tasks else task_rows[:TASK_PAGE]
+    draw = len(task_rows) <= DIAGRAM_INLINE_MAX or request.GET.get("diagram") == "1"
     context: dict[str, Any] = {
         "nav": "jobs",
         "job": job,
-        "rows": task_rows,
-        "diagram": task_grid.build_diagram(task_rows),
+        # Live polls swap every line's status out of band, also lines loaded later.
+        "all_rows": task_rows,
+        "rows": shown,
+        "more": _more(job, task_rows, len(shown)),
+        "draw_diagram": draw,
+        "diagram": task_grid.build_diagram(task_rows) if draw else None,
+        "status_counts": task_grid.status_counts(task_rows),
         "job_why": grid.job_why,  # why a Withhold or Waiting job is not running
         "can_change": can_change,
         "editable": editable,
@@ -159,9 +181,22 @@ def _job_page(request: AuthedRequest, job: BatchJob, **extra: Any) -> dict[str, 
         "missed": job.missed_occurrences.all()[:5],
         "editing": None,
         "editor": None,
+        **_row_urls(job),
     }
     context.update(extra)
     return context
+
+
+def _more(job: BatchJob, task_rows: list[task_grid.TaskRow], offset: int) -> dict[str, Any] | None:
+    """The "Load more tasks" line after `offset` lines, or None when every line is shown."""
+    if offset >= len(task_rows):
+        return None
+    base = reverse("jobs:task-page", args=[job.pk])
+    return {
+        "url": f"{base}?offset={offset}",
+        "left": len(task_rows) - offset,
+        "next_pk": task_rows[offset].task.pk,
+    }
 
 
 @require_http_methods(["GET", "POST"])
@@ -297,7 +332,7 @@ def _task_editor(request: AuthedRequest, job: BatchJob, task: BatchTask | None) 
             else:
                 return _task_saved(request, job, saved, created=task is None)
     if not request.htmx:
-        context = _job_page(request, job, editing=editor.task_ref, editor=editor)
+        context = _job_page(request, job, all_tasks=True, editing=editor.task_ref, editor=editor)
         return render(request, "jobs/job_detail.html", context)
     return render(request, "jobs/job_detail.html#task-form", {"job": job, "editor": editor})
 
@@ -308,7 +343,7 @@ def _task_saved(
     if not request.htmx:
         messages.success(request, f"Saved task {task.key}.")
         return redirect(reverse("jobs:detail", args=[job.pk]) + f"#task-{task.pk}")
-    context = {"job": job, "row": task_grid.row(job, task.pk), "editable": True}
+    context = {"job": job, "row": task_grid.row(job, task.pk), "editable": True, **_row_urls(job)}
     html = render_to_string("jobs/job_detail.html#task-row", context, request=request)
     if created:
         # The line replaces the new-task slot; a fresh slot follows it for the next Ctrl+N.
@@ -328,8 +363,32 @@ def task_row(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
         "job": job,
         "row": task_grid.row(job, task_pk),
         "editable": access.can_change(request.user, job) and not job.is_running(),
+        **_row_urls(job),
     }
     return render(request, "jobs/job_detail.html#task-row", context)
+
+
+@require_GET
+def task_page(request: AuthedRequest, pk: int) -> HttpResponse:
+    """The next TASK_PAGE task lines from ?offset=, followed by the next "Load more" line."""
+    job = _get_job(request, pk)
+    offset = request.GET.get("offset", "")
+    if not offset.isdigit():
+        return HttpResponse("offset must be a whole number of lines.", status=400)
+    if not request.htmx:
+        # Without htmx the link shows the whole grid, on the line where the page stopped.
+        return redirect(reverse("jobs:detail", args=[job.pk]) + "?tasks=all")
+    task_rows = task_grid.load(job).rows
+    start = int(offset)
+    shown = task_rows[start : start + TASK_PAGE]
+    context = {
+        "job": job,
+        "rows": shown,
+        "more": _more(job, task_rows, start + len(shown)),
+        "editable": access.can_change(request.user, job) and not job.is_running(),
+        **_row_urls(job),
+    }
+    return render(request, "jobs/job_detail.html#task-page", context)
 
 
 @require_GET
@@ -340,7 +399,7 @@ def task_parameters(request: AuthedRequest, pk: int) -> HttpResponse:
     task = _task(job, int(ref)) if ref.isdigit() else None
     editor = forms.task_editor(job, task, process=request.GET.get("process", ""))
     if not request.htmx:
-        context = _job_page(request, job, editing=editor.task_ref, editor=editor)
+        context = _job_page(request, job, all_tasks=True, editing=editor.task_ref, editor=editor)
         return render(request, "jobs/job_detail.html", context)
     return render(request, "jobs/job_detail.html#task-parameters", {"editor": editor})
 
@@ -359,7 +418,12 @@ def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
         if not request.htmx:
             messages.error(request, str(exc))
             return redirect("jobs:detail", job.pk)
-        context = {"job": job, "row": task_grid.row(job, task_pk), "row_error": str(exc)}
+        context = {
+            "job": job,
+            "row": task_grid.row(job, task_pk),
+            "row_error": str(exc),
+            **_row_urls(job),
+        }
         return render(request, "jobs/job_detail.html#task-row", context)
     if not request.htmx:
         messages.success(request, f"Deleted task {task.key}.")
@@ -368,7 +432,7 @@ def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
     html = "".join(
         render_to_string(
             "jobs/job_detail.html#task-row",
-            {"job": job, "row": row, "editable": True, "oob": True},
+            {"job": job, "row": row, "editable": True, "oob": True, **_row_urls(job)},
             request=request,
         )
         for row in task_grid.rows(job)

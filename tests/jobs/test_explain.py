@@ -451,7 +451,8 @@ class JobFormTestCase(ExplainTestCase):
             start(job)
             self.client.get(f"/jobs/{job.pk}/")  # the session's first request reads more
             with CaptureQueriesContext(connection) as ctx:
-                r = self.client.get(f"/jobs/{job.pk}/")
+                # Every line, not only the first page of them, so each explanation is rendered.
+                r = self.client.get(f"/jobs/{job.pk}/?tasks=all")
             assert r.status_code == 200
             assert r.content.decode().count("Waiting for task T") == n - 1
             return len(ctx.captured_queries)
