@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.engine_vs_celery import PG_HOST, PG_PORT, PG_USER, REDIS_HOST, ROOT, BenchError, run_cmd
+from bench.engine_vs_celery import (
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    REDIS_HOST,
+    ROOT,
+    BenchError,
+    pg_cmd,
+    run_cmd,
+)
 
 
 def load_average() -> str:
@@ -56,14 +65,8 @@ class PrivateDatabase:
         }
 
     def create(self) -> None:
-        pg = ["-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER]
-        run_cmd(
-            ["dropdb", *pg, "--if-exists", "--force", self.name],
-            env=self.env,
-            timeout=60,
-            what="dropdb",
-        )
-        run_cmd(["createdb", *pg, self.name], env=self.env, timeout=60, what="createdb")
+        pg_cmd("dropdb", "--if-exists", "--force", self.name, env=self.env)
+        pg_cmd("createdb", self.name, env=self.env)
         self.created = True
         run_cmd(
             [sys.executable, "manage.py", "migrate", "--noinput"],
@@ -89,23 +92,7 @@ class PrivateDatabase:
             print(f"kept database {self.name} (--keep-db)")
             return
         try:
-            run_cmd(
-                [
-                    "dropdb",
-                    "-h",
-                    PG_HOST,
-                    "-p",
-                    str(PG_PORT),
-                    "-U",
-                    PG_USER,
-                    "--if-exists",
-                    "--force",
-                    self.name,
-                ],
-                env=self.env,
-                timeout=60,
-                what="dropdb",
-            )
+            pg_cmd("dropdb", "--if-exists", "--force", self.name, env=self.env)
         except BenchError as exc:
             print(f"  {exc}", file=sys.stderr)
 

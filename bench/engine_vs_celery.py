@@ -159,6 +159,16 @@ def run_cmd(
     return out
 
 
+def pg_cmd(tool: str, *args: str, env: dict[str, str]) -> None:
+    """Run a PostgreSQL client tool (createdb, dropdb) against the bench's server."""
+    run_cmd(
+        [tool, "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER, *args],
+        env=env,
+        timeout=60,
+        what=tool,
+    )
+
+
 # --- small helpers --------------------------------------------------------------------------
 
 
@@ -339,12 +349,7 @@ class Bench:
         self.redis = redis.Redis.from_url(self.redis_url)
         self.redis.flushdb()
         step(f"database {self.db_name}")
-        run_cmd(
-            ["createdb", "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER, self.db_name],
-            env=self.env,
-            timeout=60,
-            what="createdb",
-        )
+        pg_cmd("createdb", self.db_name, env=self.env)
         self.db_created = True
         run_cmd(
             [sys.executable, "manage.py", "migrate", "--noinput"],
@@ -447,23 +452,7 @@ class Bench:
             if self.db_created and not self.args.keep_db:
                 step(f"dropping {self.db_name}")
                 try:
-                    run_cmd(
-                        [
-                            "dropdb",
-                            "-h",
-                            PG_HOST,
-                            "-p",
-                            str(PG_PORT),
-                            "-U",
-                            PG_USER,
-                            "--if-exists",
-                            "--force",
-                            self.db_name,
-                        ],
-                        env=self.env,
-                        timeout=60,
-                        what="dropdb",
-                    )
+                    pg_cmd("dropdb", "--if-exists", "--force", self.db_name, env=self.env)
                 except BenchError as exc:
                     print(f"  {exc}", file=sys.stderr)
             elif self.db_created:
