@@ -35,7 +35,7 @@ from batchadmin.alerts.forms import AlertRuleForm
 from batchadmin.alerts.models import STUCK_KINDS, AlertKind, AlertRule, Notification
 from batchadmin.jobs import access
 from batchadmin.lib import durations
-from batchadmin.lib.http import AuthedRequest, HtmxHttpRequest
+from batchadmin.lib.http import AuthedRequest, HtmxHttpRequest, close_dialog, render_dialog
 
 POLL_SECONDS = 5  # templates/base.html polls at this interval; keep the two in step
 # A toast is news: a notification older than this (the user was away) waits in the bell instead.
@@ -302,23 +302,6 @@ def _require_manager(request: AuthedRequest) -> None:
         raise PermissionDenied("Only a Batch job manager can set up alert rules.")
 
 
-def _dialog(request: AuthedRequest, template: str, context: dict[str, Any]) -> HttpResponse:
-    """A dialog's content for #dialog, or the same form as a page of its own without htmx."""
-    if request.htmx:
-        template += "#dialog"
-    return render(request, template, {"nav": "rules"} | context)
-
-
-def _rules_changed(request: AuthedRequest) -> HttpResponse:
-    """After a change: close the dialog and let the table refresh itself (its notice inside)."""
-    if not request.htmx:
-        return redirect("alerts:rules")
-    response = HttpResponse()
-    trigger_client_event(response, "dialog-close")
-    trigger_client_event(response, "rules-changed")
-    return response
-
-
 @require_GET
 def rule_list(request: AuthedRequest) -> HttpResponse:
     _require_manager(request)
@@ -354,8 +337,10 @@ def _rule_form(request: AuthedRequest, rule: AlertRule | None) -> HttpResponse:
         saved = form.save()
         verb = "Saved" if rule else "Created"
         messages.success(request, f"{verb} the alert rule for {describe_scope(saved)}.")
-        return _rules_changed(request)
-    return _dialog(request, "alerts/rule_form.html", {"form": form, "rule": rule})
+        return close_dialog(request, "rules-changed", "alerts:rules")
+    return render_dialog(
+        request, "alerts/rule_form.html", {"form": form, "rule": rule}, nav="rules"
+    )
 
 
 @require_http_methods(["GET", "POST"])
@@ -366,9 +351,12 @@ def rule_delete(request: AuthedRequest, pk: int) -> HttpResponse:
         scope = describe_scope(rule)
         rule.delete()
         messages.success(request, f"Deleted the alert rule for {scope}.")
-        return _rules_changed(request)
-    return _dialog(
-        request, "alerts/rule_delete.html", {"rule": rule, "scope": describe_scope(rule)}
+        return close_dialog(request, "rules-changed", "alerts:rules")
+    return render_dialog(
+        request,
+        "alerts/rule_delete.html",
+        {"rule": rule, "scope": describe_scope(rule)},
+        nav="rules",
     )
 
 

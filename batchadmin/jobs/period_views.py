@@ -4,8 +4,6 @@ batch jobs): the time-of-day windows a job header can pick. Batch job managers o
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, ProtectedError
@@ -13,34 +11,16 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.timezone import now
 from django.views.decorators.http import require_GET, require_http_methods
-from django_htmx.http import trigger_client_event
 
 from batchadmin.jobs import access
 from batchadmin.jobs.models import ActivePeriod
 from batchadmin.jobs.recurrence_forms import ActivePeriodForm
-from batchadmin.lib.http import AuthedRequest
+from batchadmin.lib.http import AuthedRequest, close_dialog, render_dialog
 
 
 def _require_manager(request: AuthedRequest) -> None:
     if not access.is_manager(request.user):
         raise PermissionDenied("Only a Batch job manager can manage active periods.")
-
-
-def _dialog(request: AuthedRequest, template: str, context: dict[str, Any]) -> HttpResponse:
-    """A dialog's content for #dialog, or the same form as a page of its own without htmx."""
-    if request.htmx:
-        template += "#dialog"
-    return render(request, template, {"nav": "periods"} | context)
-
-
-def _done(request: AuthedRequest) -> HttpResponse:
-    """After a change: close the dialog and let the table refresh itself (its notice inside)."""
-    if not request.htmx:
-        return redirect("periods:list")
-    response = HttpResponse()
-    trigger_client_event(response, "dialog-close")
-    trigger_client_event(response, "periods-changed")
-    return response
 
 
 @require_GET
@@ -72,10 +52,13 @@ def _period_form(request: AuthedRequest, period: ActivePeriod | None) -> HttpRes
         saved = form.save()
         verb = "Saved" if period else "Created"
         messages.success(request, f"{verb} active period {saved.code}: {saved.describe()}.")
-        return _done(request)
+        return close_dialog(request, "periods-changed", "periods:list")
     jobs = period.jobs.count() if period else 0
-    return _dialog(
-        request, "jobs/active_period_form.html", {"form": form, "period": period, "jobs": jobs}
+    return render_dialog(
+        request,
+        "jobs/active_period_form.html",
+        {"form": form, "period": period, "jobs": jobs},
+        nav="periods",
     )
 
 
@@ -94,7 +77,7 @@ def period_delete(request: AuthedRequest, pk: int) -> HttpResponse:
             used = period.jobs.count()
         else:
             messages.success(request, f"Deleted active period {code}.")
-            return _done(request)
+            return close_dialog(request, "periods-changed", "periods:list")
     problem = ""
     if used:
         problem = (
@@ -104,8 +87,9 @@ def period_delete(request: AuthedRequest, pk: int) -> HttpResponse:
     if request.method == "POST" and not request.htmx:
         messages.error(request, problem)
         return redirect("periods:list")
-    return _dialog(
+    return render_dialog(
         request,
         "jobs/active_period_delete.html",
         {"period": period, "problem": problem, "used": used},
+        nav="periods",
     )

@@ -30,7 +30,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     Company,
 )
-from batchadmin.lib.http import AuthedRequest
+from batchadmin.lib.http import AuthedRequest, close_dialog, render_dialog
 
 PAGE_SIZE = 50
 BULK_ACTIONS = {
@@ -446,22 +446,6 @@ def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
 # --- Dialogs: Change status, Alerts, Copy batch job ---------------------------------------
 
 
-def _dialog(request: AuthedRequest, template: str, context: dict[str, Any]) -> HttpResponse:
-    """A dialog's content for #dialog, or the same form as a page of its own without htmx."""
-    if request.htmx:
-        template += "#dialog"
-    return render(request, template, {"nav": "jobs"} | context)
-
-
-def _dialog_done(request: AuthedRequest, job: BatchJob, event: str) -> HttpResponse:
-    if not request.htmx:
-        return redirect("jobs:detail", job.pk)
-    response = HttpResponse()
-    trigger_client_event(response, "dialog-close")
-    trigger_client_event(response, event)
-    return response
-
-
 @require_http_methods(["GET", "POST"])
 def change_status(request: AuthedRequest, pk: int) -> HttpResponse:
     """Functions > Change status: only the moves transitions.USER_MOVES offers from here."""
@@ -478,10 +462,12 @@ def change_status(request: AuthedRequest, pk: int) -> HttpResponse:
                 if not request.htmx:
                     job.refresh_from_db()
                     messages.success(request, f"The job is now {job.get_status_display()}.")
-                return _dialog_done(request, job, "job-changed")
+                return close_dialog(request, "job-changed", "jobs:detail", job.pk)
             form.add_error(None, "The job changed status meanwhile. Look again and choose.")
         job.refresh_from_db()
-    return _dialog(request, "jobs/job_change_status.html", _change_status_context(job, form))
+    return render_dialog(
+        request, "jobs/job_change_status.html", _change_status_context(job, form), nav="jobs"
+    )
 
 
 def _change_status_context(job: BatchJob, form: forms.ChangeStatusForm) -> dict[str, Any]:
@@ -513,8 +499,8 @@ def job_alerts(request: AuthedRequest, pk: int) -> HttpResponse:
         form.save_or_delete()
         if not request.htmx:
             messages.success(request, "Saved your alerts for this job.")
-        return _dialog_done(request, job, "alerts-changed")
-    return _dialog(request, "jobs/job_alerts.html", {"job": job, "form": form})
+        return close_dialog(request, "alerts-changed", "jobs:detail", job.pk)
+    return render_dialog(request, "jobs/job_alerts.html", {"job": job, "form": form}, nav="jobs")
 
 
 @require_http_methods(["GET", "POST"])
@@ -541,10 +527,11 @@ def job_copy(request: AuthedRequest, pk: int) -> HttpResponse:
         if request.htmx:
             return HttpResponseClientRedirect(url)
         return redirect(url)
-    return _dialog(
+    return render_dialog(
         request,
         "jobs/job_copy.html",
         {"job": job, "form": form, "task_count": job.tasks.count()},
+        nav="jobs",
     )
 
 
@@ -603,8 +590,8 @@ def job_recurrence(request: AuthedRequest, pk: int) -> HttpResponse:
         form.save()
         if not request.htmx:
             messages.success(request, f"Saved the recurrence: {form.describe()}.")
-        return _dialog_done(request, job, "job-changed")
-    return _dialog(request, "jobs/job_recurrence.html", _with_preview(context))
+        return close_dialog(request, "job-changed", "jobs:detail", job.pk)
+    return render_dialog(request, "jobs/job_recurrence.html", _with_preview(context), nav="jobs")
 
 
 @require_POST
@@ -633,4 +620,4 @@ def recurrence_remove(request: AuthedRequest, pk: int) -> HttpResponse:
             messages.success(request, "Removed the recurrence: the job runs once.")
         else:
             messages.info(request, "The job had no recurrence.")
-    return _dialog_done(request, job, "job-changed")
+    return close_dialog(request, "job-changed", "jobs:detail", job.pk)
