@@ -16,8 +16,6 @@ Groups without a limit (the default) cost nothing extra on either path.
 from __future__ import annotations
 
 import datetime as dt
-import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
@@ -26,12 +24,9 @@ from django.db.models import Q
 
 from batchadmin.jobs import dispatch, priority
 from batchadmin.jobs.models import BatchStatus, BatchTask
-from batchadmin.servers.models import NO_LIMIT, QUEUE_PREFIX, BatchGroup
+from batchadmin.servers.models import NO_LIMIT, QUEUE_PREFIX
 
 S = BatchStatus
-# _make_ready reads the limits from this per-process cache: a changed limit reaches dispatch
-# within this long, and the claim is exact anyway.
-CACHE_SECONDS = 2.0
 # Tasks that take a slot of their job's limit: running, or sent and not yet claimed.
 RUNNING_STATUSES = (S.EXECUTING, S.CANCELING)
 TAKES_SLOT = Q(status__in=RUNNING_STATUSES) | Q(status=S.READY, dispatched_at__isnull=False)
@@ -44,39 +39,22 @@ class Candidate(NamedTuple):
     limit: int  # the group's max concurrency
 
 
-class _Cache:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.limits: dict[str, int] = {}
-        self.loaded = -1e9
-
-    def get(self) -> dict[str, int]:
-        with self.lock:
-            if time.monotonic() - self.loaded > CACHE_SECONDS:
-                self.limits = dict(
-                    BatchGroup.objects.exclude(max_concurrency=NO_LIMIT).values_list(
-                        "code", "max_concurrency"
-                    )
-                )
-                self.loaded = time.monotonic()
-            return self.limits
-
-    def clear(self) -> None:
-        with self.lock:
-            self.loaded = -1e9
-
-
-_cache = _Cache()
-
-
 def cached_limits() -> dict[str, int]:
-    """Group code -> max concurrency, for the groups that have one (0 is left out)."""
-    return _cache.get()
+    """Group code -> max concurrency, for the groups that have one (0 is left out).
+
+    From the per-process cache of group settings: a changed limit reaches dispatch within
+    priority.CACHE_SECONDS, and the claim is exact anyway.
+    """
+    return {
+        code: group.max_concurrency
+        for code, group in priority.group_settings().items()
+        if group.max_concurrency != NO_LIMIT
+    }
 
 
 def clear_cache() -> None:
-    """Forget the cached limits (a group was saved in this process; tests)."""
-    _cache.clear()
+    """Forget the cached group settings (a group was saved in this process; tests)."""
+    priority.clear_cache()
 
 
 def dispatchable(candidates: Sequence[Candidate]) -> list[Candidate]:

@@ -53,8 +53,9 @@ STEPS: dict[int, int] = {
 }
 # The broker's lists (settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"]).
 PRIORITY_STEPS = list(range(10))
-# The claim and the tick read group settings from this per-process cache: a changed default
-# priority reaches new messages within this long.
+# Dispatch, the claim and the tick read group settings from this per-process cache: a changed
+# default priority or max concurrency reaches new messages within this long (the claim's own
+# checks are exact anyway).
 CACHE_SECONDS = 2.0
 
 
@@ -62,6 +63,7 @@ class GroupSettings(NamedTuple):
     id: int
     default_priority: int
     reserved_capacity: int
+    max_concurrency: int
 
 
 class _Cache:
@@ -74,9 +76,9 @@ class _Cache:
         with self.lock:
             if time.monotonic() - self.loaded > CACHE_SECONDS:
                 rows = BatchGroup.objects.values_list(
-                    "code", "pk", "default_priority", "reserved_capacity"
+                    "code", "pk", "default_priority", "reserved_capacity", "max_concurrency"
                 )
-                self.groups = {code: GroupSettings(pk, p, r) for code, pk, p, r in rows}
+                self.groups = {code: GroupSettings(*values) for code, *values in rows}
                 self.loaded = time.monotonic()
             return self.groups
 
@@ -89,7 +91,8 @@ _cache = _Cache()
 
 
 def group_settings() -> dict[str, GroupSettings]:
-    """Group code -> (id, default priority, reserved capacity %), cached per process."""
+    """Group code -> (id, default priority, reserved capacity %, max concurrency), cached per
+    process."""
     return _cache.get()
 
 
