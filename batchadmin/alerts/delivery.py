@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import smtplib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -102,6 +103,17 @@ class Every:
 
     def reset(self) -> None:
         self.last = None
+
+    def run(self, at: dt.datetime, check: Callable[[dt.datetime], int], what: str) -> int:
+        """``check(at)`` when its period is over; 0 otherwise, and when it fails: alerts must
+        never stop the engine's tick, and the next period tries again."""
+        if not self.ready(at):
+            return 0
+        try:
+            return check(at)
+        except Exception:
+            log.exception("%s failed", what)
+            return 0
 
 
 @dataclass
@@ -416,14 +428,7 @@ SWEEP = Every("BATCH_ALERT_SWEEP_SECONDS")
 
 def handle_undelivered(at: dt.datetime) -> int:
     """Tick handler, at most every BATCH_ALERT_SWEEP_SECONDS: see ``sweep``."""
-    if not SWEEP.ready(at):
-        return 0
-    try:
-        return sweep(at)
-    except Exception:
-        # Alerts must never stop the engine's tick; the next sweep tries again.
-        log.exception("The sweep of undelivered alerts failed")
-        return 0
+    return SWEEP.run(at, sweep, "The sweep of undelivered alerts")
 
 
 def sweep(at: dt.datetime) -> int:

@@ -57,25 +57,12 @@ _JOB_FIELDS = (
 
 def handle_long_running(at: dt.datetime) -> int:
     """Tick handler: ``check_long_running`` at most every BATCH_STUCK_CHECK_SECONDS."""
-    if not LONG_RUNNING_CHECK.ready(at):
-        return 0
-    try:
-        return check_long_running(at)
-    except Exception:
-        # Alerts must never stop the engine's tick; the next check tries again.
-        log.exception("The check for long-running jobs failed")
-        return 0
+    return LONG_RUNNING_CHECK.run(at, check_long_running, "The check for long-running jobs")
 
 
 def handle_unserved(at: dt.datetime) -> int:
     """Tick handler: ``check_unserved`` at most every BATCH_STUCK_CHECK_SECONDS."""
-    if not UNSERVED_CHECK.ready(at):
-        return 0
-    try:
-        return check_unserved(at)
-    except Exception:
-        log.exception("The check for jobs that cannot start failed")
-        return 0
+    return UNSERVED_CHECK.run(at, check_unserved, "The check for jobs that cannot start")
 
 
 def check_long_running(at: dt.datetime) -> int:
