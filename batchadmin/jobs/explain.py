@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from django.conf import settings
 from django.db.models import Count
@@ -722,33 +721,22 @@ def beat_state() -> BeatState:
 def queue_sizes(
     groups: Sequence[BatchGroup], *, broker_url: str | None = None
 ) -> dict[int, int | None]:
-    """Messages waiting in each group's queue: one connection, one round trip per group.
+    """Messages waiting in each group's queue (all its priority lists): one round trip.
 
-    The page must not hang on the broker: no connection retries, short socket timeouts. When
-    the broker is down every size is None and the explanations leave the queue out.
+    The page must not hang on the broker: the same short-timeout, no-retry client as /metrics.
+    When the broker is down every size is None and the explanations leave the queue out.
     """
     if not groups:
         return {}
-    from kombu.exceptions import ChannelError
+    from batchadmin.servers.metrics import queue_keys, redis_client
 
-    from batchadmin.celery import app
-
-    options = {
-        **(settings.CELERY_BROKER_TRANSPORT_OPTIONS or {}),
-        "max_retries": 0,
-        "socket_connect_timeout": 1,
-        "socket_timeout": 1,
-    }
-    sizes: dict[int, int | None] = {g.pk: None for g in groups}
+    keys = {g.pk: queue_keys(QUEUE_PREFIX + g.code) for g in groups}
     try:
-        with app.connection_for_read(url=broker_url, transport_options=options) as conn:
-            channel: Any = conn.default_channel  # kombu's stubs know only the abstract channel
-            for group in groups:
-                try:
-                    declared = channel.queue_declare(queue=QUEUE_PREFIX + group.code, passive=True)
-                    sizes[group.pk] = int(declared.message_count)
-                except ChannelError:
-                    sizes[group.pk] = 0  # Redis drops an empty list: no queue, no messages
+        with redis_client(url=broker_url) as client, client.pipeline(transaction=False) as pipe:
+            for group_keys in keys.values():
+                for key in group_keys:
+                    pipe.llen(key)
+            lengths = iter(pipe.execute())
     except Exception:  # the broker is down or slow: say nothing about queues
         return {g.pk: None for g in groups}
-    return sizes
+    return {pk: sum(int(next(lengths)) for _ in group_keys) for pk, group_keys in keys.items()}

@@ -13,14 +13,12 @@ import datetime as dt
 import logging
 import time
 from collections import defaultdict
-from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
-from kombu.exceptions import ChannelError
 
 from batchadmin.alerts import delivery, stuck
 from batchadmin.jobs import dispatch, limits, priority, transitions
@@ -254,15 +252,15 @@ def _redispatch(rows: list[tuple[int, str, int]], at: dt.datetime) -> int:
 
 
 def queue_size(queue: str) -> int:
-    """Messages waiting in a broker queue (not counting those workers hold unacked)."""
-    from batchadmin.celery import app
+    """Messages waiting in a broker queue over its priority lists (not those workers hold).
 
-    with app.connection_for_read() as conn:
-        channel: Any = conn.default_channel  # kombu's stubs know only the abstract channel
-        try:
-            return int(channel.queue_declare(queue=queue, passive=True).message_count)
-        except ChannelError:
-            return 0  # Redis drops an empty list: the queue does not exist until a message arrives
+    The same short-timeout client and keys as /metrics and the explanations; one retry, for a
+    pooled connection that died with a Redis restart.
+    """
+    with metrics.redis_client(retries=1) as client, client.pipeline(transaction=False) as pipe:
+        for key in metrics.queue_keys(queue):
+            pipe.llen(key)
+        return sum(int(n) for n in pipe.execute())
 
 
 def handle_stranded_tasks() -> int:

@@ -68,14 +68,14 @@ REDIS_TIMEOUT_SECONDS = 1.0
 PAUSE_AFTER_FAILURE_SECONDS = 5.0
 
 
-def redis_client(*, retries: int = 0) -> redis.Redis:
-    """A client of the broker's Redis that gives up within about a second.
+def redis_client(*, retries: int = 0, url: str | None = None) -> redis.Redis:
+    """A client of the broker's Redis (or ``url``) that gives up within about a second.
 
     Not kombu's connection: it keeps retrying a lost broker, which would hang a health check,
-    a scrape or a worker finishing its task.
+    a page, a scrape or a worker finishing its task.
     """
     return redis.Redis.from_url(
-        settings.CELERY_BROKER_URL,
+        url or settings.CELERY_BROKER_URL,
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), retries),

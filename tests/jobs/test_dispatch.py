@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from unittest import mock
 
+from django.conf import settings
 from django.test import SimpleTestCase, TestCase
-from kombu.exceptions import ChannelError, OperationalError
+from kombu.exceptions import OperationalError
 
 from batchadmin.celery import app
 from batchadmin.jobs import dispatch, runner, scheduler, tasks
@@ -71,15 +72,21 @@ class CeleryTasksTestCase(SimpleTestCase):
 
 
 class QueueSizeTestCase(SimpleTestCase):
+    """Against the tests' own Redis db (tests/settings.py), as kombu writes messages there."""
+
     def test_it_counts_the_messages_waiting_in_a_queue(self):
-        with mock.patch.object(app, "connection_for_read") as connection_for_read:
-            channel = connection_for_read.return_value.__enter__.return_value.default_channel
-            channel.queue_declare.return_value.message_count = 3
-            assert scheduler.queue_size("batch.default") == 3
-        channel.queue_declare.assert_called_once_with(queue="batch.default", passive=True)
+        from kombu import Connection
+
+        with Connection(settings.CELERY_BROKER_URL) as conn:
+            queue = conn.SimpleQueue("batch.QueueSizeTest")
+            try:
+                # Messages of three priorities land in three of the queue's Redis lists.
+                for step in (0, 4, 8):
+                    queue.put({"n": step}, priority=step)
+                assert scheduler.queue_size("batch.QueueSizeTest") == 3
+            finally:
+                queue.clear()
+                queue.close()
 
     def test_it_counts_a_queue_the_broker_does_not_have_as_empty(self):
-        with mock.patch.object(app, "connection_for_read") as connection_for_read:
-            channel = connection_for_read.return_value.__enter__.return_value.default_channel
-            channel.queue_declare.side_effect = ChannelError("NOT_FOUND")
-            assert scheduler.queue_size("batch.nightly") == 0
+        assert scheduler.queue_size("batch.nightly-never-declared") == 0
