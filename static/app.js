@@ -36,6 +36,13 @@
     });
   });
 
+  // The diagram's live poll swaps the status of each task line the page shows; say how many
+  // lines that is, so a big job's poll reads those lines and not all of the job's tasks.
+  document.addEventListener("htmx:configRequest", (event) => {
+    if (event.detail.elt.id !== "job-diagram") return;
+    event.detail.parameters.lines = document.querySelectorAll("#task-rows > tr.task-line").length;
+  });
+
   // A radio with inputs of its own on its row (End after [N] runs): entering a value there
   // chooses the radio, as in D365's dialogs. Only input does, so tabbing through changes nothing.
   document.addEventListener("input", (event) => {

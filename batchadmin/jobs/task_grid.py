@@ -1,9 +1,11 @@
 """What the batch job page shows of a job's tasks: the grid's rows and the diagram.
 
-A fixed number of queries for any number of tasks: tasks, conditions, and what the
-explanations need (explain.load_world: servers, replicas, waiting tasks; beat's tick when the
-job is overdue); one broker round trip per batch group with queued tasks. Everything else is
-looked up in memory.
+A fixed number of queries for any number of tasks, and work in proportion to the lines shown,
+not to the job: one aggregate of the whole job (tasks per group and status: the count, the
+summary and the groups to explain), the shown lines with their conditions and the parents
+those name, the groups, and what the explanations need (explain.load_world: servers, replicas,
+waiting tasks; beat's tick when the job is overdue); one broker round trip per batch group with
+queued tasks. A job of 1,000 tasks builds 100 lines, not 1,000 (bench/pages.py).
 """
 
 from __future__ import annotations
@@ -11,16 +13,26 @@ from __future__ import annotations
 import datetime as dt
 import textwrap
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from django.db.models import Count
 from django.http import Http404
+from django.utils.functional import cached_property
 from django.utils.timezone import now
 
 from batchadmin.jobs import explain
-from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskCondition
+from batchadmin.jobs.models import (
+    OPEN_TASK_STATUSES,
+    BatchJob,
+    BatchStatus,
+    BatchTask,
+    BatchTaskCondition,
+)
 from batchadmin.lib import diagram
 from batchadmin.processes import registry
 from batchadmin.servers.coverage import Served
+from batchadmin.servers.models import BatchGroup
 
 Expected = BatchTaskCondition.ExpectedStatus
 
@@ -48,7 +60,7 @@ class TaskRow:
         """The group warning of the line, unless the explanation already says it."""
         return self.unserved_group and not any(r.code == "no_server" for r in self.why)
 
-    @property
+    @cached_property  # the line asks three times
     def process(self) -> registry.BatchProcess | None:
         try:
             return registry.get(self.task.process)
@@ -102,29 +114,87 @@ class Diagram:
         return int(self.width * 0.85)
 
 
+@dataclass(frozen=True)
+class StatusCount:
+    status: str
+    label: str
+    count: int
+
+
 @dataclass
 class Grid:
-    rows: list[TaskRow]
+    rows: list[TaskRow]  # the lines asked for, in the grid's order
     job_why: list[explain.Reason]  # why the job has not started (Withhold, Waiting)
+    total: int  # tasks of the job, shown or not
+    counts: list[StatusCount]  # tasks per status, in the order of the statuses: the summary
+    next_pk: int | None = None  # the first line after the window, when there is one
 
 
-def load(job: BatchJob, *, at: dt.datetime | None = None) -> Grid:
+def load(
+    job: BatchJob,
+    *,
+    at: dt.datetime | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+    pks: Iterable[int] | None = None,
+    all_up_to: int = 0,
+) -> Grid:
+    """The lines ``offset`` to ``offset + limit`` of the grid (every line when ``limit`` is
+    None, or when the job has at most ``all_up_to`` tasks: the page draws all of them), or
+    only the lines of ``pks``; explained, with the summary of the whole job."""
     at = at or now()
-    tasks = list(job.tasks.select_related("company", "group").order_by("position", "pk"))
+    # The whole job in one aggregate: its size, the summary, and which groups it uses.
+    per_group = (
+        BatchTask.objects.filter(job=job)
+        .values_list("group_id", "status")
+        .order_by()
+        .annotate(n=Count("pk"))
+    )
+    by_status: Counter[str] = Counter()
+    group_ids: set[int] = set()
+    open_groups: set[int] = set()
+    for group_id, status, n in per_group:
+        by_status[status] += n
+        group_ids.add(group_id)
+        if status in OPEN_TASK_STATUSES:
+            open_groups.add(group_id)
+    counts = [StatusCount(s.value, str(s.label), by_status[s]) for s in BatchStatus if by_status[s]]
+    total = sum(by_status.values())
+    if total <= all_up_to:
+        offset, limit = 0, None
+
+    lines = job.tasks.select_related("company", "group").order_by("position", "pk")
+    if pks is not None:
+        lines = lines.filter(pk__in=list(pks))
+    # One line more than asked: the first of the next page, for "Load more".
+    tasks = list(lines[offset : None if limit is None else offset + limit + 1])
+    next_pk = tasks.pop().pk if limit is not None and len(tasks) > limit else None
     by_pk = {t.pk: TaskRow(t) for t in tasks}
-    parents: dict[int, list[explain.Condition]] = {t.pk: [] for t in tasks}
-    conditions = (
-        BatchTaskCondition.objects.filter(task__job=job)
+
+    # The shown lines' conditions, and the parents they name (shown or not): key and status.
+    conditions = list(
+        BatchTaskCondition.objects.filter(task__in=list(by_pk))
         .order_by("pk")
         .values_list("task_id", "depends_on_id", "expected_status")
     )
+    parents = {pk: row.task for pk, row in by_pk.items()}
+    missing = {parent for _, parent, _ in conditions} - parents.keys()
+    if missing:
+        parent_fields = ("pk", "job_id", "key", "description", "status")
+        parents.update((t.pk, t) for t in job.tasks.filter(pk__in=missing).only(*parent_fields))
+    views: dict[int, list[explain.Condition]] = {pk: [] for pk in by_pk}
     for child, parent, expected in conditions:
-        if child in by_pk and parent in by_pk:
-            by_pk[child].conditions.append(Condition(parent, by_pk[parent].task.key, expected))
-            parents[child].append(explain.Condition(by_pk[parent].task, expected))
+        if parent in parents:
+            task = parents[parent]
+            by_pk[child].conditions.append(Condition(parent, task.key, expected))
+            views[child].append(explain.Condition(task, expected))
+
+    groups = {t.group_id: t.group for t in tasks}
+    if unseen := group_ids - groups.keys():
+        groups.update((g.pk, g) for g in BatchGroup.objects.filter(pk__in=unseen))
     overdue = job.status == BatchStatus.WAITING and job.scheduled_start <= at - explain.DUE_GRACE
     world = explain.load_world(
-        [t.group for t in tasks],
+        groups.values(),
         at=at,
         # Only queued tasks need their queue's length.
         queue_groups=[t.group for t in tasks if t.status == BatchStatus.READY and t.dispatched_at],
@@ -133,33 +203,22 @@ def load(job: BatchJob, *, at: dt.datetime | None = None) -> Grid:
     for row in by_pk.values():
         group = world.group(row.task.group_id)
         row.unserved_group = group is not None and group.served == Served.NO_SERVER
-        row.why = explain.explain_task(explain.TaskView(row.task, job, parents[row.task.pk]), world)
-    open_groups = {t.group_id for t in tasks if t.is_open()}
-    return Grid(list(by_pk.values()), explain.explain_job(job, world, open_groups))
-
-
-@dataclass(frozen=True)
-class StatusCount:
-    status: str
-    label: str
-    count: int
-
-
-def status_counts(task_rows: list[TaskRow]) -> list[StatusCount]:
-    """How many tasks are in each status, in the order of the statuses: the big job's summary."""
-    counts = Counter(r.task.status for r in task_rows)
-    return [StatusCount(s.value, str(s.label), counts[s]) for s in BatchStatus if counts[s]]
-
-
-def rows(job: BatchJob) -> list[TaskRow]:
-    return load(job).rows
+        row.why = explain.explain_task(explain.TaskView(row.task, job, views[row.task.pk]), world)
+    return Grid(
+        list(by_pk.values()),
+        explain.explain_job(job, world, open_groups),
+        total=total,
+        counts=counts,
+        next_pk=next_pk,
+    )
 
 
 def row(job: BatchJob, task_pk: int) -> TaskRow:
-    for r in rows(job):
-        if r.task.pk == task_pk:
-            return r
-    raise Http404("No such task in this batch job.")
+    """One line of the grid: a line just saved, put back by Esc, or refused its delete."""
+    rows = load(job, pks=[task_pk]).rows
+    if not rows:
+        raise Http404("No such task in this batch job.")
+    return rows[0]
 
 
 def build_diagram(task_rows: list[TaskRow]) -> Diagram:

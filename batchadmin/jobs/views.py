@@ -141,7 +141,7 @@ DETAIL_TARGETS = ("job-header", "job-alerts", "task-grid", "job-diagram")
 
 
 # The grid renders this many task lines with the page; the rest load in pages as it scrolls.
-TASK_PAGE = 100
+TASK_PAGE = 50
 # Above this many tasks the diagram is drawn only on request (?diagram=1): its SVG would be
 # most of a big job's page, and a thousand boxes are no overview anyway.
 DIAGRAM_INLINE_MAX = 200
@@ -155,23 +155,34 @@ def _row_urls(job: BatchJob) -> dict[str, str]:
 def _job_page(
     request: AuthedRequest, job: BatchJob, *, all_tasks: bool = False, **extra: Any
 ) -> dict[str, Any]:
-    grid = task_grid.load(job)
-    task_rows = grid.rows
+    """The job page's context. Only the lines the page shows are loaded and explained: the
+    first TASK_PAGE, every line with ?tasks=all or for the diagram, or for a live poll the
+    ``lines`` the browser has loaded so far (static/app.js adds that to the poll)."""
+    all_tasks = all_tasks or request.GET.get("tasks") == "all"
+    want_diagram = request.GET.get("diagram") == "1"
+    polled = request.GET.get("lines", "")
+    limit: int | None = TASK_PAGE
+    if all_tasks or want_diagram:
+        limit = None
+    elif polled.isdigit():
+        limit = max(int(polled), TASK_PAGE)
+    # A job small enough to draw its diagram inline needs every task for the drawing.
+    grid = task_grid.load(job, limit=limit, all_up_to=DIAGRAM_INLINE_MAX)
+    draw = grid.total <= DIAGRAM_INLINE_MAX or want_diagram
+    shown = grid.rows if all_tasks else grid.rows[:TASK_PAGE]
     can_change = access.can_change(request.user, job)
     editable = can_change and not job.is_running()
-    all_tasks = all_tasks or request.GET.get("tasks") == "all"
-    shown = task_rows if all_tasks else task_rows[:TASK_PAGE]
-    draw = len(task_rows) <= DIAGRAM_INLINE_MAX or request.GET.get("diagram") == "1"
     context: dict[str, Any] = {
         "nav": "jobs",
         "job": job,
-        # Live polls swap every line's status out of band, also lines loaded later.
-        "all_rows": task_rows,
+        # Live polls swap the status of every line the browser shows, out of band.
+        "polled_rows": grid.rows,
         "rows": shown,
-        "more": _more(job, task_rows, len(shown)),
+        "more": _more(job, grid, 0, len(shown)),
+        "task_total": grid.total,
         "draw_diagram": draw,
-        "diagram": task_grid.build_diagram(task_rows) if draw else None,
-        "status_counts": task_grid.status_counts(task_rows),
+        "diagram": task_grid.build_diagram(grid.rows) if draw else None,
+        "status_counts": grid.counts,
         "job_why": grid.job_why,  # why a Withhold or Waiting job is not running
         "can_change": can_change,
         "editable": editable,
@@ -187,16 +198,14 @@ def _job_page(
     return context
 
 
-def _more(job: BatchJob, task_rows: list[task_grid.TaskRow], offset: int) -> dict[str, Any] | None:
-    """The "Load more tasks" line after `offset` lines, or None when every line is shown."""
-    if offset >= len(task_rows):
+def _more(job: BatchJob, grid: task_grid.Grid, offset: int, shown: int) -> dict[str, Any] | None:
+    """The "Load more" line after the ``shown`` lines from ``offset``, or None after the last."""
+    end = offset + shown
+    if end >= grid.total:
         return None
+    next_pk = grid.rows[shown].task.pk if len(grid.rows) > shown else grid.next_pk
     base = reverse("jobs:task-page", args=[job.pk])
-    return {
-        "url": f"{base}?offset={offset}",
-        "left": len(task_rows) - offset,
-        "next_pk": task_rows[offset].task.pk,
-    }
+    return {"url": f"{base}?offset={end}", "left": grid.total - end, "next_pk": next_pk}
 
 
 @require_http_methods(["GET", "POST"])
@@ -378,13 +387,12 @@ def task_page(request: AuthedRequest, pk: int) -> HttpResponse:
     if not request.htmx:
         # Without htmx the link shows the whole grid, on the line where the page stopped.
         return redirect(reverse("jobs:detail", args=[job.pk]) + "?tasks=all")
-    task_rows = task_grid.load(job).rows
     start = int(offset)
-    shown = task_rows[start : start + TASK_PAGE]
+    grid = task_grid.load(job, offset=start, limit=TASK_PAGE)
     context = {
         "job": job,
-        "rows": shown,
-        "more": _more(job, task_rows, start + len(shown)),
+        "rows": grid.rows,
+        "more": _more(job, grid, start, len(grid.rows)),
         "editable": access.can_change(request.user, job) and not job.is_running(),
         **_row_urls(job),
     }
@@ -435,8 +443,7 @@ def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
             {"job": job, "row": row, "editable": True, "oob": True, **_row_urls(job)},
             request=request,
         )
-        for row in task_grid.rows(job)
-        if row.task.pk in dependents
+        for row in task_grid.load(job, pks=dependents).rows
     )
     response = HttpResponse(html)
     trigger_client_event(response, "tasks-changed")

@@ -128,3 +128,40 @@ BatchJob.objects.filter(pk={job_id}).update(created_by=User.objects.get(username
     page.context.clear_cookies()
     sign_in(page, web, "victor")
     assert page.goto(f"{web}/jobs/{job_id}/").status == 200
+
+
+def test_a_big_jobs_later_lines_update_live_once_loaded(cluster, web, page):
+    """A job of 60 tasks shows 50 lines; scrolling loads the rest, and the live poll then
+    carries the status of those lines too (static/app.js says how many lines are shown)."""
+    cluster.start_worker(unique("big-"))
+    tasks = [
+        {
+            "key": "T00",
+            "description": "first",
+            "process": "demo.sleep",
+            "parameters": {"seconds": 6},
+        }
+    ]
+    tasks += [
+        {"key": f"T{i:02d}", "description": f"step {i}", "process": "demo.noop",
+         "conditions": [{"task": "T00", "status": "ended"}]}
+        for i in range(1, 60)
+    ]  # fmt: skip
+    [job_id] = cluster.import_jobs({"description": "Sixty lines", "tasks": tasks})
+    sign_in(page, web, "manager")
+    page.goto(f"{web}/jobs/{job_id}/")
+    page.wait_for_selector("#job-status .status-executing", timeout=15_000)
+    page.reload()  # a page of the running job: read-only, polling
+    lines = page.locator("#task-rows tr.task-line")
+    assert lines.count() == 50
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if "poll=1" in r.url else None)
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    page.locator("#task-more").scroll_into_view_if_needed()  # loads the next lines
+    page.wait_for_function("document.querySelectorAll('#task-rows tr.task-line').length === 60")
+    assert "Waiting for task T00" in lines.nth(59).inner_text()
+    lines.nth(59).locator(".status-ended").wait_for(timeout=30_000)
+    page.wait_for_selector("#job-status .status-ended", timeout=15_000)
+    assert navigations == []
+    assert any("lines=60" in url for url in polls), polls

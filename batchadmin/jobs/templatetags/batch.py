@@ -42,9 +42,11 @@ def sort_th(context: dict[str, Any], field: str, label: str) -> SafeString:
     )
 
 
-@register.inclusion_tag("jobs/_status.html")
-def status_badge(status: str, label: str = "") -> dict[str, str]:
-    return {"status": status, "label": label or status}
+@register.simple_tag
+def status_badge(status: str, label: str = "") -> SafeString:
+    # A simple tag, not an inclusion tag: a grid shows hundreds of badges, and rendering a
+    # template for each was a fifth of a big job's page (bench/pages.py).
+    return format_html('<span class="badge status-{}">{}</span>', status, label or status)
 
 
 @register.filter
