@@ -122,6 +122,22 @@ class JobListTestCase(BaseTestCase):
             self.make_job(description=f"More {n}", created_by=self.dave, run_as=self.bob)
         assert count() == few
 
+    def test_the_description_search_can_use_the_trigram_index(self):
+        # migration jobs.0009: the index must match the SQL Django writes for icontains, or
+        # PostgreSQL never uses it. With sequential scans off, a usable index shows in the plan.
+        self.client.force_login(self.alice)
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+        with CaptureQueriesContext(connection) as ctx:
+            r = self.client.get("/jobs/?description=invoic")
+        assert b"Dave&#x27;s invoicing" in r.content
+        assert b"Alice&#x27;s clean-up" not in r.content
+        search = next(q["sql"] for q in ctx.captured_queries if "LIKE" in q["sql"])
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN {search}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "job_description_trgm_idx" in plan, plan
+
     def test_it_polls_live_rows_and_stops_when_over(self):
         running = self.make_job(description="Running", status=S.EXECUTING)
         self.client.force_login(self.alice)
