@@ -6,8 +6,9 @@ Creates a private database and fills it in SQL (bench/common.py): ``--jobs`` job
 finished (3 tasks each, one run, an attempt and a log line per task; one in twenty ended in
 Error), 5% not yet run (Withhold, or Waiting for tomorrow), plus one Withhold job of
 ``--big-tasks`` tasks whose conditions form a tree (each task after the one a third of the way
-back: a fan-out chain). Starts gunicorn on loopback with DEBUG=0 (2 workers x 4 threads, as
-tests/e2e/cluster.py), logs in as a Batch job manager through the login form, and measures each
+back: a fan-out chain). Starts gunicorn on loopback with DEBUG=0 (``--workers`` 4 sync
+workers, as deploy/systemd/batchadmin-web.service; ``--workers 2 --threads 4`` is the e2e
+tests' server), logs in as a Batch job manager through the login form, and measures each
 page with ApacheBench (``ab``, package apache2-utils): ``-n`` requests at concurrency ``-c``
 after ``--warmup`` requests. Prints p50/p95/p99 against the 300 ms (p95) target, and for each
 page the queries one request issues and their total database time (in-process, Django's test
@@ -107,7 +108,9 @@ def make_big_job(tasks: int, user_id: int) -> int:
 class Web:
     """gunicorn on loopback, in its own process group."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, workers: int, threads: int) -> None:
+        self.workers = workers
+        self.threads = threads
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -124,9 +127,9 @@ class Web:
                     "--bind",
                     f"127.0.0.1:{self.port}",
                     "--workers",
-                    "2",
+                    str(self.workers),
                     "--threads",
-                    "4",
+                    str(self.threads),
                 ],
                 cwd=ROOT,
                 env=self.env,
@@ -288,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         step(f"  {jobs:,} jobs, {tasks:,} tasks in {time.monotonic() - t0:.0f}s")
         log_dir = RESULTS_DIR / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        web = Web(db.env, log_dir / "pages-gunicorn.log")
+        web = Web(db.env, log_dir / "pages-gunicorn.log", args.workers, args.threads)
         web.start()
         cookie = web.login()
         pages = [
@@ -358,7 +361,8 @@ def report(
             )
         )
     lines = [
-        f"page response times: {jobs:,} jobs, {tasks:,} tasks; gunicorn 2 workers x 4 threads, "
+        f"page response times: {jobs:,} jobs, {tasks:,} tasks; gunicorn {args.workers} workers "
+        f"x {args.threads} thread{'s' if args.threads > 1 else ''}, "
         f"DEBUG=0, loopback; ab -n {args.requests} -c {args.concurrency} after "
         f"{args.warmup} warm-up requests; {load_average()}",
         "",
@@ -383,6 +387,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--big-tasks", type=int, default=1000, help="Tasks of the big job's form.")
     p.add_argument("-n", "--requests", type=int, default=200, help="Measured requests per page.")
     p.add_argument("-c", "--concurrency", type=int, default=4, help="Concurrent requests.")
+    p.add_argument(
+        "--workers", type=int, default=4, help="gunicorn workers (the systemd unit's: 4)."
+    )
+    p.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker.")
     p.add_argument("--warmup", type=int, default=20, help="Requests per page before measuring.")
     p.add_argument("--db-name", default=f"batchadmin_bench_pages_{os.getpid()}")
     p.add_argument("--redis-db", type=int, default=13, help="Redis database of the broker.")
