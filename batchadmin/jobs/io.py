@@ -38,6 +38,7 @@ from batchadmin.servers.models import (
     DEFAULT_GROUP_CODE,
     BatchGroup,
     BatchServer,
+    ReservedCapacity,
 )
 
 PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
@@ -84,7 +85,7 @@ TASK_KEYS = {
     "condition_type",
     "conditions",
 }
-GROUP_KEYS = {"code", "description", "servers", "priority"}
+GROUP_KEYS = {"code", "description", "servers", "priority", "max_concurrency", "reserved_capacity"}
 
 
 class ImportFailure(ValueError):
@@ -127,6 +128,8 @@ class _Group:
     description: str | None
     servers: list[str] | None  # None: leave the group's servers as they are
     priority: Priority | None = None  # the group's scheduling priority; None: leave it
+    max_concurrency: int | None = None  # -1 pause, 0 no limit, N per job; None: leave it
+    reserved_capacity: ReservedCapacity | None = None  # None: leave it
 
 
 def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
@@ -175,7 +178,32 @@ def _parse_group(raw: Any, index: int) -> _Group:
     priority = None
     if "priority" in raw:
         priority = _choice(raw["priority"], PRIORITY_NAMES, f"{where}: priority")
-    return _Group(code, description, servers, priority)
+    max_concurrency = None
+    if "max_concurrency" in raw:
+        max_concurrency = _max_concurrency(raw["max_concurrency"], where)
+    reserved = None
+    if "reserved_capacity" in raw:
+        value = raw["reserved_capacity"]
+        levels = {c.value: c for c in ReservedCapacity}
+        if not isinstance(value, int) or isinstance(value, bool) or value not in levels:
+            raise ImportFailure(
+                f"{where}: reserved_capacity {value!r} is not one of "
+                f"{', '.join(map(str, levels))} (percent of the group's threads)."
+            )
+        reserved = levels[value]
+    return _Group(code, description, servers, priority, max_concurrency, reserved)
+
+
+def _max_concurrency(value: Any, where: str) -> int:
+    """-1 (pause), 0 (no limit) or 1-512 tasks of each job at once, with the form's message."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ImportFailure(f"{where}: max_concurrency must be a whole number, got {value!r}.")
+    try:
+        for validate in BatchGroup._meta.get_field("max_concurrency").validators:
+            validate(value)
+    except ValidationError as exc:
+        raise ImportFailure(f"{where}: max_concurrency {value}: {' '.join(exc.messages)}") from None
+    return value
 
 
 def _validate_code(code: str, where: str) -> None:
@@ -512,6 +540,10 @@ def _save_group(group: _Group) -> None:
         defaults["description"] = group.description
     if group.priority is not None:
         defaults["default_priority"] = group.priority
+    if group.max_concurrency is not None:
+        defaults["max_concurrency"] = group.max_concurrency
+    if group.reserved_capacity is not None:
+        defaults["reserved_capacity"] = group.reserved_capacity
     obj, _ = BatchGroup.objects.update_or_create(code=group.code, defaults=defaults)
     if group.servers is None:
         return

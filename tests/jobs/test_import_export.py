@@ -30,6 +30,8 @@ from batchadmin.servers.models import (
     BatchServer,
     BatchServerReplica,
     BatchServerSchedule,
+    Priority,
+    ReservedCapacity,
 )
 from tests.base import BaseTestCase, drain, start
 
@@ -149,6 +151,18 @@ class ImportTestCase(CommandTestCase):
         assert list(BatchServer.objects.get(name="aos2").groups.all()) == [nightly]
         assert first.tasks.get().group == nightly
         assert second.tasks.get().group.code == "default"
+
+    def test_it_imports_a_groups_scheduling_controls_and_leaves_out_what_it_omits(self):
+        group = {"code": "nightly", "priority": "high", "max_concurrency": 2}
+        self.batch("import", self.write({"groups": [{**group, "reserved_capacity": 25}]}))
+        nightly = BatchGroup.objects.get(code="nightly")
+        assert (nightly.default_priority, nightly.max_concurrency) == (Priority.HIGH, 2)
+        assert nightly.reserved_capacity == ReservedCapacity.HIGH
+        # A later file that names only the pause changes only that.
+        self.batch("import", self.write({"groups": [{"code": "nightly", "max_concurrency": -1}]}))
+        nightly.refresh_from_db()
+        assert nightly.is_paused()
+        assert (nightly.default_priority, nightly.reserved_capacity) == (Priority.HIGH, 25)
 
     def test_it_defaults_what_the_file_leaves_out(self):
         self.batch("import", self.write({"description": "Bare", "tasks": [task_data("T1")]}))
@@ -283,6 +297,12 @@ class ImportRefusalTestCase(CommandTestCase):
             ({"groups": [{"description": "x"}]}, 'group 1: "code" is required.'),
             ({"groups": [{"code": "n", "servers": "aos1"}]}, "\"servers\" must be a list"),
             ({"groups": [{"code": "n", "servers": ["a b"]}]}, "group 'n', server 'a b': Use"),
+            ({"groups": [{"code": "n", "max_concurrency": 600}]}, "group 'n': max_concurrency 600: Use -1 (pause), 0 (no limit) or 1-512."),
+            ({"groups": [{"code": "n", "max_concurrency": -2}]}, "max_concurrency -2: Use -1 (pause)"),
+            ({"groups": [{"code": "n", "max_concurrency": "2"}]}, "max_concurrency must be a whole number, got '2'."),
+            ({"groups": [{"code": "n", "max_concurrency": True}]}, "must be a whole number, got True."),
+            ({"groups": [{"code": "n", "reserved_capacity": 20}]}, "group 'n': reserved_capacity 20 is not one of 0, 10, 15, 25 (percent"),
+            ({"groups": [{"code": "n", "reserved_capacity": [10]}]}, "reserved_capacity [10] is not one of"),
             ({"jobs": ["job"]}, "job 1: must be an object."),
             ({"tasks": []}, 'job 1: "description" is required.'),
             (job_data(description=long), "description is longer than 200 characters."),
