@@ -34,6 +34,8 @@ class BatchTaskInline(admin.TabularInline[BatchTask, BatchJob]):
         "status",
         "retries",
         "max_retries",
+        "ignore_failure",
+        "time_limit",
     ]
     readonly_fields = ["status", "retries"]
     extra = 0
