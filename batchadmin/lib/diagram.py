@@ -16,6 +16,10 @@ NODE_H = 46
 GAP_X = 84  # room for an arrow's label ("Ended or error")
 GAP_Y = 16
 MARGIN = 8
+# Columns centre on the tallest one up to this many boxes (about the height of the page's
+# diagram panel): a job with one column of 80 boxes would otherwise draw its first task 2,000
+# px down, below an empty panel.
+CENTRE_ROWS = 12
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ def layout(nodes: Sequence[K], edges: Sequence[tuple[K, K, str]]) -> Layout[K]:
     1. Column = dependency depth, so every arrow points right.
     2. Inside a column, order by the mean row of a node's parents (barycentre), which removes
        most crossings of a typical job; ties keep the display order.
-    3. Each column is centred vertically on the tallest one.
+    3. Each column is centred vertically on the tallest one, or on the first CENTRE_ROWS rows
+       when that is taller, so the start of a big job is in sight.
     4. Arrows are cubic curves from the parent's right side to the child's left side; the
        label sits in the gap before the child, where labels of arrows that share a parent
        don't meet.
@@ -110,9 +115,10 @@ def layout(nodes: Sequence[K], edges: Sequence[tuple[K, K, str]]) -> Layout[K]:
             row[node] = i
 
     tallest = max((len(c) for c in columns), default=0)
+    centre_on = min(tallest, CENTRE_ROWS)
     boxes: dict[K, Box[K]] = {}
     for layer, column in enumerate(columns):
-        offset = (tallest - len(column)) * (NODE_H + GAP_Y) / 2
+        offset = max(centre_on - len(column), 0) * (NODE_H + GAP_Y) / 2
         for i, node in enumerate(column):
             boxes[node] = Box(
                 id=node,

@@ -50,6 +50,19 @@ class LayoutTestCase(SimpleTestCase):
         layout = diagram.layout(["A", "B", "b", "a"], [("B", "b", "ended"), ("A", "a", "ended")])
         assert layout.boxes["a"].y < layout.boxes["b"].y
 
+    def test_columns_centre_on_the_tallest_one(self):
+        layout = diagram.layout(["A", "b", "c", "d"], [("A", k, "ended") for k in "bcd"])
+        step = diagram.NODE_H + diagram.GAP_Y
+        assert layout.boxes["A"].y == layout.boxes["c"].y == diagram.MARGIN + step
+
+    def test_a_very_tall_column_leaves_the_first_boxes_in_sight(self):
+        children = [f"c{i}" for i in range(80)]
+        layout = diagram.layout(["A", *children], [("A", c, "ended") for c in children])
+        step = diagram.NODE_H + diagram.GAP_Y
+        # Centred on the first CENTRE_ROWS rows, not on all 80: the root is near the top.
+        assert layout.boxes["A"].y == diagram.MARGIN + (diagram.CENTRE_ROWS - 1) * step / 2
+        assert layout.height >= layout.boxes["c79"].y + diagram.NODE_H
+
     def test_a_longest_path_wins_over_a_shortcut(self):
         edges = [("A", "B", "ended"), ("B", "C", "ended"), ("A", "C", "ended")]
         assert diagram.depths(["A", "B", "C"], {"B": ["A"], "C": ["B", "A"]}) == {
