@@ -152,7 +152,8 @@ def recipients(event: AlertEvent) -> list[Recipient]:
 
     1. D365's per-job, per-user Alerts settings that chose this kind (ended/error/canceled).
     2. Alert rules (beyond D365) whose batch group is one of the job's tasks' groups and whose
-       priority is the job's, empty meaning any, that want this kind.
+       priority is one its tasks ran with (the job's when it overrides, else their groups'),
+       empty meaning any, that want this kind.
     3. A critical job in Error: every batch job manager, popup and e-mail.
     A user who wants e-mail but has no address gets a popup instead.
     """
@@ -166,11 +167,14 @@ def recipients(event: AlertEvent) -> list[Recipient]:
         alerts = BatchJobAlert.objects.filter(job_id=event.job_id, **{kind.value: True})
         for user_id, popup, email in alerts.values_list("user_id", "popup", "email"):
             want(user_id, popup=popup, email=email)
-    # The priority of the snapshot: the job may have been edited since it ended.
-    priority = event.details.get("priority", event.job.priority)
+    # The priorities its tasks ran with, from the end-of-run snapshot; a stuck alert is about a
+    # job that still runs, so its tasks' priorities now.
+    priorities = event.details.get("priorities")
+    if priorities is None:
+        priorities = outbox.priorities(event.job)
     groups = BatchTask.objects.filter(job_id=event.job_id).values("group_id")
     rules = AlertRule.objects.filter(
-        Q(group=None) | Q(group__in=groups), Q(priority=None) | Q(priority=priority)
+        Q(group=None) | Q(group__in=groups), Q(priority=None) | Q(priority__in=priorities)
     )
     for rule in rules:
         if rule.wants(kind):

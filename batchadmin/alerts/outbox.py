@@ -17,6 +17,7 @@ from django.utils.timezone import now
 
 from batchadmin.alerts.models import AlertEvent, AlertKind
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskRun
+from batchadmin.servers.models import BatchGroup
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,15 @@ def failing_tasks(job_id: int, run_id: int | None) -> tuple[list[dict[str, str]]
         {"key": key, "description": description, "error": first_line(error or "")}
         for key, description, error in shown
     ], failed.count()
+
+
+def priorities(job: BatchJob) -> list[int]:
+    """The scheduling priorities the job's tasks run with, for alert rules by priority: the
+    job's own when it overrides its groups', else its tasks' groups' (one query)."""
+    if job.priority_overridden:
+        return [job.priority]
+    groups = BatchGroup.objects.filter(tasks__job=job).order_by("default_priority")
+    return list(groups.values_list("default_priority", flat=True).distinct())
 
 
 def record(
@@ -119,6 +129,8 @@ def job_ended(
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "ended_at": at.isoformat(),
         "critical": job.critical,
+        # As the run ran: the job or its groups may be edited before the alert is delivered.
+        "priorities": priorities(job),
     }
     if final in (BatchStatus.ERROR, BatchStatus.CANCELED):
         details["failed_tasks"], details["failed_count"] = failing_tasks(job.pk, run_id)

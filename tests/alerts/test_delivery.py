@@ -112,7 +112,7 @@ class RecipientsTestCase(AlertTestCase):
 
     def test_it_merges_every_reason_of_one_user_into_one_alert(self):
         integration = BatchGroup.objects.create(code="Integration")
-        job = self.make_job(priority=Priority.HIGH)
+        job = self.make_job(priority=Priority.HIGH, priority_overridden=True)
         self.make_task(job, "T1", group=integration, process="demo.fail")
         self.subscribe(self.alice, job, error=True, popup=True, email=False)
         AlertRule.objects.create(user=self.alice, group=integration, popup=False, email=True)
@@ -133,7 +133,7 @@ class RecipientsTestCase(AlertTestCase):
         AlertRule.objects.create(user=self.bob, group=reporting)
         AlertRule.objects.create(user=self.charlie, priority=Priority.HIGH)
         AlertRule.objects.create(user=self.dave, priority=Priority.LOW)
-        job = self.make_job(priority=Priority.HIGH)
+        job = self.make_job(priority=Priority.HIGH, priority_overridden=True)
         self.make_task(job, "T1", group=integration, process="demo.fail")
         self.make_task(job, "T2")  # default group
         start(job)
@@ -143,6 +143,38 @@ class RecipientsTestCase(AlertTestCase):
             self.alice.pk,
             self.charlie.pk,
         ]
+
+    def test_a_job_that_keeps_its_groups_priority_matches_rules_by_its_tasks_priorities(self):
+        # Tasks run with their batch group's priority unless the job overrides it, so a rule
+        # for High hears of a job whose tasks run High, whatever the job's own field holds.
+        integration = BatchGroup.objects.create(code="Integration", default_priority=Priority.HIGH)
+        AlertRule.objects.create(user=self.alice, priority=Priority.HIGH)
+        AlertRule.objects.create(user=self.bob, priority=Priority.LOW)  # the job's own field
+        AlertRule.objects.create(user=self.charlie, priority=Priority.NORMAL)  # T2's group
+        job = self.make_job(priority=Priority.LOW, priority_overridden=False)
+        self.make_task(job, "T1", group=integration, process="demo.fail")
+        self.make_task(job, "T2")  # default group: Normal
+        start(job)
+        drain(job)
+        event = AlertEvent.objects.get(job=job)
+        assert event.details["priorities"] == [Priority.NORMAL, Priority.HIGH]
+        assert sorted(r.user_id for r in delivery.recipients(event)) == [
+            self.alice.pk,
+            self.charlie.pk,
+        ]
+        # The group's priority changed after the run: the snapshot decides.
+        BatchGroup.objects.filter(pk=integration.pk).update(default_priority=Priority.LOW)
+        assert self.bob.pk not in [r.user_id for r in delivery.recipients(event)]
+
+    def test_an_event_of_a_running_job_matches_rules_by_its_tasks_priorities_now(self):
+        # A stuck alert snapshots no priorities: the job still runs, so they are read now.
+        reporting = BatchGroup.objects.create(code="Reporting", default_priority=Priority.CRITICAL)
+        AlertRule.objects.create(user=self.alice, priority=Priority.CRITICAL, stuck=True)
+        AlertRule.objects.create(user=self.bob, priority=Priority.NORMAL, stuck=True)
+        job = self.make_job(status=S.EXECUTING)
+        self.make_task(job, "T1", group=reporting)
+        event = AlertEvent.objects.create(job=job, kind=AlertKind.LONG_RUNNING, key="x", details={})
+        assert [r.user_id for r in delivery.recipients(event)] == [self.alice.pk]
 
     def test_it_matches_a_rule_without_group_or_priority_to_every_job(self):
         AlertRule.objects.create(user=self.bob, ended=True, error=False)
