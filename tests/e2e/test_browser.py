@@ -134,14 +134,8 @@ def test_a_big_jobs_later_lines_update_live_once_loaded(cluster, web, page):
     """A job of 60 tasks shows 50 lines; scrolling loads the rest, and the live poll then
     carries the status of those lines too (static/app.js says how many lines are shown)."""
     cluster.start_worker(unique("big-"))
-    tasks = [
-        {
-            "key": "T00",
-            "description": "first",
-            "process": "demo.sleep",
-            "parameters": {"seconds": 6},
-        }
-    ]
+    first = {"key": "T00", "description": "first", "process": "demo.sleep"}
+    tasks: list[dict[str, Any]] = [{**first, "parameters": {"seconds": 6}}]
     tasks += [
         {"key": f"T{i:02d}", "description": f"step {i}", "process": "demo.noop",
          "conditions": [{"task": "T00", "status": "ended"}]}
