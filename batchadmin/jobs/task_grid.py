@@ -5,7 +5,7 @@ not to the job: one aggregate of the whole job (tasks per group and status: the 
 summary and the groups to explain), the shown lines with their conditions and the parents
 those name, the groups, and what the explanations need (explain.load_world: servers, replicas,
 waiting tasks; beat's tick when the job is overdue); one broker round trip per batch group with
-queued tasks. A job of 1,000 tasks builds 100 lines, not 1,000 (bench/pages.py).
+queued tasks. A job of 1,000 tasks builds the 50 lines a page shows, not 1,000 (bench/pages.py).
 """
 
 from __future__ import annotations
