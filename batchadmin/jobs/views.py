@@ -468,13 +468,15 @@ def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
         messages.success(request, f"Deleted task {task.key}.")
         return redirect("jobs:detail", job.pk)
     # The line goes; the lines that had a condition on it lose that condition (out of band).
+    # Most deleted tasks have none: no grid to load then.
+    changed = task_grid.load(job, pks=dependents).rows if dependents else []
     html = "".join(
         render_to_string(
             "jobs/job_detail.html#task-row",
             {"job": job, "row": row, "editable": True, "oob": True, **_row_urls(job)},
             request=request,
         )
-        for row in task_grid.load(job, pks=dependents).rows
+        for row in changed
     )
     response = HttpResponse(html)
     trigger_client_event(response, "tasks-changed")
