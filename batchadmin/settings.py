@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     "batchadmin.jobs",
     "batchadmin.processes",
     "batchadmin.alerts",
+    "batchadmin.engine",
 ]
 
 MIDDLEWARE = [
@@ -238,7 +239,7 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 # it: a new PostgreSQL backend per task costs far more than the task. Keep connections (run_task
 # calls close_old_connections(), so CONN_MAX_AGE and health checks still apply).
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
-CELERY_BEAT_SCHEDULER = "batchadmin.jobs.beat:BatchScheduler"
+CELERY_BEAT_SCHEDULER = "batchadmin.engine.beat:BatchScheduler"
 CELERY_TIMEZONE = "UTC"
 
 # --- batch engine ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ Creates a private database, puts a small live load in it (one running job: a tas
 two ready with their messages sent, three waiting on them; one job waiting for tomorrow), then
 for each size fills the history up to that many finished task attempts (BatchTaskRun rows; with
 them finished jobs, their runs, tasks and one log line per attempt, ``--tasks-per-job`` tasks a
-job) and measures, in this process, ``batchadmin.jobs.scheduler.tick``: wall time of each of
+job) and measures, in this process, ``batchadmin.engine.tick.tick``: wall time of each of
 ``--ticks`` ticks (median, p95) and the queries it issues; then the same per handler, to show
 which one grows. The alert checks run by the tick every 30 s are timed unthrottled
 (``check_long_running``, ``check_unserved``). A handler whose median grows by more than
@@ -66,7 +66,7 @@ class Timing:
 
 def handlers() -> list[tuple[str, Callable[[dt.datetime], Any]]]:
     from batchadmin.alerts import delivery, stuck
-    from batchadmin.jobs import scheduler
+    from batchadmin.engine import tick as scheduler
 
     return [
         ("handle_due_jobs", scheduler.handle_due_jobs),
@@ -140,7 +140,7 @@ def measure(ticks: int) -> dict[str, Timing]:
     from django.test.utils import CaptureQueriesContext
     from django.utils.timezone import now
 
-    from batchadmin.jobs import scheduler
+    from batchadmin.engine import tick as scheduler
 
     results: dict[str, Timing] = {"tick": Timing()}
     scheduler.tick()  # warm: imports, connection, the throttled alert checks' first run
@@ -174,7 +174,7 @@ def release_due_jobs(args: argparse.Namespace) -> str:
     from django.test.utils import CaptureQueriesContext
     from django.utils.timezone import now
 
-    from batchadmin.jobs import scheduler
+    from batchadmin.engine import tick as scheduler
 
     n, k = args.due_jobs, args.due_job_tasks
     step(f"releasing {n} due jobs of {k} chained tasks in one handle_due_jobs")

@@ -464,7 +464,7 @@ def sweep(at: dt.datetime) -> int:
     event_ids = sorted(set(lost) | set(retries))
     if not event_ids:
         return 0
-    from batchadmin.jobs import scheduler  # it imports this module for the tick
+    from batchadmin.engine import tick as scheduler  # it imports this module for the tick
 
     if scheduler.queue_size(outbox.ALERT_QUEUE) > 0:
         return 0

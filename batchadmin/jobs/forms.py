@@ -20,7 +20,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.urls import reverse
 
-from batchadmin.jobs import access, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import access
 from batchadmin.jobs.models import (
     MAX_RETRIES_LIMIT,
     RUNNING_JOB_STATUSES,

@@ -25,7 +25,8 @@ from django.utils.timezone import localtime
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
-from batchadmin.jobs import access, history, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import access, history
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
     BatchJob,

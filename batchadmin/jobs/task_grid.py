@@ -21,7 +21,7 @@ from django.http import Http404
 from django.utils.functional import cached_property
 from django.utils.timezone import now
 
-from batchadmin.jobs import explain
+from batchadmin.engine import explain
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
     BatchJob,

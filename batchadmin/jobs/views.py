@@ -21,7 +21,8 @@ from django_htmx.http import (
 
 from batchadmin.alerts import forms as alert_forms
 from batchadmin.alerts.models import BatchJobAlert
-from batchadmin.jobs import access, copying, forms, recurrence_forms, task_grid, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import access, copying, forms, recurrence_forms, task_grid
 from batchadmin.jobs.filters import JobFilter
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,

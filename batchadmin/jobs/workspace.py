@@ -28,7 +28,8 @@ from django.utils.timezone import localtime, now
 from django.views.decorators.http import require_GET
 
 from batchadmin.alerts.outbox import first_line
-from batchadmin.jobs import access, explain
+from batchadmin.engine import explain
+from batchadmin.jobs import access
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
     BatchJob,

@@ -21,7 +21,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from django_celery_beat.models import PeriodicTask
 
-from batchadmin.jobs import beat
+from batchadmin.engine import beat
 from batchadmin.servers import metrics
 
 STATEMENT_TIMEOUT_MS = 1000

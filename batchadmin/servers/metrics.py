@@ -44,12 +44,12 @@ from prometheus_client.registry import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from batchadmin.jobs import beat
+from batchadmin.engine import beat
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask
 from batchadmin.servers.models import QUEUE_PREFIX, BatchGroup, BatchServer, BatchServerReplica
 
 if TYPE_CHECKING:
-    from batchadmin.jobs.transitions import Outcome
+    from batchadmin.engine.transitions import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from django.test import override_settings
 
 from batchadmin.alerts import delivery, outbox
 from batchadmin.alerts.models import AlertEvent, AlertKind, BatchJobAlert, Notification
-from batchadmin.jobs import scheduler
+from batchadmin.engine import tick
 from batchadmin.jobs.models import BatchJob
 from tests.base import BaseTestCase
 
@@ -23,9 +23,7 @@ class SweepTestCase(BaseTestCase):
     def setUp(self):
         super().setUp()
         self.job = self.make_job()
-        self.queue_size = self.enterContext(
-            mock.patch.object(scheduler, "queue_size", return_value=0)
-        )
+        self.queue_size = self.enterContext(mock.patch.object(tick, "queue_size", return_value=0))
 
     def event(self, key: str = "run:1:error", at: dt.datetime = NINE) -> AlertEvent:
         event_id = outbox.record(

@@ -15,7 +15,7 @@ from django.db import OperationalError
 from django.test import SimpleTestCase, override_settings
 from django.utils.timezone import now
 
-from batchadmin.jobs import runner, transitions
+from batchadmin.engine import runner, transitions
 from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun
 from batchadmin.processes import builtin, registry
 from batchadmin.processes.registry import Context, ParameterError, UnknownProcess
@@ -288,7 +288,7 @@ class RunnerResilienceTestCase(BaseTestCase):
 
         with (
             mock.patch.object(transitions, "finish_task", side_effect=finish_task),
-            self.assertLogs("batchadmin.jobs.runner", "WARNING") as logs,
+            self.assertLogs("batchadmin.engine.runner", "WARNING") as logs,
         ):
             assert run(self.task)
         assert calls == [self.task.pk, self.task.pk]
@@ -302,7 +302,7 @@ class RunnerResilienceTestCase(BaseTestCase):
         error = OperationalError("the database system is shutting down")
         with (
             mock.patch.object(transitions, "finish_task", side_effect=error),
-            self.assertLogs("batchadmin.jobs.runner", "WARNING"),
+            self.assertLogs("batchadmin.engine.runner", "WARNING"),
             pytest.raises(OperationalError),
         ):
             run(self.task)

@@ -4,7 +4,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from batchadmin.jobs import forms, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import forms
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskCondition
 from batchadmin.servers.models import BatchGroup
 from tests.base import start

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from batchadmin.jobs import explain
+from batchadmin.engine import explain
 from batchadmin.jobs.models import BatchJob, BatchJobRun, BatchStatus, BatchTask, BatchTaskRun
 from batchadmin.servers.models import BatchGroup, BatchServer, BatchServerReplica
 from tests.base import HOSTNAME, BaseTestCase, start

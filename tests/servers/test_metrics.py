@@ -13,7 +13,7 @@ from django_celery_beat.models import PeriodicTask
 from kombu import Connection, Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchadmin.jobs import beat, scheduler, transitions
+from batchadmin.engine import beat, tick, transitions
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask
 from batchadmin.servers import metrics
 from batchadmin.servers.models import BatchGroup, BatchServer, BatchServerReplica
@@ -114,9 +114,9 @@ class FinishedTasksTestCase(RedisTestCase):
         at = claimed.started_at + dt.timedelta(seconds=90)
         with (
             self.captureOnCommitCallbacks(execute=True),
-            self.assertLogs("batchadmin.jobs.scheduler", "WARNING"),
+            self.assertLogs("batchadmin.engine.tick", "WARNING"),
         ):
-            assert scheduler.handle_expired_leases(at) == 1
+            assert tick.handle_expired_leases(at) == 1
         durations = scrape(self.client)["batchadmin_task_duration_seconds"]
         assert (
             value(scrape(self.client)["batchadmin_tasks_finished"], group="default", status="error")

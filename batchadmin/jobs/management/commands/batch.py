@@ -14,7 +14,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Prefetch
 from django.utils.timezone import now
 
-from batchadmin.jobs import io, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import io
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
     BatchJob,

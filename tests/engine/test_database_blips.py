@@ -9,7 +9,7 @@ import pytest
 from django.db import OperationalError
 from django.test import override_settings
 
-from batchadmin.jobs import runner, scheduler, transitions
+from batchadmin.engine import runner, tick, transitions
 from batchadmin.jobs.models import BatchLogEntry, BatchTask
 from batchadmin.jobs.models import BatchStatus as S
 from tests.base import BaseTestCase
@@ -31,7 +31,7 @@ class ProcessContextBlipTestCase(BaseTestCase):
 
     def test_a_cancel_check_during_a_blip_is_not_a_cancel_and_asks_again(self):
         values = mock.patch.object(BatchTask.objects, "values_list", side_effect=BLIP)
-        with values, self.assertLogs("batchadmin.jobs.runner", "WARNING") as logs:
+        with values, self.assertLogs("batchadmin.engine.runner", "WARNING") as logs:
             assert self.ctx.cancel_requested() is False
         assert "could not check for a cancel" in logs.output[0]
         self.close.close.assert_called_once()
@@ -44,7 +44,7 @@ class ProcessContextBlipTestCase(BaseTestCase):
         self.ctx.info("first line")
         with (
             mock.patch.object(BatchLogEntry.objects, "bulk_create", side_effect=BLIP),
-            self.assertLogs("batchadmin.jobs.runner", "WARNING"),
+            self.assertLogs("batchadmin.engine.runner", "WARNING"),
         ):
             self.ctx.flush()
         assert len(self.ctx.take_pending()) == 1
@@ -52,7 +52,7 @@ class ProcessContextBlipTestCase(BaseTestCase):
     def test_progress_during_a_blip_is_skipped(self):
         with (
             mock.patch.object(BatchTask.objects, "filter", side_effect=BLIP),
-            self.assertLogs("batchadmin.jobs.runner", "WARNING"),
+            self.assertLogs("batchadmin.engine.runner", "WARNING"),
         ):
             self.ctx.progress(50)  # does not raise
 
@@ -61,7 +61,7 @@ class ProcessContextBlipTestCase(BaseTestCase):
 class TickAfterAnOutageTestCase(BaseTestCase):
     def setUp(self):
         super().setUp()
-        self.enterContext(mock.patch.object(scheduler, "_lease_grace_until", 0.0))
+        self.enterContext(mock.patch.object(tick, "_lease_grace_until", 0.0))
 
     def test_a_tick_that_lost_the_database_spares_leases_for_one_lease_period(self):
         job = self.make_job()
@@ -72,13 +72,13 @@ class TickAfterAnOutageTestCase(BaseTestCase):
         assert lease is not None
         late = lease + dt.timedelta(seconds=1)
         with (
-            mock.patch.object(scheduler, "_tick", side_effect=BLIP),
+            mock.patch.object(tick, "_tick", side_effect=BLIP),
             pytest.raises(OperationalError),
         ):
-            scheduler.tick(late)
+            tick.tick(late)
         # The workers could not renew either: their leases are not failed yet...
-        assert scheduler.handle_expired_leases(late) == 0
+        assert tick.handle_expired_leases(late) == 0
         assert BatchTask.objects.get(pk=task.pk).status == S.EXECUTING
         # ...but a lease period later a server that really died is.
-        with mock.patch("batchadmin.jobs.scheduler.time.monotonic", return_value=10**9):
-            assert scheduler.handle_expired_leases(late) == 1
+        with mock.patch("batchadmin.engine.tick.time.monotonic", return_value=10**9):
+            assert tick.handle_expired_leases(late) == 1

@@ -8,10 +8,10 @@ from django.conf import settings
 from django.test import override_settings
 from django.utils.timezone import now
 
-from batchadmin.jobs import scheduler, transitions
-from batchadmin.jobs.dispatch import NORMAL_STEP
+from batchadmin.engine import tick, transitions
+from batchadmin.engine.dispatch import NORMAL_STEP
+from batchadmin.engine.transitions import SERVER_LOST, Outcome
 from batchadmin.jobs.models import BatchJobRun, BatchStatus, BatchTask, BatchTaskRun
-from batchadmin.jobs.transitions import SERVER_LOST, Outcome
 from batchadmin.servers.models import BatchGroup
 from tests.base import HOSTNAME, BaseTestCase, start, statuses
 
@@ -25,7 +25,7 @@ class HandleDueJobsTestCase(BaseTestCase):
         job = self.make_job(scheduled_start=NINE)
         t1 = self.make_task(job, "T1")
         with time_machine.travel(NINE - dt.timedelta(seconds=1), tick=False):
-            assert scheduler.handle_due_jobs(now()) == 0
+            assert tick.handle_due_jobs(now()) == 0
         job.refresh_from_db()
         assert job.status == S.WAITING
 
@@ -33,7 +33,7 @@ class HandleDueJobsTestCase(BaseTestCase):
             time_machine.travel(NINE, tick=False),
             self.captureOnCommitCallbacks(execute=True),
         ):
-            assert scheduler.handle_due_jobs(now()) == 1
+            assert tick.handle_due_jobs(now()) == 1
         job.refresh_from_db()
         assert job.status == S.EXECUTING
         assert job.started_at == NINE
@@ -43,14 +43,14 @@ class HandleDueJobsTestCase(BaseTestCase):
         with time_machine.travel(NINE, tick=False):
             job = self.make_job(scheduled_start=NINE + dt.timedelta(days=1))
             self.make_task(job, "T1")
-            assert scheduler.handle_due_jobs(now()) == 0
+            assert tick.handle_due_jobs(now()) == 0
         job.refresh_from_db()
         assert job.status == S.WAITING
         assert not BatchJobRun.objects.exists()
 
     def test_it_does_not_start_a_withheld_job(self):
         job = self.make_job(scheduled_start=NINE, status=S.WITHHOLD)
-        assert scheduler.handle_due_jobs(NINE + dt.timedelta(hours=1)) == 0
+        assert tick.handle_due_jobs(NINE + dt.timedelta(hours=1)) == 0
         job.refresh_from_db()
         assert job.status == S.WITHHOLD
 
@@ -60,10 +60,10 @@ class HandleDueJobsTestCase(BaseTestCase):
         high = self.make_job(scheduled_start=NINE, priority=30)
         for job in (normal, high):
             self.make_task(job, "T1")
-        assert scheduler.handle_due_jobs(NINE) == 1
+        assert tick.handle_due_jobs(NINE) == 1
         assert statuses(high) == {"T1": S.READY}
         assert statuses(normal) == {"T1": S.WAITING}
-        assert scheduler.handle_due_jobs(NINE) == 1
+        assert tick.handle_due_jobs(NINE) == 1
         assert statuses(normal) == {"T1": S.READY}
 
     def test_it_starts_the_other_jobs_when_one_cannot_start(self):
@@ -78,21 +78,21 @@ class HandleDueJobsTestCase(BaseTestCase):
 
         with (
             mock.patch.object(transitions, "start_job", side_effect=start_job),
-            self.assertLogs("batchadmin.jobs.scheduler", "ERROR") as logs,
+            self.assertLogs("batchadmin.engine.tick", "ERROR") as logs,
         ):
-            assert scheduler.handle_due_jobs(NINE) == 1
+            assert tick.handle_due_jobs(NINE) == 1
         assert f"Could not start batch job {broken.pk}" in logs.output[0]
         fine.refresh_from_db()
         assert fine.status == S.ENDED  # no tasks: started and ended at once
 
     def test_it_costs_one_query_when_nothing_is_due(self):
         with self.assertNumQueries(1):
-            assert scheduler.handle_due_jobs(NINE) == 0
+            assert tick.handle_due_jobs(NINE) == 0
         for n in range(20):
             self.make_job(scheduled_start=NINE + dt.timedelta(minutes=n + 1))
             self.make_job(status=S.WITHHOLD, scheduled_start=NINE)
         with self.assertNumQueries(1):
-            assert scheduler.handle_due_jobs(NINE) == 0
+            assert tick.handle_due_jobs(NINE) == 0
 
 
 class HandleExpiredLeasesTestCase(BaseTestCase):
@@ -107,15 +107,15 @@ class HandleExpiredLeasesTestCase(BaseTestCase):
 
     def test_it_leaves_a_task_with_a_live_lease_alone(self):
         task = self.claim(max_retries=0)
-        assert scheduler.handle_expired_leases(NINE + LEASE) == 0
+        assert tick.handle_expired_leases(NINE + LEASE) == 0
         task.refresh_from_db()
         assert task.status == S.EXECUTING
 
     def test_it_retries_a_task_whose_server_was_lost(self):
         task = self.claim(max_retries=1)
         at = NINE + LEASE + dt.timedelta(seconds=1)
-        with self.assertLogs("batchadmin.jobs.scheduler", "WARNING"):
-            assert scheduler.handle_expired_leases(at) == 1
+        with self.assertLogs("batchadmin.engine.tick", "WARNING"):
+            assert tick.handle_expired_leases(at) == 1
         task.refresh_from_db()
         assert task.status == S.READY
         assert task.retries == 1
@@ -128,8 +128,8 @@ class HandleExpiredLeasesTestCase(BaseTestCase):
 
     def test_it_fails_a_lost_task_without_retries_left(self):
         task = self.claim(max_retries=0)
-        with self.assertLogs("batchadmin.jobs.scheduler", "WARNING"):
-            assert scheduler.handle_expired_leases(NINE + LEASE + dt.timedelta(seconds=1)) == 1
+        with self.assertLogs("batchadmin.engine.tick", "WARNING"):
+            assert tick.handle_expired_leases(NINE + LEASE + dt.timedelta(seconds=1)) == 1
         task.refresh_from_db()
         assert task.status == S.ERROR
         assert task.job.status == S.ERROR
@@ -137,8 +137,8 @@ class HandleExpiredLeasesTestCase(BaseTestCase):
 
     def test_it_discards_the_late_result_of_the_lost_attempt(self):
         task = self.claim(max_retries=1)
-        with self.assertLogs("batchadmin.jobs.scheduler", "WARNING"):
-            scheduler.handle_expired_leases(NINE + LEASE + dt.timedelta(seconds=1))
+        with self.assertLogs("batchadmin.engine.tick", "WARNING"):
+            tick.handle_expired_leases(NINE + LEASE + dt.timedelta(seconds=1))
         # The worker was only slow, not dead, and reports after all.
         assert not transitions.finish_task(task_id=task.pk, attempt=1, outcome=Outcome())
         task.refresh_from_db()
@@ -151,7 +151,7 @@ class HandleExpiredLeasesTestCase(BaseTestCase):
         assert transitions.renew_leases(task_ids=[task.pk, other.pk], at=later) == 1
         task.refresh_from_db()
         assert task.lease_expires_at == later + LEASE
-        assert scheduler.handle_expired_leases(NINE + LEASE + dt.timedelta(seconds=1)) == 0
+        assert tick.handle_expired_leases(NINE + LEASE + dt.timedelta(seconds=1)) == 0
 
     def test_it_expires_a_lease_once(self):
         task = self.claim(max_retries=0)
@@ -174,19 +174,19 @@ class HandleReadyTasksTestCase(BaseTestCase):
 
     def test_it_sends_a_retry_once_its_backoff_is_over(self):
         at = NINE + dt.timedelta(seconds=10)
-        assert scheduler.handle_ready_tasks(at) == 1
+        assert tick.handle_ready_tasks(at) == 1
         self.send.assert_called_once_with([(self.task.pk, "batch.nightly", NORMAL_STEP)])
         self.task.refresh_from_db()
         assert self.task.dispatched_at == at
 
     def test_it_does_not_send_a_retry_during_its_backoff(self):
-        assert scheduler.handle_ready_tasks(NINE + dt.timedelta(seconds=9)) == 0
+        assert tick.handle_ready_tasks(NINE + dt.timedelta(seconds=9)) == 0
         self.send.assert_not_called()
 
     def test_it_sends_a_retry_once(self):
         at = NINE + dt.timedelta(seconds=10)
-        assert scheduler.handle_ready_tasks(at) == 1
-        assert scheduler.handle_ready_tasks(at + dt.timedelta(seconds=1)) == 0
+        assert tick.handle_ready_tasks(at) == 1
+        assert tick.handle_ready_tasks(at + dt.timedelta(seconds=1)) == 0
         assert self.send.call_count == 1
 
     def test_it_sends_every_due_retry_to_its_group_queue(self):
@@ -194,7 +194,7 @@ class HandleReadyTasksTestCase(BaseTestCase):
         t2 = self.make_task(other, "T1")
         start(other)
         BatchTask.objects.filter(pk=t2.pk).update(dispatched_at=None, ready_at=NINE)
-        assert scheduler.handle_ready_tasks(NINE + dt.timedelta(minutes=1)) == 2
+        assert tick.handle_ready_tasks(NINE + dt.timedelta(minutes=1)) == 2
         (sent,), _ = self.send.call_args
         assert sorted(msg[:2] for msg in sent) == sorted(
             [(self.task.pk, "batch.nightly"), (t2.pk, "batch.default")]
@@ -210,8 +210,8 @@ class HandleLostMessagesTestCase(BaseTestCase):
         self.later = NINE + dt.timedelta(seconds=settings.BATCH_REDISPATCH_AFTER_SECONDS + 1)
 
     def test_it_resends_a_message_lost_from_an_empty_queue(self):
-        with mock.patch.object(scheduler, "queue_size", return_value=0) as queue_size:
-            assert scheduler.handle_lost_messages(self.later) == 1
+        with mock.patch.object(tick, "queue_size", return_value=0) as queue_size:
+            assert tick.handle_lost_messages(self.later) == 1
         queue_size.assert_called_once_with("batch.default")
         (sent,), _ = self.send.call_args
         assert [msg[:2] for msg in sent] == [(self.task.pk, "batch.default")]
@@ -219,13 +219,13 @@ class HandleLostMessagesTestCase(BaseTestCase):
         assert self.task.dispatched_at == self.later
 
     def test_it_does_not_resend_while_the_queue_holds_messages(self):
-        with mock.patch.object(scheduler, "queue_size", return_value=3):
-            assert scheduler.handle_lost_messages(self.later) == 0
+        with mock.patch.object(tick, "queue_size", return_value=3):
+            assert tick.handle_lost_messages(self.later) == 0
         self.send.assert_not_called()
 
     def test_it_does_not_resend_a_recent_message(self):
-        with mock.patch.object(scheduler, "queue_size", return_value=0) as queue_size:
-            assert scheduler.handle_lost_messages(NINE + dt.timedelta(seconds=1)) == 0
+        with mock.patch.object(tick, "queue_size", return_value=0) as queue_size:
+            assert tick.handle_lost_messages(NINE + dt.timedelta(seconds=1)) == 0
         queue_size.assert_not_called()
 
 
@@ -236,12 +236,12 @@ class HandleStrandedTestCase(BaseTestCase):
         start(job)
         # A worker died between settling its task and settling the job.
         BatchTask.objects.filter(pk=t1.pk).update(status=S.ERROR)
-        assert scheduler.handle_stranded_jobs(NINE + dt.timedelta(minutes=1)) == 1
+        assert tick.handle_stranded_jobs(NINE + dt.timedelta(minutes=1)) == 1
         job.refresh_from_db()
         assert job.status == S.ERROR
         assert job.ended_at == NINE + dt.timedelta(minutes=1)
         assert BatchJobRun.objects.get(job=job).status == S.ERROR
-        assert scheduler.handle_stranded_jobs(NINE + dt.timedelta(minutes=2)) == 0
+        assert tick.handle_stranded_jobs(NINE + dt.timedelta(minutes=2)) == 0
 
     def test_it_settles_a_canceling_job_as_canceled(self):
         job = self.make_job(scheduled_start=NINE)
@@ -250,7 +250,7 @@ class HandleStrandedTestCase(BaseTestCase):
         assert transitions.claim_task(task_id=t1.pk, server_id=None, hostname="")
         assert transitions.cancel_job(job_id=job.pk, by_id=self.alice.pk)
         BatchTask.objects.filter(pk=t1.pk).update(status=S.CANCELED)
-        assert scheduler.handle_stranded_jobs(NINE) == 1
+        assert tick.handle_stranded_jobs(NINE) == 1
         job.refresh_from_db()
         assert job.status == S.CANCELED
 
@@ -258,7 +258,7 @@ class HandleStrandedTestCase(BaseTestCase):
         job = self.make_job(scheduled_start=NINE)
         self.make_task(job, "T1")
         start(job)
-        assert scheduler.handle_stranded_jobs(NINE) == 0
+        assert tick.handle_stranded_jobs(NINE) == 0
         job.refresh_from_db()
         assert job.status == S.EXECUTING
 
@@ -273,7 +273,7 @@ class HandleStrandedTestCase(BaseTestCase):
         # A crash between settling T1 and releasing its dependents.
         BatchTask.objects.filter(pk=t1.pk).update(status=S.ENDED)
         with self.captureOnCommitCallbacks(execute=True):
-            assert scheduler.handle_stranded_tasks() == 2
+            assert tick.handle_stranded_tasks() == 2
         assert statuses(job) == {"T1": S.ENDED, "T2": S.READY, "T3": S.NOT_RUN}
         self.send.assert_called_once_with([(t2.pk, "batch.default", NORMAL_STEP)])
 
@@ -284,10 +284,10 @@ class TickTestCase(BaseTestCase):
         self.make_task(job, "T1")
         # close_old_connections() would close the test's transaction (autocommit is off in it).
         with (
-            mock.patch.object(scheduler, "close_old_connections"),
-            mock.patch.object(scheduler, "queue_size", return_value=0),
+            mock.patch.object(tick, "close_old_connections"),
+            mock.patch.object(tick, "queue_size", return_value=0),
         ):
-            counts = scheduler.tick(NINE)
+            counts = tick.tick(NINE)
         assert counts == {
             "started": 1,
             "leases_expired": 0,

@@ -9,8 +9,7 @@ from django.test import SimpleTestCase, TestCase
 from kombu.exceptions import OperationalError
 
 from batchadmin.celery import app
-from batchadmin.jobs import dispatch, runner, scheduler, tasks
-from batchadmin.servers import worker
+from batchadmin.engine import dispatch, runner, tasks, tick, worker
 
 
 class SendTestCase(SimpleTestCase):
@@ -31,7 +30,7 @@ class SendTestCase(SimpleTestCase):
 
     def test_it_never_raises_when_the_broker_is_down(self):
         self.apply_async.side_effect = [None, OperationalError("Connection refused")]
-        with self.assertLogs("batchadmin.jobs.dispatch", "ERROR") as logs:
+        with self.assertLogs("batchadmin.engine.dispatch", "ERROR") as logs:
             assert dispatch.send([(1, "batch.default"), (2, "batch.default")]) == 1
         assert "Could not send 1 of 2 task messages" in logs.output[0]
 
@@ -66,9 +65,9 @@ class CeleryTasksTestCase(SimpleTestCase):
         )
 
     def test_it_ticks(self):
-        with mock.patch.object(scheduler, "tick", return_value={"started": 1}) as tick:
+        with mock.patch.object(tick, "tick", return_value={"started": 1}) as ticked:
             assert tasks.tick() == {"started": 1}
-        tick.assert_called_once_with()
+        ticked.assert_called_once_with()
 
 
 class QueueSizeTestCase(SimpleTestCase):
@@ -83,10 +82,10 @@ class QueueSizeTestCase(SimpleTestCase):
                 # Messages of three priorities land in three of the queue's Redis lists.
                 for step in (0, 4, 8):
                     queue.put({"n": step}, priority=step)
-                assert scheduler.queue_size("batch.QueueSizeTest") == 3
+                assert tick.queue_size("batch.QueueSizeTest") == 3
             finally:
                 queue.clear()
                 queue.close()
 
     def test_it_counts_a_queue_the_broker_does_not_have_as_empty(self):
-        assert scheduler.queue_size("batch.nightly-never-declared") == 0
+        assert tick.queue_size("batch.nightly-never-declared") == 0

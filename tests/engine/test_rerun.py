@@ -14,7 +14,7 @@ import re
 
 from django.test import override_settings
 
-from batchadmin.jobs import transitions
+from batchadmin.engine import transitions
 from batchadmin.jobs.models import (
     BatchJob,
     BatchJobRun,

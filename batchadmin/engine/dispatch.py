@@ -32,7 +32,7 @@ def send(tasks: Sequence[Message]) -> int:
     Never raises: when the broker is unreachable the tasks stay Ready with their dispatch time
     recorded, and the tick re-sends them (scheduler.handle_lost_messages).
     """
-    from batchadmin.jobs.tasks import run_batch_task
+    from batchadmin.engine.tasks import run_batch_task
 
     sent = 0
     try:

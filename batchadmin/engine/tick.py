@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
 from batchadmin.alerts import delivery, stuck
-from batchadmin.jobs import dispatch, limits, priority, transitions
+from batchadmin.engine import dispatch, limits, priority, transitions
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
     RUNNING_JOB_STATUSES,

@@ -8,9 +8,9 @@ from unittest import mock
 from django.test import override_settings
 from django.utils.timezone import now
 
-from batchadmin.jobs import dispatch, runner, scheduler, transitions
+from batchadmin.engine import dispatch, runner, tick, transitions
+from batchadmin.engine.transitions import Outcome
 from batchadmin.jobs.models import BatchJobRun, BatchStatus, BatchTask, BatchTaskRun
-from batchadmin.jobs.transitions import Outcome
 from tests.base import HOSTNAME, BaseTestCase, statuses
 
 S = BatchStatus
@@ -55,10 +55,10 @@ class AbortTestCase(BaseTestCase):
     def test_a_task_still_running_after_the_grace_period_is_aborted(self):
         canceled = self.start + dt.timedelta(minutes=5)
         self.cancel(canceled)
-        assert scheduler.handle_overdue_tasks(canceled + GRACE) == 0  # not yet
+        assert tick.handle_overdue_tasks(canceled + GRACE) == 0  # not yet
         self.revoke.assert_not_called()
 
-        assert scheduler.handle_overdue_tasks(canceled + GRACE + dt.timedelta(seconds=1)) == 1
+        assert tick.handle_overdue_tasks(canceled + GRACE + dt.timedelta(seconds=1)) == 1
         self.revoke.assert_called_once_with("celery-id-1")
         assert statuses(self.job) == {"T1": S.CANCELED, "T2": S.NOT_RUN}
         self.job.refresh_from_db()
@@ -78,7 +78,7 @@ class AbortTestCase(BaseTestCase):
         assert transitions.finish_task(
             task_id=self.t1.pk, attempt=1, outcome=Outcome(canceled=True), at=canceled
         )
-        assert scheduler.handle_overdue_tasks(canceled + GRACE * 2) == 0
+        assert tick.handle_overdue_tasks(canceled + GRACE * 2) == 0
         self.revoke.assert_not_called()
         attempt = BatchTaskRun.objects.get(pk=self.task_run.pk)
         assert (attempt.status, attempt.error_message) == (S.CANCELED, "")
@@ -96,7 +96,7 @@ class AbortTestCase(BaseTestCase):
             return True
 
         self.revoke.side_effect = finishes_meanwhile
-        assert scheduler.handle_overdue_tasks(later) == 0
+        assert tick.handle_overdue_tasks(later) == 0
         self.revoke.assert_called_once_with("celery-id-1")
         attempt = BatchTaskRun.objects.get(pk=self.task_run.pk)
         assert (attempt.status, attempt.error_message) == (S.CANCELED, "")
@@ -106,14 +106,14 @@ class AbortTestCase(BaseTestCase):
     def test_a_late_result_after_the_abort_is_discarded(self):
         canceled = self.start + dt.timedelta(minutes=5)
         self.cancel(canceled)
-        assert scheduler.handle_overdue_tasks(canceled + GRACE * 2) == 1
+        assert tick.handle_overdue_tasks(canceled + GRACE * 2) == 1
         assert not transitions.finish_task(task_id=self.t1.pk, attempt=1, outcome=Outcome())
         assert statuses(self.job)["T1"] == S.CANCELED
 
     def test_a_redelivered_message_of_the_aborted_attempt_claims_nothing(self):
         canceled = self.start + dt.timedelta(minutes=5)
         self.cancel(canceled)
-        assert scheduler.handle_overdue_tasks(canceled + GRACE * 2) == 1
+        assert tick.handle_overdue_tasks(canceled + GRACE * 2) == 1
         with mock.patch.object(runner, "LEASES"):
             assert not runner.run_task(
                 task_id=self.t1.pk, server_id=None, hostname=HOSTNAME, celery_task_id="celery-id-1"
@@ -124,14 +124,14 @@ class AbortTestCase(BaseTestCase):
         BatchTaskRun.objects.filter(pk=self.task_run.pk).update(celery_task_id="")
         canceled = self.start + dt.timedelta(minutes=5)
         self.cancel(canceled)
-        assert scheduler.handle_overdue_tasks(canceled + GRACE * 2) == 1
+        assert tick.handle_overdue_tasks(canceled + GRACE * 2) == 1
         self.revoke.assert_not_called()
         assert statuses(self.job)["T1"] == S.CANCELED
 
     def test_a_process_still_running_after_the_abort_sees_it_must_stop(self):
         canceled = self.start + dt.timedelta(minutes=5)
         self.cancel(canceled)
-        assert scheduler.handle_overdue_tasks(canceled + GRACE * 2) == 1
+        assert tick.handle_overdue_tasks(canceled + GRACE * 2) == 1
         task = BatchTask.objects.get(pk=self.t1.pk)
         ctx = runner.ProcessContext(self.task_run, task)
         assert ctx.cancel_requested()
@@ -140,7 +140,7 @@ class AbortTestCase(BaseTestCase):
     def test_the_overdue_query_uses_the_deadline_index(self):
         # One query for the tick when nothing is overdue, whatever the number of tasks running.
         with self.assertNumQueries(1):
-            assert scheduler.handle_overdue_tasks(self.start + dt.timedelta(minutes=1)) == 0
+            assert tick.handle_overdue_tasks(self.start + dt.timedelta(minutes=1)) == 0
 
 
 class RevokeTestCase(BaseTestCase):
@@ -152,6 +152,6 @@ class RevokeTestCase(BaseTestCase):
     def test_a_broker_error_is_logged_not_raised(self):
         with (
             mock.patch("batchadmin.celery.app.control.revoke", side_effect=OSError("down")),
-            self.assertLogs("batchadmin.jobs.dispatch", "ERROR"),
+            self.assertLogs("batchadmin.engine.dispatch", "ERROR"),
         ):
             assert not dispatch.revoke("abc")

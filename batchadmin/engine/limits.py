@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from django.db.models import Q
 
-from batchadmin.jobs import dispatch, priority
+from batchadmin.engine import dispatch, priority
 from batchadmin.jobs.models import BatchStatus, BatchTask
 from batchadmin.servers.models import NO_LIMIT, QUEUE_PREFIX
 

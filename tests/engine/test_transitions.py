@@ -7,17 +7,9 @@ from django.conf import settings
 from django.test import SimpleTestCase, override_settings
 from django.utils.timezone import now
 
-from batchadmin.jobs import transitions
-from batchadmin.jobs.dispatch import NORMAL_STEP
-from batchadmin.jobs.models import (
-    BatchJobRun,
-    BatchLogEntry,
-    BatchStatus,
-    BatchTask,
-    BatchTaskRun,
-    StatusChange,
-)
-from batchadmin.jobs.transitions import (
+from batchadmin.engine import transitions
+from batchadmin.engine.dispatch import NORMAL_STEP
+from batchadmin.engine.transitions import (
     JOB_ALLOWED,
     TASK_ALLOWED,
     USER_MOVES,
@@ -25,6 +17,14 @@ from batchadmin.jobs.transitions import (
     Outcome,
     condition_state,
     decide,
+)
+from batchadmin.jobs.models import (
+    BatchJobRun,
+    BatchLogEntry,
+    BatchStatus,
+    BatchTask,
+    BatchTaskRun,
+    StatusChange,
 )
 from tests.base import HOSTNAME, BaseTestCase, statuses
 

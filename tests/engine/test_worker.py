@@ -7,9 +7,9 @@ import time_machine
 from django.test import SimpleTestCase
 
 from batchadmin.alerts.outbox import ALERT_QUEUE
+from batchadmin.engine import worker
 from batchadmin.jobs import io
 from batchadmin.jobs.models import BatchStatus
-from batchadmin.servers import worker
 from batchadmin.servers.models import (
     BatchGroup,
     BatchServer,

@@ -10,13 +10,14 @@ from typing import Any
 from django.test import override_settings
 from django.utils.timezone import now
 
-from batchadmin.jobs import explain, forms, io, limits, priority, scheduler, transitions
-from batchadmin.jobs.dispatch import NORMAL_STEP
+from batchadmin.engine import explain, limits, priority, tick, transitions
+from batchadmin.engine.dispatch import NORMAL_STEP
+from batchadmin.jobs import forms, io
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask
 from batchadmin.servers.forms import GroupForm
 from batchadmin.servers.models import BatchGroup, BatchServerReplica, Priority, ReservedCapacity
 from tests.base import HOSTNAME, BaseTestCase, start
-from tests.jobs.test_explain import ExplainTestCase, texts
+from tests.engine.test_explain import ExplainTestCase, texts
 
 S = BatchStatus
 P = Priority
@@ -130,31 +131,31 @@ class AgingTestCase(BaseTestCase):
         return self.t0 + dt.timedelta(seconds=seconds)
 
     def test_the_tick_resends_a_waiting_task_one_step_higher_each_period(self):
-        assert scheduler.handle_aging(self.at(30)) == 0
-        assert scheduler.handle_aging(self.at(61)) == 1
+        assert tick.handle_aging(self.at(30)) == 0
+        assert tick.handle_aging(self.at(61)) == 1
         assert steps(self.send.call_args_list) == {self.task.pk: 7}
-        assert scheduler.handle_aging(self.at(90)) == 0  # not again within the period
-        assert scheduler.handle_aging(self.at(125)) == 1
+        assert tick.handle_aging(self.at(90)) == 0  # not again within the period
+        assert tick.handle_aging(self.at(125)) == 1
         assert steps(self.send.call_args_list[-1:]) == {self.task.pk: 6}
 
     def test_it_stops_at_the_top_step(self):
-        assert scheduler.handle_aging(self.at(8 * 60 + 1)) == 1
+        assert tick.handle_aging(self.at(8 * 60 + 1)) == 1
         assert steps(self.send.call_args_list) == {self.task.pk: 0}
-        assert scheduler.handle_aging(self.at(20 * 60)) == 0
+        assert tick.handle_aging(self.at(20 * 60)) == 0
 
     def test_a_reserved_capacity_task_is_never_resent(self):
         BatchJob.objects.filter(pk=self.job.pk).update(priority=P.RESERVED)
-        assert scheduler.handle_aging(self.at(600)) == 0
+        assert tick.handle_aging(self.at(600)) == 0
 
     def test_a_started_or_held_task_is_left_alone(self):
         BatchTask.objects.filter(pk=self.task.pk).update(dispatched_at=None)
-        assert scheduler.handle_aging(self.at(600)) == 0
+        assert tick.handle_aging(self.at(600)) == 0
         BatchTask.objects.filter(pk=self.task.pk).update(status=S.EXECUTING, dispatched_at=now())
-        assert scheduler.handle_aging(self.at(600)) == 0
+        assert tick.handle_aging(self.at(600)) == 0
 
     @override_settings(BATCH_PRIORITY_AGING_SECONDS=0)
     def test_zero_turns_aging_off(self):
-        assert scheduler.handle_aging(self.at(600)) == 0
+        assert tick.handle_aging(self.at(600)) == 0
 
 
 class ReservedCapacityTestCase(BaseTestCase):
@@ -192,12 +193,12 @@ class ReservedCapacityTestCase(BaseTestCase):
         BatchTask.objects.filter(pk=self.tasks[4].pk).update(dispatched_at=None)  # also held
         at = now() + dt.timedelta(seconds=1)
         self.send.reset_mock()
-        assert scheduler.handle_ready_tasks(at) == 0  # no spinning while the group is full
+        assert tick.handle_ready_tasks(at) == 0  # no spinning while the group is full
         task = BatchTask.objects.get(pk=self.tasks[0].pk)
         transitions.finish_task(
             task_id=task.pk, attempt=task.attempt, outcome=transitions.Outcome()
         )
-        assert scheduler.handle_ready_tasks(at) == 1
+        assert tick.handle_ready_tasks(at) == 1
         assert len(self.send.call_args.args[0]) == 1
         assert self.claim(self.tasks[3])
 

@@ -20,7 +20,7 @@ from django.db import (
 )
 from django.utils.timezone import now
 
-from batchadmin.jobs import transitions
+from batchadmin.engine import transitions
 from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun, Company
 from batchadmin.processes import registry
 from batchadmin.servers import metrics

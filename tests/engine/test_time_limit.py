@@ -10,7 +10,8 @@ from django.db import IntegrityError
 from django.test import SimpleTestCase, override_settings
 from django.utils.timezone import now
 
-from batchadmin.jobs import dispatch, runner, scheduler, transitions
+from batchadmin.engine import dispatch, runner, tick, transitions
+from batchadmin.engine.transitions import Outcome
 from batchadmin.jobs.models import (
     TIME_LIMIT_MAX_SECONDS,
     BatchJobRun,
@@ -19,7 +20,6 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskRun,
 )
-from batchadmin.jobs.transitions import Outcome
 from batchadmin.lib import durations
 from tests.base import HOSTNAME, BaseTestCase, statuses
 
@@ -76,8 +76,8 @@ class TimeLimitTestCase(BaseTestCase):
         assert task.deadline_at == self.start + dt.timedelta(hours=6)
 
     def test_past_the_limit_the_attempt_is_asked_to_stop(self):
-        assert scheduler.handle_overdue_tasks(self.limit_at) == 0  # not past it yet
-        assert scheduler.handle_overdue_tasks(self.limit_at + SECOND) == 1
+        assert tick.handle_overdue_tasks(self.limit_at) == 0  # not past it yet
+        assert tick.handle_overdue_tasks(self.limit_at + SECOND) == 1
         task = self.task()
         assert (task.status, task.timed_out) == (S.EXECUTING, True)
         assert task.deadline_at == self.limit_at + SECOND + GRACE
@@ -92,7 +92,7 @@ class TimeLimitTestCase(BaseTestCase):
         assert ctx.time_limit == 3600
 
     def test_a_process_that_stops_when_asked_ends_in_error_without_a_retry(self):
-        assert scheduler.handle_overdue_tasks(self.limit_at + SECOND) == 1
+        assert tick.handle_overdue_tasks(self.limit_at + SECOND) == 1
         outcome, lines = runner.execute(self.task_run)  # demo.sleep checks for a cancel
         assert outcome == Outcome(
             error="Time limit of 1 h exceeded; the process stopped when asked.", retryable=False
@@ -109,10 +109,10 @@ class TimeLimitTestCase(BaseTestCase):
 
     def test_a_process_that_ignores_it_is_aborted_after_the_grace_period(self):
         asked_at = self.limit_at + SECOND
-        assert scheduler.handle_overdue_tasks(asked_at) == 1
-        assert scheduler.handle_overdue_tasks(asked_at + GRACE) == 0
+        assert tick.handle_overdue_tasks(asked_at) == 1
+        assert tick.handle_overdue_tasks(asked_at + GRACE) == 0
         self.revoke.assert_not_called()
-        assert scheduler.handle_overdue_tasks(asked_at + GRACE + SECOND) == 1
+        assert tick.handle_overdue_tasks(asked_at + GRACE + SECOND) == 1
         self.revoke.assert_called_once_with("celery-T1")
         assert statuses(self.job) == {"T1": S.ERROR, "T2": S.NOT_RUN}
         assert self.task().retries == 0
@@ -129,19 +129,19 @@ class TimeLimitTestCase(BaseTestCase):
         assert transitions.finish_task(
             task_id=self.t1.pk, attempt=1, outcome=Outcome(), at=self.limit_at + SECOND
         )
-        assert scheduler.handle_overdue_tasks(self.limit_at + GRACE * 3) == 0
+        assert tick.handle_overdue_tasks(self.limit_at + GRACE * 3) == 0
         self.revoke.assert_not_called()
         assert statuses(self.job)["T1"] == S.ENDED
 
     def test_a_cancel_after_the_time_limit_aborts_as_a_cancel(self):
         asked_at = self.limit_at + SECOND
-        assert scheduler.handle_overdue_tasks(asked_at) == 1
+        assert tick.handle_overdue_tasks(asked_at) == 1
         canceled = asked_at + dt.timedelta(seconds=10)
         with mock.patch.object(transitions, "now", return_value=canceled):
             assert transitions.cancel_job(job_id=self.job.pk, by_id=self.alice.pk)
         # The cancel gave it a fresh grace period: the time limit's has passed, this one not.
-        assert scheduler.handle_overdue_tasks(asked_at + GRACE + SECOND) == 0
-        assert scheduler.handle_overdue_tasks(canceled + GRACE + SECOND) == 1
+        assert tick.handle_overdue_tasks(asked_at + GRACE + SECOND) == 0
+        assert tick.handle_overdue_tasks(canceled + GRACE + SECOND) == 1
         assert statuses(self.job)["T1"] == S.CANCELED
         self.job.refresh_from_db()
         assert self.job.status == S.CANCELED
@@ -156,8 +156,8 @@ class TimeLimitTestCase(BaseTestCase):
         self.revoke.assert_not_called()
 
     def test_the_next_attempt_starts_with_a_fresh_deadline(self):
-        assert scheduler.handle_overdue_tasks(self.limit_at + SECOND) == 1
-        assert scheduler.handle_overdue_tasks(self.limit_at + GRACE * 2) == 1
+        assert tick.handle_overdue_tasks(self.limit_at + SECOND) == 1
+        assert tick.handle_overdue_tasks(self.limit_at + GRACE * 2) == 1
         assert transitions.rerun_job(job_id=self.job.pk, by_id=None, only_failed=True)
         later = self.limit_at + dt.timedelta(hours=1)
         assert transitions.start_job(job_id=self.job.pk, at=later)

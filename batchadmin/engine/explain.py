@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils.timezone import localtime, now
 
-from batchadmin.jobs import priority, transitions
+from batchadmin.engine import priority, transitions
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
     BatchJob,

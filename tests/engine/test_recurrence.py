@@ -11,7 +11,8 @@ import time_machine
 from django.test import override_settings
 from django.utils.timezone import now
 
-from batchadmin.jobs import scheduler, transitions
+from batchadmin.engine import tick, transitions
+from batchadmin.engine.transitions import Outcome
 from batchadmin.jobs.models import (
     ActivePeriod,
     BatchJob,
@@ -22,7 +23,6 @@ from batchadmin.jobs.models import (
     MissedOccurrence,
     StatusChange,
 )
-from batchadmin.jobs.transitions import Outcome
 from tests.base import HOSTNAME, BaseTestCase
 
 S = BatchStatus
@@ -255,7 +255,7 @@ class MissedRunsTestCase(RecurrenceTestCase):
                     )
                 finish_at = None
             with time_machine.travel(at, tick=False), self.captureOnCommitCallbacks(execute=True):
-                started = scheduler.handle_due_jobs(now())
+                started = tick.handle_due_jobs(now())
             if started:
                 assert finish_at is None, f"started again at {at} while running"
                 starts.append(at)
@@ -328,13 +328,13 @@ class ActivePeriodTestCase(RecurrenceTestCase):
         job = self.make_job(scheduled_start=NINE, active_period=self.night)
         self.make_task(job, "T1")
         opening = dt.datetime(2025, 3, 3, 17, 0, tzinfo=UTC)  # 18:00 in Oslo
-        assert scheduler.handle_due_jobs(NINE) == 0
+        assert tick.handle_due_jobs(NINE) == 0
         job.refresh_from_db()
         assert (job.status, job.scheduled_start) == (S.WAITING, opening)
         # The tick does not look at it again until then: one query, nothing due.
         with self.assertNumQueries(1):
-            assert scheduler.handle_due_jobs(opening - dt.timedelta(seconds=1)) == 0
-        assert scheduler.handle_due_jobs(opening) == 1
+            assert tick.handle_due_jobs(opening - dt.timedelta(seconds=1)) == 0
+        assert tick.handle_due_jobs(opening) == 1
         job.refresh_from_db()
         assert job.status == S.EXECUTING
 
@@ -367,7 +367,7 @@ class BrokenRecurrenceTestCase(RecurrenceTestCase):
     def test_it_ends_a_job_whose_recurrence_was_edited_into_nonsense(self):
         job = self.make_recurring(unit=BatchRecurrence.Unit.WEEKS)
         BatchRecurrence.objects.filter(job=job).update(weekdays=["funday"])
-        with self.assertLogs("batchadmin.jobs.transitions", "ERROR") as logs:
+        with self.assertLogs("batchadmin.engine.transitions", "ERROR") as logs:
             self.run_once(job, NINE)
         assert "invalid recurrence, no further runs" in logs.output[0]
         assert job.status == S.ENDED  # the task's finish still went through
@@ -375,7 +375,7 @@ class BrokenRecurrenceTestCase(RecurrenceTestCase):
     def test_it_starts_a_skipping_job_with_a_broken_recurrence_as_scheduled(self):
         job = self.make_recurring(missed=Missed.SKIP)
         BatchRecurrence.objects.filter(job=job).update(time_zone="Mars/Olympus")
-        with self.assertLogs("batchadmin.jobs.transitions", "ERROR"):
+        with self.assertLogs("batchadmin.engine.transitions", "ERROR"):
             assert transitions.start_job(job_id=job.pk, at=NINE + dt.timedelta(hours=5))
 
     def test_it_says_what_is_wrong_with_it_in_the_job_list(self):

@@ -22,7 +22,8 @@ from django.db.models import F
 from django.utils.timezone import now
 
 from batchadmin.alerts import outbox
-from batchadmin.jobs import dispatch, history, limits, priority
+from batchadmin.engine import dispatch, limits, priority
+from batchadmin.jobs import history
 from batchadmin.jobs.models import (
     MISSED_COUNT_LIMIT,
     OPEN_TASK_STATUSES,

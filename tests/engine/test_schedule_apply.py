@@ -7,7 +7,8 @@ from unittest import mock
 from django.test import SimpleTestCase
 
 from batchadmin.alerts.outbox import ALERT_QUEUE
-from batchadmin.servers import schedule, worker
+from batchadmin.engine import worker
+from batchadmin.servers import schedule
 from batchadmin.servers.models import BatchServer, BatchServerReplica, BatchServerSchedule
 from tests.base import BaseTestCase
 

@@ -15,11 +15,11 @@ from django.test import TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 from django.utils.timezone import now
 
-from batchadmin.jobs import explain, limits, scheduler, transitions
+from batchadmin.engine import explain, limits, tick, transitions
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskRun, Company
 from batchadmin.servers.models import BatchGroup
 from tests.base import HOSTNAME, BaseTestCase, start
-from tests.jobs.test_explain import ExplainTestCase, texts
+from tests.engine.test_explain import ExplainTestCase, texts
 
 S = BatchStatus
 
@@ -99,30 +99,30 @@ class DispatchTestCase(LimitsTestCase):
         self.start_job()
         self.send.assert_not_called()
         assert self.held() == {f"T{i}" for i in range(5)}
-        assert scheduler.handle_ready_tasks(now()) == 0
+        assert tick.handle_ready_tasks(now()) == 0
         self.send.assert_not_called()
 
     def test_unpausing_releases_held_tasks_at_the_next_tick(self):
         self.set_limit(-1)
         self.start_job()
         self.set_limit(0)
-        assert scheduler.handle_ready_tasks(now()) == 5
+        assert tick.handle_ready_tasks(now()) == 5
         assert self.held() == set()
 
     def test_the_tick_sends_held_tasks_up_to_the_limit(self):
         self.set_limit(-1)
         self.start_job()
         self.set_limit(3)
-        assert scheduler.handle_ready_tasks(now()) == 3
-        assert scheduler.handle_ready_tasks(now()) == 0  # the job is at its limit
+        assert tick.handle_ready_tasks(now()) == 3
+        assert tick.handle_ready_tasks(now()) == 0  # the job is at its limit
         assert self.held() == {"T3", "T4"}
 
     def test_the_tick_does_not_resend_lost_messages_of_a_paused_group(self):
         self.start_job()
         self.set_limit(-1)
         later = now() + dt.timedelta(hours=1)
-        with mock.patch.object(scheduler, "queue_size", return_value=0):
-            assert scheduler.handle_lost_messages(later) == 0
+        with mock.patch.object(tick, "queue_size", return_value=0):
+            assert tick.handle_lost_messages(later) == 0
 
     def test_unlimited_groups_skip_the_limit_check(self):
         BatchGroup.objects.filter(pk=self.reporting.pk).update(max_concurrency=0)
@@ -230,7 +230,7 @@ class ConcurrentClaimTestCase(TransactionTestCase):
     def setUp(self) -> None:
         limits.clear_cache()
         self.addCleanup(limits.clear_cache)
-        self.enterContext(mock.patch("batchadmin.jobs.dispatch.send", return_value=0))
+        self.enterContext(mock.patch("batchadmin.engine.dispatch.send", return_value=0))
         user = User.objects.create_user("alice")
         company = Company.objects.create(code="USMF", name="USMF")
         self.group = BatchGroup.objects.create(code="Reporting", max_concurrency=2)

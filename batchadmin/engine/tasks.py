@@ -7,8 +7,8 @@ from typing import Any
 from celery import Task, shared_task
 from django.db import IntegrityError, InterfaceError, OperationalError, connection
 
-from batchadmin.jobs import runner, scheduler
-from batchadmin.servers import worker
+from batchadmin.engine import runner, worker
+from batchadmin.engine import tick as engine_tick
 
 
 @shared_task(bind=True, name="batchadmin.run_batch_task", acks_late=True, ignore_result=True)
@@ -49,4 +49,4 @@ def run_batch_task(self: Task[Any, Any], task_id: int) -> None:
 @shared_task(name="batchadmin.tick", ignore_result=True)
 def tick() -> dict[str, int]:
     """The clock: beat runs this in its own process every second (see jobs/beat.py)."""
-    return scheduler.tick()
+    return engine_tick.tick()

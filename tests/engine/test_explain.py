@@ -15,7 +15,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from batchadmin.jobs import explain, task_grid, transitions
+from batchadmin.engine import explain, transitions
+from batchadmin.jobs import task_grid
 from batchadmin.jobs.models import ActivePeriod, BatchJob, BatchStatus, BatchTask
 from batchadmin.servers.models import (
     BatchGroup,
