@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db.models import Exists, F, OuterRef, Window
 from django.db.models.functions import RowNumber
 
-from batchadmin.alerts import delivery, outbox
+from batchadmin.alerts import outbox
 from batchadmin.alerts.models import AlertEvent, AlertKind
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
@@ -35,14 +35,14 @@ from batchadmin.jobs.models import (
     BatchStatus,
     BatchTask,
 )
-from batchadmin.lib import durations
+from batchadmin.lib import durations, every
 from batchadmin.servers import coverage
 from batchadmin.servers.models import BatchGroup
 
 log = logging.getLogger(__name__)
 
-LONG_RUNNING_CHECK = delivery.Every("BATCH_STUCK_CHECK_SECONDS")
-UNSERVED_CHECK = delivery.Every("BATCH_STUCK_CHECK_SECONDS")
+LONG_RUNNING_CHECK = every.Every("BATCH_STUCK_CHECK_SECONDS", logger=log)
+UNSERVED_CHECK = every.Every("BATCH_STUCK_CHECK_SECONDS", logger=log)
 _JOB_FIELDS = (
     "pk",
     "description",

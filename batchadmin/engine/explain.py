@@ -29,7 +29,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
 )
-from batchadmin.lib import durations, recurrence
+from batchadmin.lib import broker, durations, recurrence
 from batchadmin.servers import coverage
 from batchadmin.servers.models import (
     QUEUE_PREFIX,
@@ -723,20 +723,13 @@ def queue_sizes(
 ) -> dict[int, int | None]:
     """Messages waiting in each group's queue (all its priority lists): one round trip.
 
-    The page must not hang on the broker: the same short-timeout, no-retry client as /metrics.
-    When the broker is down every size is None and the explanations leave the queue out.
+    When the broker is down or slow every size is None and the explanations leave the queue
+    out: a page must not hang or fail on the broker.
     """
     if not groups:
         return {}
-    from batchadmin.servers.metrics import queue_keys, redis_client
-
-    keys = {g.pk: queue_keys(QUEUE_PREFIX + g.code) for g in groups}
     try:
-        with redis_client(url=broker_url) as client, client.pipeline(transaction=False) as pipe:
-            for group_keys in keys.values():
-                for key in group_keys:
-                    pipe.llen(key)
-            lengths = iter(pipe.execute())
-    except Exception:  # the broker is down or slow: say nothing about queues
+        lengths = broker.queue_lengths([QUEUE_PREFIX + g.code for g in groups], url=broker_url)
+    except Exception:
         return {g.pk: None for g in groups}
-    return {pk: sum(int(next(lengths)) for _ in group_keys) for pk, group_keys in keys.items()}
+    return {g.pk: lengths[QUEUE_PREFIX + g.code] for g in groups}

@@ -20,10 +20,9 @@ from django.db import (
 )
 from django.utils.timezone import now
 
-from batchadmin.engine import transitions
+from batchadmin.engine import counters, transitions
 from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun, Company
 from batchadmin.processes import registry
-from batchadmin.servers import metrics
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -187,9 +186,9 @@ def run_task(
     finally:
         LEASES.untrack(task_id)
     if finished:  # False: a late result the tick already counted when the lease ran out
-        metrics.task_finished(
+        counters.task_finished(
             task_id=task_id,
-            status=metrics.attempt_status(outcome),
+            status=counters.attempt_status(outcome),
             seconds=time.monotonic() - started,
         )
     return True

@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
 from batchadmin.alerts import delivery, stuck
-from batchadmin.engine import dispatch, limits, priority, transitions
+from batchadmin.engine import counters, dispatch, limits, priority, transitions
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
     RUNNING_JOB_STATUSES,
@@ -30,7 +30,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
 )
-from batchadmin.servers import metrics
+from batchadmin.lib import broker
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def handle_expired_leases(at: dt.datetime) -> int:
             log.warning("Task %s attempt %s: batch server lost", task_id, attempt)
             n += 1
             seconds = (at - started_at).total_seconds() if started_at else 0.0
-            metrics.task_finished(task_id=task_id, status=S.ERROR, seconds=seconds, group=group)
+            counters.task_finished(task_id=task_id, status=S.ERROR, seconds=seconds, group=group)
     return n
 
 
@@ -125,7 +125,7 @@ def handle_overdue_tasks(at: dt.datetime) -> int:
                 n += 1
                 final = S.CANCELED if status == S.CANCELING else S.ERROR
                 seconds = (at - started_at).total_seconds() if started_at else 0.0
-                metrics.task_finished(task_id=task_id, status=final, seconds=seconds, group=group)
+                counters.task_finished(task_id=task_id, status=final, seconds=seconds, group=group)
         except Exception:
             log.exception("Could not stop task %s attempt %s", task_id, attempt)
     return n
@@ -203,7 +203,7 @@ def handle_lost_messages(at: dt.datetime) -> int:
     lost = [
         row
         for code, group_rows in by_group.items()
-        if queue_size(QUEUE_PREFIX + code) == 0
+        if broker.queue_length(QUEUE_PREFIX + code) == 0
         for row in group_rows
     ]
     return _redispatch(lost, at)
@@ -249,18 +249,6 @@ def _redispatch(rows: list[tuple[int, str, int]], at: dt.datetime) -> int:
         dispatched_at=at
     )
     return dispatch.send([(pk, QUEUE_PREFIX + code, step) for pk, code, step in rows])
-
-
-def queue_size(queue: str) -> int:
-    """Messages waiting in a broker queue over its priority lists (not those workers hold).
-
-    The same short-timeout client and keys as /metrics and the explanations; one retry, for a
-    pooled connection that died with a Redis restart.
-    """
-    with metrics.redis_client(retries=1) as client, client.pipeline(transaction=False) as pipe:
-        for key in metrics.queue_keys(queue):
-            pipe.llen(key)
-        return sum(int(n) for n in pipe.execute())
 
 
 def handle_stranded_tasks() -> int:

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_safe
 from django_celery_beat.models import PeriodicTask
 
 from batchadmin.engine import beat
-from batchadmin.servers import metrics
+from batchadmin.lib import broker
 
 STATEMENT_TIMEOUT_MS = 1000
 ERROR_MAX_CHARS = 300
@@ -46,7 +46,7 @@ def check_broker() -> dict[str, Any]:
     started = time.monotonic()
     try:
         # A fresh connection, no retries: the answer is about Redis now, within a second.
-        with metrics.redis_client() as client:
+        with broker.client() as client:
             client.ping()
     except Exception as exc:
         return {"ok": False, "ms": _ms(started), "error": _describe(exc)}

@@ -10,8 +10,8 @@ from django.test import override_settings
 
 from batchadmin.alerts import delivery, outbox
 from batchadmin.alerts.models import AlertEvent, AlertKind, BatchJobAlert, Notification
-from batchadmin.engine import tick
 from batchadmin.jobs.models import BatchJob
+from batchadmin.lib import broker
 from tests.base import BaseTestCase
 
 Email = Notification.Email
@@ -23,7 +23,9 @@ class SweepTestCase(BaseTestCase):
     def setUp(self):
         super().setUp()
         self.job = self.make_job()
-        self.queue_size = self.enterContext(mock.patch.object(tick, "queue_size", return_value=0))
+        self.queue_size = self.enterContext(
+            mock.patch.object(broker, "queue_length", return_value=0)
+        )
 
     def event(self, key: str = "run:1:error", at: dt.datetime = NINE) -> AlertEvent:
         event_id = outbox.record(

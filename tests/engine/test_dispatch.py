@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from unittest import mock
 
-from django.conf import settings
 from django.test import SimpleTestCase, TestCase
 from kombu.exceptions import OperationalError
 
@@ -68,24 +67,3 @@ class CeleryTasksTestCase(SimpleTestCase):
         with mock.patch.object(tick, "tick", return_value={"started": 1}) as ticked:
             assert tasks.tick() == {"started": 1}
         ticked.assert_called_once_with()
-
-
-class QueueSizeTestCase(SimpleTestCase):
-    """Against the tests' own Redis db (tests/settings.py), as kombu writes messages there."""
-
-    def test_it_counts_the_messages_waiting_in_a_queue(self):
-        from kombu import Connection
-
-        with Connection(settings.CELERY_BROKER_URL) as conn:
-            queue = conn.SimpleQueue("batch.QueueSizeTest")
-            try:
-                # Messages of three priorities land in three of the queue's Redis lists.
-                for step in (0, 4, 8):
-                    queue.put({"n": step}, priority=step)
-                assert tick.queue_size("batch.QueueSizeTest") == 3
-            finally:
-                queue.clear()
-                queue.close()
-
-    def test_it_counts_a_queue_the_broker_does_not_have_as_empty(self):
-        assert tick.queue_size("batch.nightly-never-declared") == 0

@@ -17,6 +17,7 @@ from django.utils.timezone import now
 
 from batchadmin.engine import explain, limits, tick, transitions
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskRun, Company
+from batchadmin.lib import broker
 from batchadmin.servers.models import BatchGroup
 from tests.base import HOSTNAME, BaseTestCase, start
 from tests.engine.test_explain import ExplainTestCase, texts
@@ -121,7 +122,7 @@ class DispatchTestCase(LimitsTestCase):
         self.start_job()
         self.set_limit(-1)
         later = now() + dt.timedelta(hours=1)
-        with mock.patch.object(tick, "queue_size", return_value=0):
+        with mock.patch.object(broker, "queue_length", return_value=0):
             assert tick.handle_lost_messages(later) == 0
 
     def test_unlimited_groups_skip_the_limit_check(self):

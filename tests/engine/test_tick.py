@@ -12,6 +12,7 @@ from batchadmin.engine import tick, transitions
 from batchadmin.engine.dispatch import NORMAL_STEP
 from batchadmin.engine.transitions import SERVER_LOST, Outcome
 from batchadmin.jobs.models import BatchJobRun, BatchStatus, BatchTask, BatchTaskRun
+from batchadmin.lib import broker
 from batchadmin.servers.models import BatchGroup
 from tests.base import HOSTNAME, BaseTestCase, start, statuses
 
@@ -210,7 +211,7 @@ class HandleLostMessagesTestCase(BaseTestCase):
         self.later = NINE + dt.timedelta(seconds=settings.BATCH_REDISPATCH_AFTER_SECONDS + 1)
 
     def test_it_resends_a_message_lost_from_an_empty_queue(self):
-        with mock.patch.object(tick, "queue_size", return_value=0) as queue_size:
+        with mock.patch.object(broker, "queue_length", return_value=0) as queue_size:
             assert tick.handle_lost_messages(self.later) == 1
         queue_size.assert_called_once_with("batch.default")
         (sent,), _ = self.send.call_args
@@ -219,12 +220,12 @@ class HandleLostMessagesTestCase(BaseTestCase):
         assert self.task.dispatched_at == self.later
 
     def test_it_does_not_resend_while_the_queue_holds_messages(self):
-        with mock.patch.object(tick, "queue_size", return_value=3):
+        with mock.patch.object(broker, "queue_length", return_value=3):
             assert tick.handle_lost_messages(self.later) == 0
         self.send.assert_not_called()
 
     def test_it_does_not_resend_a_recent_message(self):
-        with mock.patch.object(tick, "queue_size", return_value=0) as queue_size:
+        with mock.patch.object(broker, "queue_length", return_value=0) as queue_size:
             assert tick.handle_lost_messages(NINE + dt.timedelta(seconds=1)) == 0
         queue_size.assert_not_called()
 
@@ -285,7 +286,7 @@ class TickTestCase(BaseTestCase):
         # close_old_connections() would close the test's transaction (autocommit is off in it).
         with (
             mock.patch.object(tick, "close_old_connections"),
-            mock.patch.object(tick, "queue_size", return_value=0),
+            mock.patch.object(broker, "queue_length", return_value=0),
         ):
             counts = tick.tick(NINE)
         assert counts == {
