@@ -268,6 +268,10 @@ BATCH_REDISPATCH_AFTER_SECONDS = env_float("BATCH_REDISPATCH_AFTER_SECONDS", 30)
 # this many seconds (priority.py), so Low tasks are never starved by a stream of higher ones.
 # 0 turns aging off (strict priority order).
 BATCH_PRIORITY_AGING_SECONDS = env_float("BATCH_PRIORITY_AGING_SECONDS", 60)
+# Queues every batch server replica consumes besides its batch groups' queues, whatever its
+# groups and schedule: the alert deliveries (alerts/outbox.py), so alerts go out with the
+# workers ops already run.
+BATCH_SERVICE_QUEUES = ["batchadmin.alerts"]
 # Modules whose import registers batch processes (add your own, comma-separated).
 BATCH_PROCESS_MODULES = [
     "batchadmin.processes.builtin",

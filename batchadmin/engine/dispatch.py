@@ -12,11 +12,15 @@ from collections.abc import Sequence
 
 from django.db import transaction
 
+from batchadmin.celery import app
+
 log = logging.getLogger(__name__)
 # (task id, queue) or (task id, queue, Redis priority step: lower is served first, see
 # priority.py). Without a step the message goes at Normal's.
 Message = tuple[int, str] | tuple[int, str, int]
 NORMAL_STEP = 6  # priority.STEPS[Priority.NORMAL]; not imported, to keep this module light
+# Sent by name: this module imports no task (tasks.py imports the engine, not the other way).
+RUN_TASK = "batchadmin.run_batch_task"
 
 
 def send_on_commit(tasks: Sequence[Message]) -> None:
@@ -30,15 +34,14 @@ def send(tasks: Sequence[Message]) -> int:
     """Publish one message per task over a single pooled connection; returns how many went out.
 
     Never raises: when the broker is unreachable the tasks stay Ready with their dispatch time
-    recorded, and the tick re-sends them (scheduler.handle_lost_messages).
+    recorded, and the tick re-sends them (tick.handle_lost_messages).
     """
-    from batchadmin.engine.tasks import run_batch_task
-
     sent = 0
     try:
-        with run_batch_task.app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer:
             for task_id, queue, *step in tasks:
-                run_batch_task.apply_async(
+                app.send_task(
+                    RUN_TASK,
                     (task_id,),
                     queue=queue,
                     producer=producer,
@@ -63,8 +66,6 @@ def revoke(celery_task_id: str) -> bool:
     the claim refuses it (the task is no longer Ready). Never raises: the caller settles the
     attempt anyway, and the orphan's late result is then discarded.
     """
-    from batchadmin.celery import app
-
     try:
         app.control.revoke(celery_task_id, terminate=True, signal="SIGKILL")
     except Exception:

@@ -7,11 +7,11 @@ from typing import Any
 from celery import Task, shared_task
 from django.db import IntegrityError, InterfaceError, OperationalError, connection
 
-from batchadmin.engine import runner, worker
+from batchadmin.engine import dispatch, runner, worker
 from batchadmin.engine import tick as engine_tick
 
 
-@shared_task(bind=True, name="batchadmin.run_batch_task", acks_late=True, ignore_result=True)
+@shared_task(bind=True, name=dispatch.RUN_TASK, acks_late=True, ignore_result=True)
 def run_batch_task(self: Task[Any, Any], task_id: int) -> None:
     hostname = self.request.hostname or ""
     # Recorded on the attempt so that an abort can revoke (kill) exactly this execution.

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import time
 from collections import defaultdict
+from typing import cast
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
@@ -20,8 +21,7 @@ from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
-from batchadmin.alerts import delivery, stuck
-from batchadmin.engine import counters, dispatch, limits, priority, transitions
+from batchadmin.engine import counters, dispatch, limits, priority, signals, transitions
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
     RUNNING_JOB_STATUSES,
@@ -56,7 +56,7 @@ def tick(at: dt.datetime | None = None) -> dict[str, int]:
 def _tick(at: dt.datetime | None) -> dict[str, int]:
     close_old_connections()  # beat is long-lived: drop a connection the database has closed
     at = at or now()
-    return {
+    counts = {
         "started": handle_due_jobs(at),
         "leases_expired": handle_expired_leases(at),
         "overdue": handle_overdue_tasks(at),
@@ -65,11 +65,11 @@ def _tick(at: dt.datetime | None) -> dict[str, int]:
         "aged": handle_aging(at),
         "released": handle_stranded_tasks(),
         "settled": handle_stranded_jobs(at),
-        # Alerts last and throttled (every 30 s); they never raise into the tick.
-        "running_long": stuck.handle_long_running(at),
-        "unserved": stuck.handle_unserved(at),
-        "alerts_resent": delivery.handle_undelivered(at),
     }
+    # Then what others hang on the tick (the alerts' checks, throttled; they never raise).
+    for _receiver, more in signals.ticked.send(None, at=at):
+        counts.update(cast(dict[str, int], more))
+    return counts
 
 
 def handle_due_jobs(at: dt.datetime) -> int:

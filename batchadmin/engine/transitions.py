@@ -21,8 +21,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils.timezone import now
 
-from batchadmin.alerts import outbox
-from batchadmin.engine import dispatch, limits, priority
+from batchadmin.engine import dispatch, limits, priority, signals
 from batchadmin.jobs import history
 from batchadmin.jobs.models import (
     MISSED_COUNT_LIMIT,
@@ -974,8 +973,9 @@ def _settle_job_if_done(job_id: int, *, at: dt.datetime) -> bool:
         BatchJobRun.objects.filter(pk=job.current_run_id).update(status=final, ended_at=at)
         _record_unattempted_tasks(job_id, job.current_run_id)
     _record(job_id, job.status, final, run_id=job.current_run_id, at=at)
-    # The alert takes its snapshot (failing tasks, first error lines) before history may go.
-    outbox.job_ended(job, run_id=job.current_run_id, final=final, at=at)
+    # Alerts (alerts/apps.py) take their snapshot (failing tasks, first error lines) here,
+    # in this transaction, before the history may go.
+    signals.job_settled.send(BatchJob, job=job, run_id=job.current_run_id, final=final, at=at)
     history.apply_save_policy(job, run_id=job.current_run_id, final=final)
     if final != S.CANCELED:
         _schedule_next_run(job, final=final, at=at)

@@ -26,7 +26,6 @@ from django.conf import settings
 from django.db import close_old_connections, connections, transaction
 from django.utils.timezone import now
 
-from batchadmin.alerts.outbox import ALERT_QUEUE
 from batchadmin.servers import schedule
 from batchadmin.servers.models import (
     QUEUE_PREFIX,
@@ -72,16 +71,17 @@ def forget_server(hostname: str) -> None:
 
 
 def wanted_queues(server: BatchServer, threads: int | None = None) -> list[str]:
-    """The queues of the server's groups, then the alerts queue.
+    """The queues of the server's groups, then the service queues (the alerts').
 
-    Every replica delivers alerts, also a disabled server, one without groups or one outside
-    every schedule window (``threads`` 0), so alerts go out with the workers ops already run.
-    Being always wanted, the heartbeat never cancels it.
+    Every replica consumes the service queues, also a disabled server, one without groups or
+    one outside every schedule window (``threads`` 0), so alerts go out with the workers ops
+    already run. Being always wanted, the heartbeat never cancels them.
     """
+    service = list(settings.BATCH_SERVICE_QUEUES)
     if not server.enabled or threads == 0:
-        return [ALERT_QUEUE]
+        return service
     codes = server.groups.values_list("code", flat=True)
-    return [*sorted(QUEUE_PREFIX + code for code in codes), ALERT_QUEUE]
+    return [*sorted(QUEUE_PREFIX + code for code in codes), *service]
 
 
 @signals.celeryd_init.connect

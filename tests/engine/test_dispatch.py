@@ -15,20 +15,32 @@ class SendTestCase(SimpleTestCase):
     def setUp(self):
         super().setUp()
         self.producer_or_acquire = self.enterContext(mock.patch.object(app, "producer_or_acquire"))
-        self.apply_async = self.enterContext(mock.patch.object(tasks.run_batch_task, "apply_async"))
+        self.send_task = self.enterContext(mock.patch.object(app, "send_task"))
 
     def test_it_sends_each_task_to_its_queue_over_one_connection(self):
         assert dispatch.send([(1, "batch.default"), (2, "batch.nightly", 2)]) == 2
         producer = self.producer_or_acquire.return_value.__enter__.return_value
         assert self.producer_or_acquire.call_count == 1
         # Without a priority step a message goes at Normal's.
-        assert self.apply_async.call_args_list == [
-            mock.call((1,), queue="batch.default", producer=producer, priority=6),
-            mock.call((2,), queue="batch.nightly", producer=producer, priority=2),
+        assert self.send_task.call_args_list == [
+            mock.call(
+                "batchadmin.run_batch_task",
+                (1,),
+                queue="batch.default",
+                producer=producer,
+                priority=6,
+            ),
+            mock.call(
+                "batchadmin.run_batch_task",
+                (2,),
+                queue="batch.nightly",
+                producer=producer,
+                priority=2,
+            ),
         ]
 
     def test_it_never_raises_when_the_broker_is_down(self):
-        self.apply_async.side_effect = [None, OperationalError("Connection refused")]
+        self.send_task.side_effect = [None, OperationalError("Connection refused")]
         with self.assertLogs("batchadmin.engine.dispatch", "ERROR") as logs:
             assert dispatch.send([(1, "batch.default"), (2, "batch.default")]) == 1
         assert "Could not send 1 of 2 task messages" in logs.output[0]

@@ -6,12 +6,12 @@ from unittest import mock
 
 from django.test import SimpleTestCase
 
-from batchadmin.alerts.outbox import ALERT_QUEUE
 from batchadmin.engine import worker
 from batchadmin.servers import schedule
 from batchadmin.servers.models import BatchServer, BatchServerReplica, BatchServerSchedule
 from tests.base import BaseTestCase
 
+ALERT_QUEUE = "batchadmin.alerts"  # settings.BATCH_SERVICE_QUEUES
 NINE = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 
 

@@ -6,7 +6,6 @@ from unittest import mock
 import time_machine
 from django.test import SimpleTestCase
 
-from batchadmin.alerts.outbox import ALERT_QUEUE
 from batchadmin.engine import worker
 from batchadmin.jobs import io
 from batchadmin.jobs.models import BatchStatus
@@ -18,6 +17,7 @@ from batchadmin.servers.models import (
 )
 from tests.base import BaseTestCase
 
+ALERT_QUEUE = "batchadmin.alerts"  # settings.BATCH_SERVICE_QUEUES
 NINE = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 
 
