@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils.timezone import localtime, now
 
-from batchadmin.engine import priority, transitions
+from batchadmin.engine import conditions, priority
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
     BatchJob,
@@ -373,8 +373,8 @@ def waiting_for_conditions(view: TaskView, world: World) -> Reason | None:
         return Reason(
             "stranded", "No conditions: the scheduler makes it Ready within a second", INFO
         )
-    states = [transitions.condition_state(c.expected, c.parent.status) for c in view.conditions]
-    decision = transitions.decide(task.condition_type, states)
+    states = [conditions.condition_state(c.expected, c.parent.status) for c in view.conditions]
+    decision = conditions.decide(task.condition_type, states)
     if decision == S.READY:
         return Reason("stranded", "Its conditions are met: the scheduler makes it Ready shortly")
     if decision == S.NOT_RUN:

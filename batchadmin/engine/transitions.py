@@ -21,7 +21,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils.timezone import now
 
-from batchadmin.engine import dispatch, limits, priority, signals
+from batchadmin.engine import conditions, dispatch, limits, priority, signals
 from batchadmin.jobs import history
 from batchadmin.jobs.models import (
     MISSED_COUNT_LIMIT,
@@ -845,32 +845,6 @@ def renew_leases(*, task_ids: list[int], at: dt.datetime | None = None) -> int:
 # --- What follows from a finished task ----------------------------------------------------
 
 
-def condition_state(expected: str, parent_status: str) -> bool | None:
-    """True: met. False: can never be met. None: not decided yet (parent still open)."""
-    if parent_status in OPEN_TASK_STATUSES:
-        return None
-    if expected == Expected.ENDED:
-        return parent_status == S.ENDED
-    if expected == Expected.ERROR:
-        return parent_status == S.ERROR
-    return parent_status in (S.ENDED, S.ERROR)  # Ended or error
-
-
-def decide(condition_type: str, states: list[bool | None]) -> BatchStatus | None:
-    """Ready, Didn't run, or None (keep waiting) for a task with these condition states."""
-    if condition_type == BatchTask.ConditionType.ANY:
-        if any(s is True for s in states):
-            return S.READY
-        if all(s is False for s in states):
-            return S.NOT_RUN
-        return None
-    if any(s is False for s in states):
-        return S.NOT_RUN
-    if all(s is True for s in states):
-        return S.READY
-    return None
-
-
 def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> None:
     """Move waiting dependents of ``parent_ids`` to Ready or Didn't run, transitively."""
     while parent_ids:
@@ -897,11 +871,11 @@ def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> None:
                 tid,
                 (ctype, group_code, priority.task_step(group_code, job_priority, overridden), []),
             )
-            entry[3].append(condition_state(expected, parent_status))
+            entry[3].append(conditions.condition_state(expected, parent_status))
         ready: list[tuple[int, str, int]] = []
         not_run: list[int] = []
         for tid, (ctype, group_code, step, states) in by_task.items():
-            decision = decide(ctype, states)
+            decision = conditions.decide(ctype, states)
             if decision == S.READY:
                 ready.append((tid, group_code, step))
             elif decision == S.NOT_RUN:
