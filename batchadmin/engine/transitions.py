@@ -21,11 +21,12 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils.timezone import now
 
-from batchadmin.engine import conditions, dispatch, limits, priority, signals
+from batchadmin.engine import conditions, dispatch, limits, priority, signals, sql
 from batchadmin.jobs import history
 from batchadmin.jobs.models import (
     MISSED_COUNT_LIMIT,
     OPEN_TASK_STATUSES,
+    RUNNING_JOB_STATUSES,
     BatchJob,
     BatchJobRun,
     BatchLogEntry,
@@ -38,7 +39,7 @@ from batchadmin.jobs.models import (
     StatusChange,
 )
 from batchadmin.lib import durations, recurrence
-from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, BatchGroup, Priority
+from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
 log = logging.getLogger(__name__)
 S = BatchStatus
@@ -86,6 +87,26 @@ SERVER_LOST = "Batch server lost: the task's lease expired without a heartbeat f
 
 class IllegalMove(ValueError):
     pass
+
+
+class ChangeRefused(Exception):
+    """The change can't be made now: the job is executing or canceling (D365 does not let its
+    header or tasks change then), or what the change names was deleted meanwhile."""
+
+
+def lock_editable_job(job_id: int) -> BatchJob:
+    """Lock the job row for a change of its header or tasks; refuse while it runs.
+
+    The caller holds a transaction. start_job updates the same row, so it waits for this
+    change to commit, and a change that comes second sees Executing and stops here.
+    """
+    job = BatchJob.objects.select_for_update().get(pk=job_id)
+    if job.status in RUNNING_JOB_STATUSES:
+        raise ChangeRefused(
+            f"The job is {job.get_status_display()}: it can't be changed until it ends. "
+            "Nothing was saved."
+        )
+    return job
 
 
 def _from_statuses(table: dict[BatchStatus, frozenset[BatchStatus]], to: BatchStatus) -> list[str]:
@@ -507,10 +528,7 @@ def claim_task(
     at = at or now()
     lease = at + dt.timedelta(seconds=settings.BATCH_LEASE_SECONDS)
     adapt = connection.ops.adapt_datetimefield_value
-    # Hand-written SQL: claim and finish run once per task, and the ORM's query building
-    # cost more CPU than the task itself (bench/). On PostgreSQL the claim is one statement
-    # (atomic on its own, no BEGIN/COMMIT round trips); SQLite (>= 3.35) has UPDATE ...
-    # RETURNING but no UPDATE inside WITH, so there it is two statements in a transaction.
+    # Hand-written SQL, one statement on PostgreSQL (sql.py says why).
     claim_params = [
         S.EXECUTING,
         server_id,
@@ -524,10 +542,10 @@ def claim_task(
         adapt(at),
         limit_checked,
     ]
-    if connection.vendor == "postgresql":
+    if sql.POSTGRESQL:
         with connection.cursor() as cursor:
             cursor.execute(
-                _CLAIM_PG_SQL,
+                sql.CLAIM_PG,
                 [
                     *claim_params,
                     task_id,
@@ -548,7 +566,7 @@ def claim_task(
         run_id, job_run_id, job_id, attempt, key, process, parameters, company_id = row
     else:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_CLAIM_SQL, claim_params)
+            cursor.execute(sql.CLAIM, claim_params)
             row = cursor.fetchone()
             if row is None:
                 return (
@@ -558,7 +576,7 @@ def claim_task(
                 )
             job_id, attempt, key, process, parameters, company_id = row
             cursor.execute(
-                _RUN_SQL,
+                sql.RUN,
                 [
                     task_id,
                     attempt,
@@ -594,46 +612,6 @@ def claim_task(
     )
 
 
-_T = BatchTask._meta.db_table
-# The claim time plus the task's time limit (or the default), in the database's own date maths.
-_DEADLINE_SQL = (
-    "%s + COALESCE(time_limit, %s) * INTERVAL '1 second'"
-    if connection.vendor == "postgresql"
-    else "strftime('%%Y-%%m-%%d %%H:%%M:%%f', %s, '+' || COALESCE(time_limit, %s) || ' seconds')"
-)
-_G = BatchGroup._meta.db_table
-_CLAIM_SQL = f"""
-    UPDATE {_T} SET status = %s, attempt = retries + 1, server_id = %s, hostname = %s,
-        started_at = %s, ended_at = NULL, lease_expires_at = %s, progress = NULL,
-        deadline_at = {_DEADLINE_SQL}, timed_out = FALSE
-    WHERE id = %s AND status = %s AND (ready_at IS NULL OR ready_at <= %s)
-        AND (%s OR (SELECT max_concurrency = {NO_LIMIT} AND reserved_capacity = 0
-                    FROM {_G} WHERE id = group_id))
-    RETURNING job_id, attempt, key, process, parameters, company_id
-"""
-_RUN_SQL = f"""
-    INSERT INTO {BatchTaskRun._meta.db_table}
-        (job_run_id, task_id, attempt, status, server_id, hostname, started_at, error_message, traceback,
-         celery_task_id)
-    SELECT current_run_id, %s, %s, %s, %s, %s, %s, '', '', %s
-    FROM {BatchJob._meta.db_table} WHERE id = %s
-    RETURNING id, job_run_id
-"""
-_CLAIM_PG_SQL = f"""
-    WITH claimed AS ({_CLAIM_SQL}),
-    run AS (
-        INSERT INTO {BatchTaskRun._meta.db_table}
-            (job_run_id, task_id, attempt, status, server_id, hostname, started_at, error_message, traceback,
-             celery_task_id)
-        SELECT j.current_run_id, %s, c.attempt, %s, %s, %s, %s, '', '', %s
-        FROM claimed c JOIN {BatchJob._meta.db_table} j ON j.id = c.job_id
-        RETURNING id, job_run_id
-    )
-    SELECT run.id, run.job_run_id, c.job_id, c.attempt, c.key, c.process, c.parameters, c.company_id
-    FROM run, claimed c
-"""
-
-
 def _claim_limited(
     task_id: int, server_id: int | None, hostname: str, at: dt.datetime, celery_task_id: str
 ) -> BatchTaskRun | None:
@@ -651,31 +629,31 @@ def _claim_limited(
     Reserved capacity tasks are not limited by it and do not take that lock.
     """
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_LOCK_JOB_SQL + _for_update(), [task_id])
+        cursor.execute(sql.LOCK_JOB + sql.for_update(), [task_id])
         if cursor.fetchone() is None:
             return None
-        cursor.execute(_LIMIT_STATE_SQL, [connection.ops.adapt_datetimefield_value(at), task_id])
+        cursor.execute(sql.LIMIT_STATE, [connection.ops.adapt_datetimefield_value(at), task_id])
         status, due, job_id, group_id, limit, reserved, task_priority = cursor.fetchone()
         if status != S.READY or not due:
             return None  # someone else claimed it, or its retry backoff is not over
         if limit != NO_LIMIT:
             running = 0
             if limit != PAUSED:
-                cursor.execute(_RUNNING_IN_GROUP_SQL, [job_id, group_id, S.EXECUTING, S.CANCELING])
+                cursor.execute(sql.RUNNING_IN_GROUP, [job_id, group_id, S.EXECUTING, S.CANCELING])
                 (running,) = cursor.fetchone()
             if limit == PAUSED or running >= limit:
-                cursor.execute(_HOLD_SQL, [task_id, S.READY])
+                cursor.execute(sql.HOLD, [task_id, S.READY])
                 return None
         if reserved and task_priority != Priority.RESERVED:
-            cursor.execute(_LOCK_GROUP_SQL + _for_update(), [group_id])
+            cursor.execute(sql.LOCK_GROUP + sql.for_update(), [group_id])
             threads = priority.group_threads([group_id], at)
             if group_id in threads:  # no known thread: nothing to keep
                 cursor.execute(
-                    _SHARED_RUNNING_SQL, [group_id, S.EXECUTING, S.CANCELING, Priority.RESERVED]
+                    sql.SHARED_RUNNING, [group_id, S.EXECUTING, S.CANCELING, Priority.RESERVED]
                 )
                 (shared,) = cursor.fetchone()
                 if shared >= priority.usable(threads[group_id], reserved):
-                    cursor.execute(_HOLD_SQL, [task_id, S.READY])
+                    cursor.execute(sql.HOLD, [task_id, S.READY])
                     return None
         return claim_task(
             task_id=task_id,
@@ -714,9 +692,9 @@ def finish_task(
     adapt = connection.ops.adapt_datetimefield_value
     with transaction.atomic(), connection.cursor() as cursor:
         # Serialise the finishes of one job: the last one must see all the others.
-        cursor.execute(_LOCK_JOB_SQL + _for_update(), [task_id])
+        cursor.execute(sql.LOCK_JOB + sql.for_update(), [task_id])
         (job_id,) = cursor.fetchone()
-        cursor.execute(_TASK_STATE_SQL, [task_id])
+        cursor.execute(sql.TASK_STATE, [task_id])
         task_attempt, status, retries, max_retries, group_id, limit = cursor.fetchone()
         if task_attempt != attempt or status not in (S.EXECUTING, S.CANCELING):
             return False
@@ -730,7 +708,7 @@ def finish_task(
         else:
             new = S.ERROR
         cursor.execute(
-            _FINISH_RUN_SQL,
+            sql.FINISH_RUN,
             [
                 S.ERROR if new == S.READY else new,
                 adapt(at),
@@ -759,12 +737,12 @@ def finish_task(
             if limit > 0:
                 limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
             return True
-        cursor.execute(_FINISH_TASK_SQL, [new, adapt(at), task_id])
+        cursor.execute(sql.FINISH_TASK, [new, adapt(at), task_id])
         if limit > 0:
             # Max concurrency: a slot of this job in the group is free; the next held task
             # goes now, not at the next tick.
             limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
-        cursor.execute(_WHAT_FOLLOWS_SQL, [task_id, S.WAITING, job_id, *OPEN_TASK_STATUSES])
+        cursor.execute(sql.WHAT_FOLLOWS, [task_id, S.WAITING, job_id, *OPEN_TASK_STATUSES])
         has_dependents, has_open = cursor.fetchone()
         # The common case (no dependents, other tasks still open) ends here; the rest stays
         # in this transaction, under the job lock.
@@ -773,54 +751,6 @@ def finish_task(
         if has_dependents or not has_open:
             _settle_job_if_done(job_id, at=at)
     return True
-
-
-def _for_update() -> str:
-    return " FOR UPDATE" if connection.features.has_select_for_update else ""
-
-
-_LOCK_JOB_SQL = f"""
-    SELECT id FROM {BatchJob._meta.db_table}
-    WHERE id = (SELECT job_id FROM {_T} WHERE id = %s)
-"""
-_TASK_STATE_SQL = f"""
-    SELECT attempt, status, retries, max_retries, group_id,
-        (SELECT max_concurrency FROM {_G} WHERE id = group_id)
-    FROM {_T} WHERE id = %s
-"""
-_J = BatchJob._meta.db_table
-_LIMIT_STATE_SQL = f"""
-    SELECT t.status, (t.ready_at IS NULL OR t.ready_at <= %s), t.job_id, t.group_id,
-        g.max_concurrency, g.reserved_capacity,
-        CASE WHEN j.priority_overridden THEN j.priority ELSE g.default_priority END
-    FROM {_T} t JOIN {_G} g ON g.id = t.group_id JOIN {_J} j ON j.id = t.job_id
-    WHERE t.id = %s
-"""
-_LOCK_GROUP_SQL = f"SELECT id FROM {_G} WHERE id = %s"
-# Running tasks of a group other than Reserved capacity ones (what reserved capacity limits).
-_SHARED_RUNNING_SQL = f"""
-    SELECT count(*) FROM {_T} t JOIN {_J} j ON j.id = t.job_id JOIN {_G} g ON g.id = t.group_id
-    WHERE t.group_id = %s AND t.status IN (%s, %s)
-        AND CASE WHEN j.priority_overridden THEN j.priority ELSE g.default_priority END <> %s
-"""
-_RUNNING_IN_GROUP_SQL = (
-    f"SELECT count(*) FROM {_T} WHERE job_id = %s AND group_id = %s AND status IN (%s, %s)"
-)
-_HOLD_SQL = f"UPDATE {_T} SET dispatched_at = NULL WHERE id = %s AND status = %s"
-_FINISH_RUN_SQL = f"""
-    UPDATE {BatchTaskRun._meta.db_table} SET status = %s, ended_at = %s, error_message = %s,
-        traceback = %s
-    WHERE task_id = %s AND attempt = %s AND status = %s
-"""
-_FINISH_TASK_SQL = (
-    f"UPDATE {_T} SET status = %s, ended_at = %s, lease_expires_at = NULL WHERE id = %s"
-)
-_WHAT_FOLLOWS_SQL = f"""
-    SELECT
-        EXISTS (SELECT 1 FROM {BatchTaskCondition._meta.db_table} c JOIN {_T} t ON t.id = c.task_id
-                WHERE c.depends_on_id = %s AND t.status = %s),
-        EXISTS (SELECT 1 FROM {_T} WHERE job_id = %s AND status IN (%s, %s, %s, %s))
-"""
 
 
 def expire_lease(*, task_id: int, attempt: int, at: dt.datetime | None = None) -> bool:

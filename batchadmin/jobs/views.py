@@ -266,7 +266,7 @@ def _save_header(request: AuthedRequest, pk: int) -> HttpResponse:
     if form.is_valid():
         try:
             form.save_header()
-        except forms.ChangeRefused as exc:
+        except transitions.ChangeRefused as exc:
             error = str(exc)
         else:
             if not request.htmx:
@@ -368,7 +368,7 @@ def _task_editor(request: AuthedRequest, job: BatchJob, task: BatchTask | None) 
         if not add and editor.is_valid():
             try:
                 saved = editor.save()
-            except forms.ChangeRefused as exc:
+            except transitions.ChangeRefused as exc:
                 editor.error = str(exc)
             else:
                 return _task_saved(request, job, saved, created=task is None)
@@ -451,10 +451,10 @@ def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
     task = _task(job, task_pk)
     try:
         with transaction.atomic():
-            forms.lock_editable_job(job.pk)
+            transitions.lock_editable_job(job.pk)
             dependents = list(task.dependents.values_list("task_id", flat=True))
             task.delete()
-    except forms.ChangeRefused as exc:
+    except transitions.ChangeRefused as exc:
         if not request.htmx:
             messages.error(request, str(exc))
             return redirect("jobs:detail", job.pk)
