@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Max
+from django.conf import settings
 from django.utils.timezone import now
 from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler
@@ -67,9 +68,40 @@ class BatchScheduler(DatabaseScheduler):  # type: ignore[misc]
             self._liveness_written_at = t
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """What the database says about beat's tick: the one reading of beat's health that
+    /healthz, /metrics and the explanations share."""
+
+    exists: bool  # the tick's PeriodicTask row exists (the migration seeded it)
+    enabled: bool = False  # ... and is enabled
+    last_tick: dt.datetime | None = None  # last successful tick of an enabled row
+
+    def age(self, at: dt.datetime) -> dt.timedelta | None:
+        return at - self.last_tick if self.last_tick is not None else None
+
+    def alive(self, at: dt.datetime) -> bool:
+        """Enabled and ticked within BATCH_BEAT_STALE_SECONDS."""
+        age = self.age(at)
+        return self.enabled and age is not None and age <= stale_after()
+
+
+def stale_after() -> dt.timedelta:
+    """Beat is down when its last successful tick is older than this."""
+    return dt.timedelta(seconds=settings.BATCH_BEAT_STALE_SECONDS)
+
+
+def liveness() -> Liveness:
+    """Beat's liveness from the tick's PeriodicTask row(s), in one query."""
+    rows = list(PeriodicTask.objects.filter(task=TICK_TASK).values_list("enabled", "last_run_at"))
+    ticks = [last for enabled, last in rows if enabled and last is not None]
+    return Liveness(
+        exists=bool(rows),
+        enabled=any(enabled for enabled, _ in rows),
+        last_tick=max(ticks, default=None),
+    )
+
+
 def last_tick() -> dt.datetime | None:
     """When beat last ran the tick successfully (to within LIVENESS_WRITE_SECONDS), or None."""
-    at: dt.datetime | None = PeriodicTask.objects.filter(task=TICK_TASK, enabled=True).aggregate(
-        at=Max("last_run_at")
-    )["at"]
-    return at
+    return liveness().last_tick

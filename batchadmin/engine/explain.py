@@ -3,7 +3,7 @@ says why, in words (issue 5, item 7; D365's pitfall "jobs sit in Waiting and nev
 
 The explanation is a list of small rules, each a pure function of one task (or job) and a
 ``World``: what the page knows about batch servers, groups, queues and beat, loaded once per
-page by ``load_world``. A page explains any number of tasks with a fixed number of queries and
+page by ``world.load_world``. A page explains any number of tasks with a fixed number of queries and
 at most one broker round trip per batch group; the rules themselves never query.
 
 Scheduling controls are rules of their own, in TASK_RULES before ``threads_busy``: a paused
@@ -18,10 +18,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Count
-from django.utils.timezone import localtime, now
+from django.utils.timezone import localtime
 
-from batchadmin.engine import conditions, priority
+from batchadmin.engine import beat, conditions, priority
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
     BatchJob,
@@ -29,10 +28,9 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
 )
-from batchadmin.lib import broker, durations, recurrence
+from batchadmin.lib import durations
 from batchadmin.servers import coverage
 from batchadmin.servers.models import (
-    QUEUE_PREFIX,
     BatchGroup,
     BatchServer,
     BatchServerReplica,
@@ -44,12 +42,6 @@ Served = coverage.Served
 
 # The tick starts a due job within about a second; after this long something is in the way.
 DUE_GRACE = dt.timedelta(seconds=10)
-# django-celery-beat writes a PeriodicTask's last_run_at to the database every 3 minutes
-# (DatabaseScheduler.sync_every), not on every run: older than this, beat is not running. When
-# beat records each tick itself (jobs/beat.py, BATCH_BEAT_STALE_SECONDS for /healthz), the
-# shorter limit of that setting applies.
-BEAT_STALE = dt.timedelta(minutes=5)
-TICK_TASK = "batchadmin.tick"
 
 INFO, WARN, DANGER = "info", "warn", "danger"
 
@@ -123,19 +115,12 @@ class GroupState:
         return sum(s.threads for s in self.serving)
 
 
-@dataclass(frozen=True)
-class BeatState:
-    exists: bool
-    enabled: bool = False
-    last_run_at: dt.datetime | None = None
-
-
 @dataclass
 class World:
     at: dt.datetime
     groups: dict[int, GroupState] = field(default_factory=dict)
     queues: dict[int, int | None] = field(default_factory=dict)  # group id -> messages waiting
-    beat: BeatState | None = None  # None: not looked at (nothing due long enough to ask)
+    beat: beat.Liveness | None = None  # None: not looked at (nothing due long enough to ask)
     # (job id, group id) -> its Executing and Canceling tasks, for groups with a max concurrency
     running: dict[tuple[int, int], int] = field(default_factory=dict)
     # (group id, effective priority) -> its Ready tasks that were sent, for priority_behind
@@ -258,26 +243,26 @@ def job_due(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | 
     if late < DUE_GRACE:
         return Reason("due", "The job is due: the scheduler starts it within seconds")
     since = f"Due since {when(job.scheduled_start, world.at)} ({durations.short(late)})"
-    beat = world.beat
-    if beat is not None and not beat.exists:
+    ticks = world.beat
+    if ticks is not None and not ticks.exists:
         return Reason(
             "beat_missing",
             f"{since} and not started: the release tick is missing from Periodic tasks, so "
             "nothing starts due jobs (run manage.py migrate)",
             DANGER,
         )
-    if beat is not None and not beat.enabled:
+    if ticks is not None and not ticks.enabled:
         return Reason(
             "beat_disabled",
             f"{since} and not started: the release tick is disabled in Periodic tasks, so "
             "nothing starts due jobs",
             DANGER,
         )
-    if beat is not None and beat.last_run_at and world.at - beat.last_run_at > beat_stale():
+    if ticks is not None and ticks.last_tick and not ticks.alive(world.at):
         return Reason(
             "beat_down",
             f"{since} and not started: the scheduler (celery beat) seems to be down; its "
-            f"release tick last ran at {when(beat.last_run_at, world.at)}",
+            f"release tick last ran at {when(ticks.last_tick, world.at)}",
             DANGER,
         )
     return Reason(
@@ -286,11 +271,6 @@ def job_due(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | 
         "check that it runs and read its log",
         DANGER,
     )
-
-
-def beat_stale() -> dt.timedelta:
-    seconds = getattr(settings, "BATCH_BEAT_STALE_SECONDS", None)
-    return dt.timedelta(seconds=seconds) if seconds else BEAT_STALE
 
 
 def job_groups_unserved(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | None:
@@ -601,135 +581,3 @@ def explain_task(view: TaskView, world: World) -> list[Reason]:
     if not reasons and view.task.status == S.READY:
         reasons.append(queued(view, world))
     return reasons
-
-
-# --- Loading -------------------------------------------------------------------------------
-
-
-def schedule_opens_at(server: BatchServer, at: dt.datetime) -> dt.datetime | None:
-    """The first instant after ``at`` at which the server's schedule allows threads again."""
-    openings = sorted(
-        recurrence.Window(row.start_time, row.end_time, server.time_zone).next_opening(at)
-        for row in server.schedule.all()
-        if row.max_threads > 0
-    )
-    for opening in openings:
-        if opening > at and server.max_threads_at(opening):
-            return opening
-    return None
-
-
-def load_world(
-    groups: Iterable[BatchGroup],
-    *,
-    at: dt.datetime | None = None,
-    queue_groups: Iterable[BatchGroup] = (),
-    beat: bool = False,
-) -> World:
-    """What the rules need to know about ``groups``, in a fixed number of queries.
-
-    servers with their groups and schedules (3), online replicas (1), waiting tasks per group
-    (1, coverage.py); ready tasks per priority (1); running tasks per job (1) when a group has
-    a max concurrency; shared running tasks (1) when a group reserves capacity; beat's tick
-    (1) when ``beat``; one broker round trip per group in
-    ``queue_groups``.
-    """
-    at = at or now()
-    group_list = list({g.pk: g for g in groups}.values())
-    world = World(at=at)
-    if group_list:
-        servers = coverage.servers_with_settings()
-        replicas = list(BatchServerReplica.objects.online(at))
-        cover = coverage.coverage(
-            group_list, servers, online_ids={r.server_id for r in replicas}, at=at
-        )
-        states = {}
-        for server in servers:
-            threads_now = server.max_threads_at(at)
-            states[server.pk] = ServerState(
-                server,
-                [r for r in replicas if r.server_id == server.pk],
-                threads_now,
-                schedule_opens_at(server, at) if threads_now == 0 else None,
-            )
-        for group in group_list:
-            c = cover[group.pk]
-            world.groups[group.pk] = GroupState(
-                group, c.served, [states[s.pk] for s in c.servers], c.waiting_tasks
-            )
-    limited = [g.pk for g in group_list if g.job_limit() is not None]
-    if limited:
-        world.running = running_per_job(limited)
-    if group_list:
-        world.ready = ready_per_priority([g.pk for g in group_list])
-    reserving = [g.pk for g in group_list if g.reserved_capacity]
-    if reserving:
-        world.shared_running = shared_running(reserving)
-    world.queues = queue_sizes(list({g.pk: g for g in queue_groups}.values()))
-    if beat:
-        world.beat = beat_state()
-    return world
-
-
-def running_per_job(group_ids: list[int]) -> dict[tuple[int, int], int]:
-    """Executing and Canceling tasks per (job, group) in these groups (one query)."""
-    rows = (
-        BatchTask.objects.filter(group_id__in=group_ids, status__in=[S.EXECUTING, S.CANCELING])
-        .values_list("job_id", "group_id")
-        .order_by()
-        .annotate(n=Count("pk"))
-    )
-    return {(job_id, group_id): n for job_id, group_id, n in rows}
-
-
-def ready_per_priority(group_ids: list[int]) -> dict[tuple[int, int], int]:
-    """Ready tasks that were sent, per (group, effective priority) (one query)."""
-    rows = (
-        BatchTask.objects.filter(
-            group_id__in=group_ids, status=S.READY, dispatched_at__isnull=False
-        )
-        .annotate(level=priority.effective_priority_expr())
-        .values_list("group_id", "level")
-        .order_by()
-        .annotate(n=Count("pk"))
-    )
-    return {(group_id, level): n for group_id, level, n in rows}
-
-
-def shared_running(group_ids: list[int]) -> dict[int, int]:
-    """Running tasks other than Reserved capacity ones, per group (one query)."""
-    rows = (
-        BatchTask.objects.filter(group_id__in=group_ids, status__in=[S.EXECUTING, S.CANCELING])
-        .alias(level=priority.effective_priority_expr())
-        .exclude(level=Priority.RESERVED)
-        .values_list("group_id")
-        .order_by()
-        .annotate(n=Count("pk"))
-    )
-    return dict(rows)
-
-
-def beat_state() -> BeatState:
-    from django_celery_beat.models import PeriodicTask
-
-    row = PeriodicTask.objects.filter(task=TICK_TASK).values("enabled", "last_run_at").first()
-    if row is None:
-        return BeatState(exists=False)
-    return BeatState(exists=True, enabled=row["enabled"], last_run_at=row["last_run_at"])
-
-
-def queue_sizes(
-    groups: Sequence[BatchGroup], *, broker_url: str | None = None
-) -> dict[int, int | None]:
-    """Messages waiting in each group's queue (all its priority lists): one round trip.
-
-    When the broker is down or slow every size is None and the explanations leave the queue
-    out: a page must not hang or fail on the broker.
-    """
-    if not groups:
-        return {}
-    try:
-        lengths = broker.queue_lengths([QUEUE_PREFIX + g.code for g in groups], url=broker_url)
-    except Exception:
-        return {g.pk: None for g in groups}
-    return {g.pk: lengths[QUEUE_PREFIX + g.code] for g in groups}

@@ -29,6 +29,7 @@ from django.views.decorators.http import require_GET
 
 from batchadmin.alerts.outbox import first_line
 from batchadmin.engine import explain
+from batchadmin.engine.world import load_world
 from batchadmin.jobs import access
 from batchadmin.jobs.models import (
     RUNNING_JOB_STATUSES,
@@ -175,7 +176,7 @@ def _context(request: AuthedRequest) -> dict[str, Any]:
             job_groups[job_id].add(group_id)
 
     groups = sorted(BatchGroup.objects.all(), key=lambda g: (not g.is_default(), g.code.lower()))
-    world = explain.load_world(
+    world = load_world(
         groups,
         at=at,
         queue_groups=[t.group for t in ready_tasks if t.dispatched_at],

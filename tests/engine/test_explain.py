@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from batchadmin.engine import explain, transitions
+from batchadmin.engine import beat, explain, transitions, world
 from batchadmin.jobs import task_grid
 from batchadmin.jobs.models import ActivePeriod, BatchJob, BatchStatus, BatchTask
 from batchadmin.servers.models import (
@@ -47,7 +47,7 @@ class ExplainTestCase(BaseTestCase):
         super().setUp()
         self.enterContext(time_machine.travel(NOON, tick=False))
         self.queues = self.enterContext(
-            mock.patch.object(explain, "queue_sizes", side_effect=lambda gs: {g.pk: 0 for g in gs})
+            mock.patch.object(world, "queue_sizes", side_effect=lambda gs: {g.pk: 0 for g in gs})
         )
         self.default = BatchGroup.objects.default()
         self.replica = BatchServerReplica.objects.create(
@@ -94,7 +94,7 @@ class JobReasonsTestCase(ExplainTestCase):
         assert grid.job_why[0].level == explain.INFO
 
     def test_a_job_due_long_ago_with_beat_silent_blames_beat(self):
-        PeriodicTask.objects.filter(task=explain.TICK_TASK).update(
+        PeriodicTask.objects.filter(task=beat.TICK_TASK).update(
             last_run_at=NOON - dt.timedelta(minutes=20), enabled=True
         )
         job = self.make_job(scheduled_start=NOON - dt.timedelta(minutes=4))
@@ -107,18 +107,18 @@ class JobReasonsTestCase(ExplainTestCase):
         )
 
     def test_a_disabled_tick_is_named(self):
-        PeriodicTask.objects.filter(task=explain.TICK_TASK).update(enabled=False)
+        PeriodicTask.objects.filter(task=beat.TICK_TASK).update(enabled=False)
         job = self.make_job(scheduled_start=NOON - dt.timedelta(minutes=1))
         assert codes(self.grid(job).job_why) == ["beat_disabled"]
         assert "disabled in Periodic tasks" in texts(self.grid(job).job_why)
 
     def test_a_missing_tick_is_named(self):
-        PeriodicTask.objects.filter(task=explain.TICK_TASK).delete()
+        PeriodicTask.objects.filter(task=beat.TICK_TASK).delete()
         job = self.make_job(scheduled_start=NOON - dt.timedelta(minutes=1))
         assert codes(self.grid(job).job_why) == ["beat_missing"]
 
     def test_beat_that_ran_recently_gets_no_blame(self):
-        PeriodicTask.objects.filter(task=explain.TICK_TASK).update(
+        PeriodicTask.objects.filter(task=beat.TICK_TASK).update(
             last_run_at=NOON - dt.timedelta(seconds=2), enabled=True
         )
         job = self.make_job(scheduled_start=NOON - dt.timedelta(minutes=1))
@@ -376,7 +376,7 @@ class QueueSizesTestCase(BaseTestCase):
     def test_it_returns_none_at_once_when_the_broker_is_down(self):
         group = BatchGroup.objects.default()
         began = time.monotonic()
-        assert explain.queue_sizes([group], broker_url="redis://127.0.0.1:1/0") == {group.pk: None}
+        assert world.queue_sizes([group], broker_url="redis://127.0.0.1:1/0") == {group.pk: None}
         # No retries: far below kombu's default of several seconds (generous for a busy box).
         assert time.monotonic() - began < 5
 
@@ -390,7 +390,7 @@ class QueueSizesTestCase(BaseTestCase):
             try:
                 for i in range(3):
                     queue.put({"n": i})
-                sizes = explain.queue_sizes([group, empty], broker_url=REDIS_URL)
+                sizes = world.queue_sizes([group, empty], broker_url=REDIS_URL)
             finally:
                 queue.clear()
                 queue.close()

@@ -350,7 +350,9 @@ class TaskGridTestCase(FormTestCase):
         BatchTask.objects.filter(pk=task.pk).delete()
         r = self.client.post(self.edit_url(task), task_data(), headers=self.htmx())
         assert r.status_code == 404
-        with self.assertRaisesMessage(transitions.ChangeRefused, "This task was deleted meanwhile."):
+        with self.assertRaisesMessage(
+            transitions.ChangeRefused, "This task was deleted meanwhile."
+        ):
             editor.save()
 
     def test_a_cycle_closed_by_a_change_made_meanwhile_is_refused(self):
