@@ -29,7 +29,7 @@ from django.db.models.functions import RowNumber
 from batchadmin.alerts import outbox
 from batchadmin.alerts.models import AlertEvent, AlertKind
 from batchadmin.jobs.models import (
-    RUNNING_JOB_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchJobRun,
     BatchStatus,
@@ -74,7 +74,7 @@ def check_long_running(at: dt.datetime) -> int:
     # Only jobs running longer than the minimum excess can qualify: most are filtered here.
     jobs = list(
         BatchJob.objects.filter(
-            status__in=RUNNING_JOB_STATUSES,
+            status__in=RUNNING_STATUSES,
             started_at__lte=at - min_over,
             current_run__isnull=False,
         )

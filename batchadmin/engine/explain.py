@@ -22,7 +22,7 @@ from django.utils.timezone import localtime
 
 from batchadmin.engine import beat, conditions, priority
 from batchadmin.jobs.models import (
-    RUNNING_JOB_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchStatus,
     BatchTask,
@@ -101,10 +101,6 @@ class GroupState:
     def serving(self) -> list[ServerState]:
         """Online servers inside a schedule window: those that take the group's tasks now."""
         return [s for s in self.online if s.is_open]
-
-    @property
-    def replicas_online(self) -> int:
-        return sum(len(s.online) for s in self.servers)
 
     @property
     def busy(self) -> int:
@@ -323,7 +319,7 @@ def explain_job(job: BatchJob, world: World, group_ids: Iterable[int] = ()) -> l
 
 def job_not_started(view: TaskView, world: World) -> Reason | None:
     job = view.job
-    if job.status in RUNNING_JOB_STATUSES or view.task.status != S.WAITING:
+    if job.status in RUNNING_STATUSES or view.task.status != S.WAITING:
         return None
     if job.status == S.WITHHOLD:
         return Reason("job_not_started", "Waits for the job, which is Withhold")

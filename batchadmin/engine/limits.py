@@ -20,16 +20,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from django.db.models import Q
-
 from batchadmin.engine import dispatch, priority
 from batchadmin.jobs.models import BatchStatus, BatchTask
 from batchadmin.servers.models import NO_LIMIT, QUEUE_PREFIX
 
 S = BatchStatus
-# Tasks that take a slot of their job's limit: running, or sent and not yet claimed.
-RUNNING_STATUSES = (S.EXECUTING, S.CANCELING)
-TAKES_SLOT = Q(status__in=RUNNING_STATUSES) | Q(status=S.READY, dispatched_at__isnull=False)
 
 
 class Candidate(NamedTuple):
@@ -50,11 +45,6 @@ def cached_limits() -> dict[str, int]:
         for code, group in priority.group_settings().items()
         if group.max_concurrency != NO_LIMIT
     }
-
-
-def clear_cache() -> None:
-    """Forget the cached group settings (a group was saved in this process; tests)."""
-    priority.clear_cache()
 
 
 def dispatchable(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -87,7 +77,7 @@ def _slots_taken(
     if not pairs:
         return used
     rows = (
-        BatchTask.objects.filter(TAKES_SLOT)
+        BatchTask.objects.taking_slot()
         .filter(job_id__in={j for j, _ in pairs}, group__code__in={g for _, g in pairs})
         .exclude(pk__in=list(exclude))
         .values_list("job_id", "group__code")
@@ -105,7 +95,7 @@ def release_held(*, job_id: int, group_id: int, limit: int, at: dt.datetime) -> 
     if limit <= 0:
         return 0  # no limit: nothing is held; paused: nothing may start
     tasks = BatchTask.objects.filter(job_id=job_id, group_id=group_id)
-    taken = tasks.filter(TAKES_SLOT).count()
+    taken = tasks.taking_slot().count()
     free = limit - taken
     if free <= 0:
         return 0

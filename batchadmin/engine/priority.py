@@ -34,8 +34,9 @@ from collections import defaultdict
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db.models import Case, Count, F, IntegerField, Q, Sum, When
+from django.db.models import Count, Sum
 
+from batchadmin.jobs.models import BatchTask
 from batchadmin.servers.models import (
     BatchGroup,
     BatchServerReplica,
@@ -51,8 +52,6 @@ STEPS: dict[int, int] = {
     Priority.NORMAL: 6,
     Priority.LOW: 8,
 }
-# The broker's lists (settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"]).
-PRIORITY_STEPS = list(range(10))
 # Dispatch, the claim and the tick read group settings from this per-process cache: a changed
 # default priority or max concurrency reaches new messages within this long (the claim's own
 # checks are exact anyway).
@@ -129,15 +128,6 @@ def task_step(code: str, job_priority: int, overridden: bool, waited: float = 0.
     return step(group.default_priority if group else Priority.NORMAL, waited)
 
 
-def effective_priority_expr(prefix: str = "") -> Case:
-    """SQL for a task's effective priority (``prefix`` leads from the model to the task)."""
-    return Case(
-        When(**{f"{prefix}job__priority_overridden": True}, then=F(f"{prefix}job__priority")),
-        default=F(f"{prefix}group__default_priority"),
-        output_field=IntegerField(),
-    )
-
-
 def kept_threads(threads: int, percent: int) -> int:
     """Threads kept for Reserved capacity tasks: the share rounded up, so a level always keeps
     at least one thread of a group that has any (D365 dedicates whole servers)."""
@@ -163,8 +153,6 @@ def group_threads(group_ids: list[int], at: dt.datetime | None = None) -> dict[i
 
 def room(group_ids: list[int], at: dt.datetime | None = None) -> dict[int, int]:
     """Group id -> how many more non-Reserved tasks may start in it now (reserved groups)."""
-    from batchadmin.jobs.models import BatchStatus, BatchTask
-
     if not group_ids:
         return {}
     levels = dict(
@@ -174,13 +162,10 @@ def room(group_ids: list[int], at: dt.datetime | None = None) -> dict[int, int]:
     running: defaultdict[int, int] = defaultdict(int)
     # Tasks other than Reserved capacity that run, or were sent and not yet claimed.
     rows = (
-        BatchTask.objects.filter(
-            Q(status__in=[BatchStatus.EXECUTING, BatchStatus.CANCELING])
-            | Q(status=BatchStatus.READY, dispatched_at__isnull=False),
-            group_id__in=group_ids,
-        )
-        .alias(priority=effective_priority_expr())
-        .exclude(priority=Priority.RESERVED)
+        BatchTask.objects.taking_slot()
+        .filter(group_id__in=group_ids)
+        .with_effective_priority(select=False)
+        .exclude(effective_priority=Priority.RESERVED)
         .values("group_id")
         .annotate(n=Count("pk"))
         .values_list("group_id", "n")

@@ -12,16 +12,12 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import (
-    InterfaceError,
-    OperationalError,
-    close_old_connections,
-    connection,
-)
+from django.db import close_old_connections
 from django.utils.timezone import now
 
 from batchadmin.engine import counters, transitions
 from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun, Company
+from batchadmin.lib import db
 from batchadmin.processes import registry
 
 if TYPE_CHECKING:
@@ -33,12 +29,8 @@ LOG_FLUSH_LINES = 200
 LOG_FLUSH_SECONDS = 1.0
 CANCEL_CHECK_SECONDS = 0.5
 PROGRESS_WRITE_SECONDS = 1.0
-DATABASE_BLIPS = (OperationalError, InterfaceError)
-
-
-def _after_blip(what: str) -> None:
-    log.warning("Database unavailable; could not %s, trying again later", what)
-    connection.close()  # the next query opens a fresh connection
+# Seconds between tries to settle a finished attempt while the database is away.
+FINISH_RETRY_DELAYS = (1, 2, 4, 8)
 
 
 class ProcessContext:
@@ -96,9 +88,9 @@ class ProcessContext:
         if self._pending:
             try:
                 BatchLogEntry.objects.bulk_create(self._pending)
-            except DATABASE_BLIPS:
+            except db.BLIPS:
                 # Keep the lines: the next flush, or the finish, writes them.
-                _after_blip("write log lines")
+                db.after_blip(log, "write log lines")
             else:
                 self._pending = []
         self._last_flush = time.monotonic()
@@ -115,8 +107,8 @@ class ProcessContext:
                 BatchTask.objects.filter(pk=self.task_id).update(
                     progress=max(0, min(100, int(percent)))
                 )
-            except DATABASE_BLIPS:
-                _after_blip("record progress")  # the next report carries it
+            except db.BLIPS:
+                db.after_blip(log, "record progress")  # the next report carries it
 
     def cancel_requested(self) -> bool:
         """True once the process should stop (the job is being canceled or the task ran past
@@ -130,10 +122,10 @@ class ProcessContext:
                 status, attempt, timed_out, self.time_limit = BatchTask.objects.values_list(
                     "status", "attempt", "timed_out", "time_limit"
                 ).get(pk=self.task_id)
-            except DATABASE_BLIPS:
+            except db.BLIPS:
                 # A database restart is no reason to stop the process: ask again at the next
                 # check. Should the database stay away, the lease runs out and decides.
-                _after_blip("check for a cancel")
+                db.after_blip(log, "check for a cancel")
                 return False
             # Canceling, past its time limit, or this attempt was given up (its lease ran out
             # and the task moved on, or it was aborted): either way this copy should stop.
@@ -164,25 +156,14 @@ def run_task(
         # A database blip while settling should not cost the attempt its result: retry a few
         # times (the lease keeps being renewed meanwhile); if the database stays away the lease
         # runs out and the tick fails the attempt instead.
-        for delay in (1, 2, 4, 8, None):
-            try:
-                finished = transitions.finish_task(
-                    task_id=task_id,
-                    attempt=task_run.attempt,
-                    outcome=outcome,
-                    log=lines,
-                )
-                break
-            except (OperationalError, InterfaceError):
-                if delay is None:
-                    raise
-                log.warning(
-                    "Database error while finishing task %s; retrying in %ss",
-                    task_id,
-                    delay,
-                )
-                connection.close()
-                time.sleep(delay)
+        finished = db.retry(
+            lambda: transitions.finish_task(
+                task_id=task_id, attempt=task_run.attempt, outcome=outcome, log=lines
+            ),
+            delays=FINISH_RETRY_DELAYS,
+            log=log,
+            what=f"finishing task {task_id}",
+        )
     finally:
         LEASES.untrack(task_id)
     if finished:  # False: a late result the tick already counted when the lease ran out
@@ -260,7 +241,7 @@ class LeaseKeeper:
                 transitions.renew_leases(task_ids=ids)
             except Exception:
                 log.exception("Could not renew task leases; retrying in %.1fs", interval)
-                connection.close()
+                db.reset()
 
 
 LEASES = LeaseKeeper()

@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import cast
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import close_old_connections
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
@@ -24,13 +24,12 @@ from django.utils.timezone import now
 from batchadmin.engine import counters, dispatch, limits, priority, signals, transitions
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
-    RUNNING_JOB_STATUSES,
     BatchJob,
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
 )
-from batchadmin.lib import broker
+from batchadmin.lib import broker, db
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ def tick(at: dt.datetime | None = None) -> dict[str, int]:
     global _lease_grace_until
     try:
         return _tick(at)
-    except (OperationalError, InterfaceError):
+    except db.BLIPS:
         _lease_grace_until = time.monotonic() + settings.BATCH_LEASE_SECONDS
         raise
 
@@ -73,8 +72,13 @@ def _tick(at: dt.datetime | None) -> dict[str, int]:
 
 
 def handle_due_jobs(at: dt.datetime) -> int:
-    """Start waiting jobs whose scheduled start has passed, highest priority first."""
-    due = BatchJob.objects.due(at).order_by("-priority", "scheduled_start", "pk")
+    """Start waiting jobs whose scheduled start has passed, highest effective priority first
+    (the priority their tasks will run with), then the longest due."""
+    due = (
+        BatchJob.objects.due(at)
+        .with_effective_priority()
+        .order_by("-effective_priority", "scheduled_start", "pk")
+    )
     started = 0
     for job_id in due.values_list("pk", flat=True)[: settings.BATCH_TICK_LIMIT]:
         try:
@@ -89,9 +93,11 @@ def handle_expired_leases(at: dt.datetime) -> int:
     """Fail attempts whose batch server stopped renewing their lease (it died)."""
     if time.monotonic() < _lease_grace_until:
         return 0
-    expired = BatchTask.objects.filter(
-        status__in=[S.EXECUTING, S.CANCELING], lease_expires_at__lt=at
-    ).values_list("pk", "attempt", "group__code", "started_at")
+    expired = (
+        BatchTask.objects.running()
+        .filter(lease_expires_at__lt=at)
+        .values_list("pk", "attempt", "group__code", "started_at")
+    )
     n = 0
     for task_id, attempt, group, started_at in expired[: settings.BATCH_TICK_LIMIT]:
         if transitions.expire_lease(task_id=task_id, attempt=attempt, at=at):
@@ -108,9 +114,11 @@ def handle_overdue_tasks(at: dt.datetime) -> int:
     An attempt past its time limit is asked to stop; one still running a grace period after it
     was asked (by its time limit or a cancel) is aborted.
     """
-    overdue = BatchTask.objects.filter(
-        status__in=[S.EXECUTING, S.CANCELING], deadline_at__lt=at
-    ).values_list("pk", "attempt", "status", "timed_out", "group__code", "started_at")
+    overdue = (
+        BatchTask.objects.running()
+        .filter(deadline_at__lt=at)
+        .values_list("pk", "attempt", "status", "timed_out", "group__code", "started_at")
+    )
     n = 0
     for task_id, attempt, status, timed_out, group, started_at in overdue[
         : settings.BATCH_TICK_LIMIT
@@ -137,35 +145,36 @@ def handle_ready_tasks(at: dt.datetime) -> int:
     # Held tasks whose job is still at its limit, or whose group is paused, are left out in
     # SQL so that they do not crowd the others out of the tick's batch.
     taken = (
-        BatchTask.objects.filter(limits.TAKES_SLOT, job=OuterRef("job"), group=OuterRef("group"))
+        BatchTask.objects.taking_slot()
+        .filter(job=OuterRef("job"), group=OuterRef("group"))
         .order_by()
         .values("job")
         .annotate(n=Count("pk"))
         .values("n")
     )
-    ready = BatchTask.objects.filter(status=S.READY, dispatched_at=None, ready_at__lte=at).annotate(
-        eff_priority=priority.effective_priority_expr()
-    )
+    ready = BatchTask.objects.filter(
+        status=S.READY, dispatched_at=None, ready_at__lte=at
+    ).with_effective_priority()
     # Reserved capacity: groups whose shared threads are all taken send none of their other
     # tasks (left out in SQL, like the limits above); the rest send up to their room.
     reserved = [g.id for g in priority.group_settings().values() if g.reserved_capacity]
     room = priority.room(reserved, at)
     full = [gid for gid, n in room.items() if n <= 0]
     if full:
-        ready = ready.exclude(Q(group_id__in=full) & ~Q(eff_priority=Priority.RESERVED))
+        ready = ready.exclude(Q(group_id__in=full) & ~Q(effective_priority=Priority.RESERVED))
     rows = list(
         ready.filter(
             Q(group__max_concurrency=NO_LIMIT)
             | Q(group__max_concurrency__gt=Coalesce(Subquery(taken), 0))
         )
-        .order_by("-eff_priority", "ready_at", "position", "pk")
+        .order_by("-effective_priority", "ready_at", "position", "pk")
         .values_list(
             "pk",
             "job_id",
             "group__code",
             "group__max_concurrency",
             "group_id",
-            "eff_priority",
+            "effective_priority",
             "ready_at",
         )[: settings.BATCH_TICK_LIMIT]
     )
@@ -194,8 +203,10 @@ def handle_lost_messages(at: dt.datetime) -> int:
     rows = (
         BatchTask.objects.filter(status=S.READY, dispatched_at__lt=stale)
         .exclude(group__max_concurrency=PAUSED)
-        .annotate(eff_priority=priority.effective_priority_expr())
-        .values_list("pk", "group__code", "eff_priority", "ready_at")[: settings.BATCH_TICK_LIMIT]
+        .with_effective_priority()
+        .values_list("pk", "group__code", "effective_priority", "ready_at")[
+            : settings.BATCH_TICK_LIMIT
+        ]
     )
     by_group: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
     for pk, code, eff, ready_at in rows:
@@ -224,14 +235,18 @@ def handle_aging(at: dt.datetime) -> int:
     below_top = Q()
     for level, base in priority.STEPS.items():
         if base > 0:
-            below_top |= Q(eff_priority=level, dispatched_at__lt=F("ready_at") + base * period)
+            below_top |= Q(
+                effective_priority=level, dispatched_at__lt=F("ready_at") + base * period
+            )
     rows = (
         BatchTask.objects.filter(status=S.READY, dispatched_at__lte=at - period, ready_at__lte=at)
         .exclude(group__max_concurrency=PAUSED)
-        .annotate(eff_priority=priority.effective_priority_expr())
+        .with_effective_priority()
         .filter(below_top)
         .order_by("ready_at", "pk")
-        .values_list("pk", "group__code", "eff_priority", "ready_at")[: settings.BATCH_TICK_LIMIT]
+        .values_list("pk", "group__code", "effective_priority", "ready_at")[
+            : settings.BATCH_TICK_LIMIT
+        ]
     )
     return _redispatch(
         [
@@ -283,7 +298,7 @@ def handle_stranded_tasks() -> int:
 def handle_stranded_jobs(at: dt.datetime) -> int:
     """Settle running jobs none of whose tasks is open any more."""
     open_tasks = BatchTask.objects.filter(job=OuterRef("pk"), status__in=OPEN_TASK_STATUSES)
-    stranded = BatchJob.objects.filter(status__in=RUNNING_JOB_STATUSES).exclude(Exists(open_tasks))
+    stranded = BatchJob.objects.running().exclude(Exists(open_tasks))
     return sum(
         transitions.settle_stranded_job(job_id=pk, at=at)
         for pk in stranded.values_list("pk", flat=True)[: settings.BATCH_TICK_LIMIT]

@@ -26,7 +26,7 @@ from batchadmin.jobs import history
 from batchadmin.jobs.models import (
     MISSED_COUNT_LIMIT,
     OPEN_TASK_STATUSES,
-    RUNNING_JOB_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchJobRun,
     BatchLogEntry,
@@ -101,16 +101,12 @@ def lock_editable_job(job_id: int) -> BatchJob:
     change to commit, and a change that comes second sees Executing and stops here.
     """
     job = BatchJob.objects.select_for_update().get(pk=job_id)
-    if job.status in RUNNING_JOB_STATUSES:
+    if job.status in RUNNING_STATUSES:
         raise ChangeRefused(
             f"The job is {job.get_status_display()}: it can't be changed until it ends. "
             "Nothing was saved."
         )
     return job
-
-
-def _from_statuses(table: dict[BatchStatus, frozenset[BatchStatus]], to: BatchStatus) -> list[str]:
-    return [old for old, moves in table.items() if to in moves]
 
 
 def backoff(retry: int) -> dt.timedelta:
@@ -298,7 +294,7 @@ def abort_task(*, task_id: int, attempt: int, at: dt.datetime | None = None) -> 
         BatchTask.objects.filter(
             pk=task_id,
             attempt=attempt,
-            status__in=[S.EXECUTING, S.CANCELING],
+            status__in=RUNNING_STATUSES,
             deadline_at__lt=at,
         )
         .values_list("status", "timed_out", "time_limit")
@@ -639,7 +635,7 @@ def _claim_limited(
         if limit != NO_LIMIT:
             running = 0
             if limit != PAUSED:
-                cursor.execute(sql.RUNNING_IN_GROUP, [job_id, group_id, S.EXECUTING, S.CANCELING])
+                cursor.execute(sql.RUNNING_IN_GROUP, [job_id, group_id, *RUNNING_STATUSES])
                 (running,) = cursor.fetchone()
             if limit == PAUSED or running >= limit:
                 cursor.execute(sql.HOLD, [task_id, S.READY])
@@ -648,9 +644,7 @@ def _claim_limited(
             cursor.execute(sql.LOCK_GROUP + sql.for_update(), [group_id])
             threads = priority.group_threads([group_id], at)
             if group_id in threads:  # no known thread: nothing to keep
-                cursor.execute(
-                    sql.SHARED_RUNNING, [group_id, S.EXECUTING, S.CANCELING, Priority.RESERVED]
-                )
+                cursor.execute(sql.SHARED_RUNNING, [group_id, *RUNNING_STATUSES, Priority.RESERVED])
                 (shared,) = cursor.fetchone()
                 if shared >= priority.usable(threads[group_id], reserved):
                     cursor.execute(sql.HOLD, [task_id, S.READY])
@@ -696,7 +690,7 @@ def finish_task(
         (job_id,) = cursor.fetchone()
         cursor.execute(sql.TASK_STATE, [task_id])
         task_attempt, status, retries, max_retries, group_id, limit = cursor.fetchone()
-        if task_attempt != attempt or status not in (S.EXECUTING, S.CANCELING):
+        if task_attempt != attempt or status not in RUNNING_STATUSES:
             return False
         canceling = status == S.CANCELING
         if not outcome.error:
@@ -767,9 +761,7 @@ def expire_lease(*, task_id: int, attempt: int, at: dt.datetime | None = None) -
 def renew_leases(*, task_ids: list[int], at: dt.datetime | None = None) -> int:
     at = at or now()
     lease = at + dt.timedelta(seconds=settings.BATCH_LEASE_SECONDS)
-    return BatchTask.objects.filter(pk__in=task_ids, status__in=[S.EXECUTING, S.CANCELING]).update(
-        lease_expires_at=lease
-    )
+    return BatchTask.objects.running().filter(pk__in=task_ids).update(lease_expires_at=lease)
 
 
 # --- What follows from a finished task ----------------------------------------------------
@@ -946,7 +938,7 @@ def settle_stranded_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         locked = (
             BatchJob.objects.select_for_update().filter(pk=job_id).values_list("status", flat=True)
         )
-        if locked.first() not in (S.EXECUTING, S.CANCELING):
+        if locked.first() not in RUNNING_STATUSES:
             return False
         return _settle_job_if_done(job_id, at=at)
 

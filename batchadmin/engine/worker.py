@@ -26,6 +26,8 @@ from django.conf import settings
 from django.db import close_old_connections, connections, transaction
 from django.utils.timezone import now
 
+from batchadmin.jobs.models import BatchTask
+from batchadmin.lib import db
 from batchadmin.servers import schedule
 from batchadmin.servers.models import (
     QUEUE_PREFIX,
@@ -230,7 +232,7 @@ def _heartbeat_loop(app: Any, hostname: str, ceiling: int, pool: LivePool | None
             last = heartbeat(app, hostname, ceiling, last, pool)
         except Exception:
             log.exception("Heartbeat of %s failed; retrying", name)
-            connections.close_all()
+            db.reset()
         time.sleep(settings.BATCH_HEARTBEAT_SECONDS)
 
 
@@ -244,13 +246,9 @@ def heartbeat(
        no new ones arrive. Group changes add or cancel queues the same way.
     3. The pool and prefetch follow the threads (``pool``: None in tests and with autoscale).
     """
-    from batchadmin.jobs.models import BatchStatus, BatchTask
-
     at = now()
     server = register_server(server_name(hostname))
-    busy = BatchTask.objects.filter(
-        hostname=hostname, status__in=[BatchStatus.EXECUTING, BatchStatus.CANCELING]
-    ).count()
+    busy = BatchTask.objects.running().filter(hostname=hostname).count()
     plan = schedule.plan(list(server.schedule.all()), server.time_zone, at, ceiling)
     if last.threads is None:
         if plan.window != "no schedule":

@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 from django.db.models import Count
 from django.utils.timezone import now
 
-from batchadmin.engine import priority
 from batchadmin.engine.beat import liveness
 from batchadmin.engine.explain import GroupState, ServerState, World
 from batchadmin.jobs.models import BatchStatus, BatchTask
@@ -97,7 +96,8 @@ def load_world(
 def running_per_job(group_ids: list[int]) -> dict[tuple[int, int], int]:
     """Executing and Canceling tasks per (job, group) in these groups (one query)."""
     rows = (
-        BatchTask.objects.filter(group_id__in=group_ids, status__in=[S.EXECUTING, S.CANCELING])
+        BatchTask.objects.running()
+        .filter(group_id__in=group_ids)
         .values_list("job_id", "group_id")
         .order_by()
         .annotate(n=Count("pk"))
@@ -111,8 +111,8 @@ def ready_per_priority(group_ids: list[int]) -> dict[tuple[int, int], int]:
         BatchTask.objects.filter(
             group_id__in=group_ids, status=S.READY, dispatched_at__isnull=False
         )
-        .annotate(level=priority.effective_priority_expr())
-        .values_list("group_id", "level")
+        .with_effective_priority()
+        .values_list("group_id", "effective_priority")
         .order_by()
         .annotate(n=Count("pk"))
     )
@@ -122,9 +122,10 @@ def ready_per_priority(group_ids: list[int]) -> dict[tuple[int, int], int]:
 def shared_running(group_ids: list[int]) -> dict[int, int]:
     """Running tasks other than Reserved capacity ones, per group (one query)."""
     rows = (
-        BatchTask.objects.filter(group_id__in=group_ids, status__in=[S.EXECUTING, S.CANCELING])
-        .alias(level=priority.effective_priority_expr())
-        .exclude(level=Priority.RESERVED)
+        BatchTask.objects.running()
+        .filter(group_id__in=group_ids)
+        .with_effective_priority(select=False)
+        .exclude(effective_priority=Priority.RESERVED)
         .values_list("group_id")
         .order_by()
         .annotate(n=Count("pk"))

@@ -28,7 +28,7 @@ from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 from batchadmin.engine import transitions
 from batchadmin.jobs import access, history
 from batchadmin.jobs.models import (
-    RUNNING_JOB_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchJobRun,
     BatchLogEntry,
@@ -114,7 +114,7 @@ class RunView:
 
     @property
     def is_live(self) -> bool:
-        return self.run.status in RUNNING_JOB_STATUSES
+        return self.run.status in RUNNING_STATUSES
 
 
 @dataclass
@@ -404,7 +404,7 @@ def run_log(request: AuthedRequest, pk: int, run_pk: int) -> HttpResponseBase:
             tasks[-1].attempts.append(attempt)
         else:
             tasks.append(TaskLog(attempt.row.task, [attempt]))
-    live = run.status in RUNNING_JOB_STATUSES
+    live = run.status in RUNNING_STATUSES
     context = {
         "nav": "jobs",
         "job": job,

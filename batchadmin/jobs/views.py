@@ -25,7 +25,7 @@ from batchadmin.engine import transitions
 from batchadmin.jobs import access, copying, forms, recurrence_forms, task_grid
 from batchadmin.jobs.filters import JobFilter
 from batchadmin.jobs.models import (
-    RUNNING_JOB_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchRecurrence,
     BatchStatus,
@@ -41,7 +41,7 @@ BULK_ACTIONS = {
     "cancel": BatchStatus.CANCELING,
 }
 # While any visible job is in one of these, the list polls for fresh statuses.
-LIVE_STATUSES = (*RUNNING_JOB_STATUSES, BatchStatus.WAITING)
+LIVE_STATUSES = (*RUNNING_STATUSES, BatchStatus.WAITING)
 
 
 def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJob:

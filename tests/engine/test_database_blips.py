@@ -12,6 +12,7 @@ from django.test import override_settings
 from batchadmin.engine import runner, tick, transitions
 from batchadmin.jobs.models import BatchLogEntry, BatchTask
 from batchadmin.jobs.models import BatchStatus as S
+from batchadmin.lib import db
 from tests.base import BaseTestCase
 
 BLIP = OperationalError("terminating connection due to administrator command")
@@ -27,7 +28,7 @@ class ProcessContextBlipTestCase(BaseTestCase):
         assert task_run is not None
         self.ctx = runner.ProcessContext(task_run, BatchTask.objects.get(pk=self.task.pk))
         # Closing the connection would end the test's transaction.
-        self.close = self.enterContext(mock.patch.object(runner, "connection"))
+        self.close = self.enterContext(mock.patch.object(db, "connection"))
 
     def test_a_cancel_check_during_a_blip_is_not_a_cancel_and_asks_again(self):
         values = mock.patch.object(BatchTask.objects, "values_list", side_effect=BLIP)

@@ -15,7 +15,7 @@ from django.test import TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 from django.utils.timezone import now
 
-from batchadmin.engine import explain, limits, tick, transitions
+from batchadmin.engine import explain, limits, priority, tick, transitions
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskRun, Company
 from batchadmin.lib import broker
 from batchadmin.servers.models import BatchGroup
@@ -32,15 +32,15 @@ def sent_ids(send: mock.Mock) -> list[int]:
 class LimitsTestCase(BaseTestCase):
     def setUp(self) -> None:
         super().setUp()
-        limits.clear_cache()
-        self.addCleanup(limits.clear_cache)
+        priority.clear_cache()
+        self.addCleanup(priority.clear_cache)
         self.reporting = BatchGroup.objects.create(code="Reporting", max_concurrency=2)
         self.job = self.make_job()
         self.tasks = [self.make_task(self.job, f"T{i}", group=self.reporting) for i in range(5)]
 
     def set_limit(self, value: int) -> None:
         BatchGroup.objects.filter(pk=self.reporting.pk).update(max_concurrency=value)
-        limits.clear_cache()
+        priority.clear_cache()
 
     def start_job(self) -> None:
         with self.captureOnCommitCallbacks(execute=True):
@@ -127,7 +127,7 @@ class DispatchTestCase(LimitsTestCase):
 
     def test_unlimited_groups_skip_the_limit_check(self):
         BatchGroup.objects.filter(pk=self.reporting.pk).update(max_concurrency=0)
-        limits.clear_cache()
+        priority.clear_cache()
         limits.cached_limits()  # warm, as in a running worker
         with mock.patch.object(limits, "dispatchable") as dispatchable:
             self.start_job()
@@ -179,8 +179,8 @@ class ClaimTestCase(LimitsTestCase):
 class ExplainLimitsTestCase(ExplainTestCase):
     def setUp(self) -> None:
         super().setUp()
-        limits.clear_cache()
-        self.addCleanup(limits.clear_cache)
+        priority.clear_cache()
+        self.addCleanup(priority.clear_cache)
         self.reporting = BatchGroup.objects.create(code="Reporting", max_concurrency=2)
         self.server.groups.add(self.reporting)
         self.job = self.make_job(description="Reports")
@@ -229,8 +229,8 @@ class ConcurrentClaimTestCase(TransactionTestCase):
     """Workers claiming tasks of one job at the same moment, each on its own connection."""
 
     def setUp(self) -> None:
-        limits.clear_cache()
-        self.addCleanup(limits.clear_cache)
+        priority.clear_cache()
+        self.addCleanup(priority.clear_cache)
         self.enterContext(mock.patch("batchadmin.engine.dispatch.send", return_value=0))
         user = User.objects.create_user("alice")
         company = Company.objects.create(code="USMF", name="USMF")

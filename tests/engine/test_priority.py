@@ -10,7 +10,7 @@ from typing import Any
 from django.test import override_settings
 from django.utils.timezone import now
 
-from batchadmin.engine import explain, limits, priority, tick, transitions
+from batchadmin.engine import explain, priority, tick, transitions
 from batchadmin.engine.dispatch import NORMAL_STEP
 from batchadmin.jobs import forms, io
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask
@@ -33,13 +33,13 @@ class StepTestCase(BaseTestCase):
         order = [P.RESERVED, P.CRITICAL, P.HIGH, P.NORMAL, P.LOW]
         assert [priority.step(p) for p in order] == [0, 2, 4, 6, 8]
         assert priority.step(P.NORMAL) == NORMAL_STEP
-        assert set(priority.STEPS.values()) <= set(priority.PRIORITY_STEPS)
 
     def test_the_broker_reads_every_step(self):
         from django.conf import settings
 
-        options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
-        assert options["priority_steps"] == priority.PRIORITY_STEPS
+        steps: Any = settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"]
+        assert set(priority.STEPS.values()) <= set(steps)
+        assert steps == list(range(10))
 
     @override_settings(BATCH_PRIORITY_AGING_SECONDS=60)
     def test_a_waiting_task_moves_up_one_step_per_aging_period(self):
@@ -62,6 +62,40 @@ class StepTestCase(BaseTestCase):
         assert priority.kept_threads(4, ReservedCapacity.LOW) == 1
         assert priority.kept_threads(4, ReservedCapacity.NONE) == 0
         assert priority.usable(4, ReservedCapacity.HIGH) == 3
+
+
+class EffectivePriorityTestCase(BaseTestCase):
+    def test_python_the_queryset_and_the_claims_sql_agree(self):
+        """One rule in three languages: priority.effective(), the QuerySet annotation, and
+        sql.EFFECTIVE_PRIORITY in the claim's hand-written statements."""
+        from django.db import connection
+
+        from batchadmin.engine import sql
+
+        cases = []
+        for group_default in (Priority.LOW, Priority.CRITICAL):
+            group = BatchGroup.objects.create(
+                code=f"G{group_default}", default_priority=group_default
+            )
+            for job_priority in (Priority.NORMAL, Priority.RESERVED):
+                for overridden in (False, True):
+                    job = self.make_job(priority=job_priority, priority_overridden=overridden)
+                    task = self.make_task(job, "T1", group=group)
+                    cases.append(
+                        (task.pk, priority.effective(job_priority, overridden, group_default))
+                    )
+        annotated = dict(
+            BatchTask.objects.with_effective_priority().values_list("pk", "effective_priority")
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT t.id, {sql.EFFECTIVE_PRIORITY} FROM jobs_batchtask t "
+                "JOIN jobs_batchjob j ON j.id = t.job_id JOIN servers_batchgroup g "
+                "ON g.id = t.group_id"
+            )
+            raw = dict(cursor.fetchall())
+        for pk, expected in cases:
+            assert annotated[pk] == raw[pk] == expected, pk
 
 
 class MessageStepTestCase(BaseTestCase):
@@ -99,8 +133,8 @@ class MessageStepTestCase(BaseTestCase):
         assert steps(self.send.call_args_list) == {t2.pk: 4}
 
     def test_a_held_task_released_by_max_concurrency_keeps_its_priority(self):
-        limits.clear_cache()
-        self.addCleanup(limits.clear_cache)
+        priority.clear_cache()
+        self.addCleanup(priority.clear_cache)
         BatchGroup.objects.filter(pk=self.urgent.pk).update(max_concurrency=1)
         job = self.make_job()
         t1, t2 = (self.make_task(job, f"T{i}", group=self.urgent) for i in (1, 2))

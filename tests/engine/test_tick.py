@@ -13,7 +13,7 @@ from batchadmin.engine.dispatch import NORMAL_STEP
 from batchadmin.engine.transitions import SERVER_LOST, Outcome
 from batchadmin.jobs.models import BatchJobRun, BatchStatus, BatchTask, BatchTaskRun
 from batchadmin.lib import broker
-from batchadmin.servers.models import BatchGroup
+from batchadmin.servers.models import BatchGroup, Priority
 from tests.base import HOSTNAME, BaseTestCase, start, statuses
 
 S = BatchStatus
@@ -58,7 +58,7 @@ class HandleDueJobsTestCase(BaseTestCase):
     @override_settings(BATCH_TICK_LIMIT=1)
     def test_it_starts_the_highest_priority_first(self):
         normal = self.make_job(scheduled_start=NINE - dt.timedelta(hours=1))
-        high = self.make_job(scheduled_start=NINE, priority=30)
+        high = self.make_job(scheduled_start=NINE, priority=30, priority_overridden=True)
         for job in (normal, high):
             self.make_task(job, "T1")
         assert tick.handle_due_jobs(NINE) == 1
@@ -66,6 +66,30 @@ class HandleDueJobsTestCase(BaseTestCase):
         assert statuses(normal) == {"T1": S.WAITING}
         assert tick.handle_due_jobs(NINE) == 1
         assert statuses(normal) == {"T1": S.READY}
+
+    @override_settings(BATCH_TICK_LIMIT=1)
+    def test_it_orders_by_the_priority_the_tasks_run_with_not_the_raw_job_field(self):
+        # A job's own priority only counts when it overrides its groups' (D365); otherwise its
+        # tasks run with their group's default, and so the start order follows that.
+        urgent = BatchGroup.objects.create(code="Urgent", default_priority=Priority.CRITICAL)
+        stale_field = self.make_job(scheduled_start=NINE - dt.timedelta(hours=1), priority=30)
+        low = self.make_job(
+            scheduled_start=NINE - dt.timedelta(hours=2), priority=10, priority_overridden=True
+        )
+        by_group = self.make_job(scheduled_start=NINE)
+        self.make_task(stale_field, "T1")
+        self.make_task(low, "T1")
+        self.make_task(by_group, "T1")
+        self.make_task(by_group, "T2", group=urgent)
+        started = []
+        for _ in range(3):
+            assert tick.handle_due_jobs(NINE) == 1
+            started += [
+                j
+                for j in (stale_field, low, by_group)
+                if statuses(j)["T1"] == S.READY and j not in started
+            ]
+        assert started == [by_group, stale_field, low]
 
     def test_it_starts_the_other_jobs_when_one_cannot_start(self):
         broken = self.make_job(scheduled_start=NINE - dt.timedelta(minutes=1))
