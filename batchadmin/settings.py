@@ -226,7 +226,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Redelivery of an unacked message after a lost worker. The batch lease (below) notices a lost
 # server far sooner; this only bounds how long a stray message lingers.
 # priority_steps: each batch queue is one Redis list per step and a worker pops the lowest
-# step first; batchadmin/jobs/priority.py maps scheduling priorities (and aging) onto 0-8.
+# step first; batchadmin/engine/priority.py maps scheduling priorities (and aging) onto 0-8.
 # 0-9 include kombu's default steps (0, 3, 6, 9), so every list an older version or a plain
 # kombu client may have filled is still read and counted.
 CELERY_BROKER_TRANSPORT_OPTIONS = {

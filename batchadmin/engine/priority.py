@@ -10,7 +10,7 @@ tasks are ready than threads are free, the waiting messages start in priority or
 D365 picks by weight (Low 5, Normal 10, High 15, Critical 30, Reserved 40) so that Low is never
 starved. A broker list cannot draw by weight, so this uses aging instead: every
 BATCH_PRIORITY_AGING_SECONDS a waiting task's message is sent again one step higher
-(scheduler.handle_aging). The steps of two neighbouring priorities are two apart, so a task
+(tick.handle_aging). The steps of two neighbouring priorities are two apart, so a task
 that waited one period goes ahead of every fresh task of its own priority, after two periods it
 is level with the next priority, and at the top step it waits behind nothing newer. A Low task
 overtakes fresh High ones after four periods (4 min by default), however many keep arriving:

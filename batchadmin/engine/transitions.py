@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 S = BatchStatus
 Expected = BatchTaskCondition.ExpectedStatus
 
-# Every move the engine or a user may make, job and task alike (DESIGN.md section 2).
+# Every move the engine or a user may make, job and task alike (docs/architecture.md, section 2).
 JOB_ALLOWED: dict[BatchStatus, frozenset[BatchStatus]] = {
     S.WITHHOLD: frozenset({S.WAITING}),
     S.WAITING: frozenset({S.WITHHOLD, S.EXECUTING}),

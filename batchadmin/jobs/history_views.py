@@ -49,7 +49,6 @@ HISTORY_LINES_BUDGET = 5_000  # ... and per page; attempts past it link to the L
 LOG_LINES_PER_ATTEMPT = 2_000  # on the Log page; more is paginated per attempt
 LOG_LINES_BUDGET = 20_000
 STATUS_CHANGES_SHOWN = 20
-HISTORY_TARGETS = ("history-head", "job-runs")
 LEVEL_FILTERS = {"all": Level.INFO, "warning": Level.WARNING, "error": Level.ERROR}
 
 

@@ -322,7 +322,7 @@ class BatchJob(models.Model):
 
 
 class BatchRecurrence(models.Model):
-    """D365 "Define recurrence": when a job runs again (DESIGN.md section 5).
+    """D365 "Define recurrence": when a job runs again (docs/architecture.md, section 5).
 
     The job's scheduled start is its next run; after every run (Ended or Error) the engine
     puts the job back to Waiting with the next occurrence, until the range is over.
@@ -517,7 +517,7 @@ class MissedOccurrence(models.Model):
     """Occurrences of a recurring job that did not run, and why; one row per stretch.
 
     Not a BatchJobRun: history rows stay one per execution, and missed occurrences are never
-    replayed (DESIGN.md section 5), so they are only recorded.
+    replayed (docs/architecture.md, section 5), so they are only recorded.
     """
 
     class Reason(models.TextChoices):
@@ -660,7 +660,7 @@ class BatchTask(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     progress = models.PositiveSmallIntegerField("progress %", null=True, blank=True)
     position = models.PositiveIntegerField(default=0)
-    # When the tick must next act on the running attempt (scheduler.handle_overdue_tasks): at
+    # When the tick must next act on the running attempt (tick.handle_overdue_tasks): at
     # the claim, start + time limit; once asked to stop (time limit or cancel), the end of the
     # grace period, after which the attempt is aborted.
     deadline_at = models.DateTimeField(null=True, blank=True)
@@ -870,14 +870,9 @@ class StatusChange(models.Model):
         related_name="+",
     )
     at = models.DateTimeField(default=now)
-    processed = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["job", "at"]
-        indexes = [
-            # The alert drain reads unprocessed changes.
-            models.Index(fields=["at"], name="statuschange_todo_idx", condition=Q(processed=None))
-        ]
 
     def __str__(self) -> str:
         return f"job {self.job_id}: {self.old_status} -> {self.new_status}"

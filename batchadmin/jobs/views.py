@@ -320,7 +320,7 @@ def job_create(request: AuthedRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         job = form.save(commit=False)
         job.created_by = request.user
-        job.status = BatchStatus.WITHHOLD  # DESIGN.md: jobs made in the form start held
+        job.status = BatchStatus.WITHHOLD  # docs/architecture.md: jobs made in the form start held
         job.save()
         messages.success(
             request,
@@ -623,7 +623,7 @@ def _with_preview(context: dict[str, Any]) -> dict[str, Any]:
 @require_http_methods(["GET", "POST"])
 def job_recurrence(request: AuthedRequest, pk: int) -> HttpResponse:
     """Define recurrence. Saving reschedules the job to the first occurrence from now on; a
-    running job keeps its run and takes the change when the run ends (DESIGN.md section 5)."""
+    running job keeps its run and takes the change when the run ends (docs/architecture.md, section 5)."""
     job = _get_job_to_change(request, pk)
     context = _recurrence_dialog(job, request.POST or None)
     form: recurrence_forms.RecurrenceForm = context["form"]

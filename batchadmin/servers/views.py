@@ -1,7 +1,7 @@
 """Batch groups and Server configuration (D365 System administration > Setup).
 
 Everyone with a batch role reads these pages; only Batch job managers change them. Changes to a
-server's groups reach its running workers within one heartbeat (servers/worker.py).
+server's groups reach its running workers within one heartbeat (engine/worker.py).
 """
 
 from __future__ import annotations

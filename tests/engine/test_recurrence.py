@@ -1,5 +1,5 @@
 """Recurring jobs and active periods in the engine: transitions.start_job, the settle step and
-the tick (DESIGN.md section 5)."""
+the tick (docs/architecture.md, section 5)."""
 
 from __future__ import annotations
 

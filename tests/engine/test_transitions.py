@@ -158,7 +158,6 @@ class StartJobTestCase(BaseTestCase):
         assert (change.old_status, change.new_status) == (S.WAITING, S.EXECUTING)
         assert change.job_run == BatchJobRun.objects.get(job=job)
         assert change.at == at
-        assert change.processed is None
 
     def test_it_starts_a_job_once(self):
         job = self.make_job()
