@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     "batchadmin.jobs",
     "batchadmin.processes",
     "batchadmin.alerts",
+    "batchadmin.engine",
 ]
 
 MIDDLEWARE = [
@@ -225,7 +226,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Redelivery of an unacked message after a lost worker. The batch lease (below) notices a lost
 # server far sooner; this only bounds how long a stray message lingers.
 # priority_steps: each batch queue is one Redis list per step and a worker pops the lowest
-# step first; batchadmin/jobs/priority.py maps scheduling priorities (and aging) onto 0-8.
+# step first; batchadmin/engine/priority.py maps scheduling priorities (and aging) onto 0-8.
 # 0-9 include kombu's default steps (0, 3, 6, 9), so every list an older version or a plain
 # kombu client may have filled is still read and counted.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -238,7 +239,7 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 # it: a new PostgreSQL backend per task costs far more than the task. Keep connections (run_task
 # calls close_old_connections(), so CONN_MAX_AGE and health checks still apply).
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
-CELERY_BEAT_SCHEDULER = "batchadmin.jobs.beat:BatchScheduler"
+CELERY_BEAT_SCHEDULER = "batchadmin.engine.beat:BatchScheduler"
 CELERY_TIMEZONE = "UTC"
 
 # --- batch engine ---------------------------------------------------------------------
@@ -267,6 +268,10 @@ BATCH_REDISPATCH_AFTER_SECONDS = env_float("BATCH_REDISPATCH_AFTER_SECONDS", 30)
 # this many seconds (priority.py), so Low tasks are never starved by a stream of higher ones.
 # 0 turns aging off (strict priority order).
 BATCH_PRIORITY_AGING_SECONDS = env_float("BATCH_PRIORITY_AGING_SECONDS", 60)
+# Queues every batch server replica consumes besides its batch groups' queues, whatever its
+# groups and schedule: the alert deliveries (alerts/outbox.py), so alerts go out with the
+# workers ops already run.
+BATCH_SERVICE_QUEUES = ["batchadmin.alerts"]
 # Modules whose import registers batch processes (add your own, comma-separated).
 BATCH_PROCESS_MODULES = [
     "batchadmin.processes.builtin",

@@ -548,7 +548,7 @@ class Bench:
 
     def queue_length(self) -> int:
         """Messages in QUEUE over all its priority steps (engine messages carry a step)."""
-        from batchadmin.servers.metrics import queue_keys
+        from batchadmin.lib.broker import queue_keys
 
         return sum(int(self.redis.llen(key)) for key in queue_keys(QUEUE))
 

@@ -6,7 +6,7 @@ Creates a private database, puts a small live load in it (one running job: a tas
 two ready with their messages sent, three waiting on them; one job waiting for tomorrow), then
 for each size fills the history up to that many finished task attempts (BatchTaskRun rows; with
 them finished jobs, their runs, tasks and one log line per attempt, ``--tasks-per-job`` tasks a
-job) and measures, in this process, ``batchadmin.jobs.scheduler.tick``: wall time of each of
+job) and measures, in this process, ``batchadmin.engine.tick.tick``: wall time of each of
 ``--ticks`` ticks (median, p95) and the queries it issues; then the same per handler, to show
 which one grows. The alert checks run by the tick every 30 s are timed unthrottled
 (``check_long_running``, ``check_unserved``). A handler whose median grows by more than
@@ -66,16 +66,16 @@ class Timing:
 
 def handlers() -> list[tuple[str, Callable[[dt.datetime], Any]]]:
     from batchadmin.alerts import delivery, stuck
-    from batchadmin.jobs import scheduler
+    from batchadmin.engine import tick
 
     return [
-        ("handle_due_jobs", scheduler.handle_due_jobs),
-        ("handle_expired_leases", scheduler.handle_expired_leases),
-        ("handle_overdue_tasks", scheduler.handle_overdue_tasks),
-        ("handle_ready_tasks", scheduler.handle_ready_tasks),
-        ("handle_lost_messages", scheduler.handle_lost_messages),
-        ("handle_stranded_tasks", lambda at: scheduler.handle_stranded_tasks()),
-        ("handle_stranded_jobs", scheduler.handle_stranded_jobs),
+        ("handle_due_jobs", tick.handle_due_jobs),
+        ("handle_expired_leases", tick.handle_expired_leases),
+        ("handle_overdue_tasks", tick.handle_overdue_tasks),
+        ("handle_ready_tasks", tick.handle_ready_tasks),
+        ("handle_lost_messages", tick.handle_lost_messages),
+        ("handle_stranded_tasks", lambda at: tick.handle_stranded_tasks()),
+        ("handle_stranded_jobs", tick.handle_stranded_jobs),
         ("stuck.check_long_running (every 30 s)", stuck.check_long_running),
         ("stuck.check_unserved (every 30 s)", stuck.check_unserved),
         ("delivery.handle_undelivered", delivery.handle_undelivered),
@@ -140,14 +140,14 @@ def measure(ticks: int) -> dict[str, Timing]:
     from django.test.utils import CaptureQueriesContext
     from django.utils.timezone import now
 
-    from batchadmin.jobs import scheduler
+    from batchadmin.engine import tick
 
     results: dict[str, Timing] = {"tick": Timing()}
-    scheduler.tick()  # warm: imports, connection, the throttled alert checks' first run
+    tick.tick()  # warm: imports, connection, the throttled alert checks' first run
     for _ in range(ticks):
         with CaptureQueriesContext(connection) as cq:
             t0 = time.perf_counter()
-            scheduler.tick()
+            tick.tick()
             elapsed = time.perf_counter() - t0
         results["tick"].add(elapsed, cq.captured_queries)
     for name, handler in handlers():
@@ -174,7 +174,7 @@ def release_due_jobs(args: argparse.Namespace) -> str:
     from django.test.utils import CaptureQueriesContext
     from django.utils.timezone import now
 
-    from batchadmin.jobs import scheduler
+    from batchadmin.engine import tick
 
     n, k = args.due_jobs, args.due_job_tasks
     step(f"releasing {n} due jobs of {k} chained tasks in one handle_due_jobs")
@@ -182,7 +182,7 @@ def release_due_jobs(args: argparse.Namespace) -> str:
     analyze()
     with CaptureQueriesContext(connection) as cq:
         t0 = time.perf_counter()
-        started = scheduler.handle_due_jobs(now())
+        started = tick.handle_due_jobs(now())
         elapsed = time.perf_counter() - t0
     redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).flushdb()
     sql_ms = sum(float(q["time"]) for q in cq.captured_queries) * 1000
@@ -271,7 +271,7 @@ def report(
     lines += table(rows)
     lines += [
         "",
-        f"{args.ticks} ticks per size; 'tick' is the whole scheduler.tick (alert checks throttled "
+        f"{args.ticks} ticks per size; 'tick' is the whole tick.tick (alert checks throttled "
         "to every 30 s, so they run at most once in it); the handler rows time each handler "
         "alone. growth = median at the largest size / median at the smallest.",
     ]

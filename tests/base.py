@@ -9,7 +9,7 @@ from django.test import TestCase
 from django.utils.timezone import now
 
 from batchadmin.accounts.models import BATCH_USER, MANAGER, VIEWER
-from batchadmin.jobs import runner, transitions
+from batchadmin.engine import runner, transitions, worker
 from batchadmin.jobs.models import (
     BatchJob,
     BatchStatus,
@@ -17,7 +17,6 @@ from batchadmin.jobs.models import (
     BatchTaskCondition,
     Company,
 )
-from batchadmin.servers import worker
 from batchadmin.servers.models import BatchGroup, BatchServer
 
 HOSTNAME = "aos1@test"
@@ -59,7 +58,7 @@ class BaseTestCase(TestCase):
     def setUp(self) -> None:
         super().setUp()
         self.send = self.enterContext(
-            mock.patch("batchadmin.jobs.dispatch.send", side_effect=lambda tasks: len(tasks))
+            mock.patch("batchadmin.engine.dispatch.send", side_effect=lambda tasks: len(tasks))
         )
         # Queuing an alert's delivery (Celery task "batchadmin.deliver_alerts") after commit.
         self.send_alert = self.enterContext(mock.patch("batchadmin.alerts.outbox.send"))
@@ -117,7 +116,7 @@ def run(task: BatchTask) -> bool:
 
 def drain(job: BatchJob, *, limit: int = 100) -> None:
     """Run the ready tasks of ``job`` (those past their retry backoff) until none is left."""
-    with mock.patch("batchadmin.jobs.dispatch.send", side_effect=lambda tasks: len(tasks)):
+    with mock.patch("batchadmin.engine.dispatch.send", side_effect=lambda tasks: len(tasks)):
         for _ in range(limit):
             task = (
                 BatchTask.objects.filter(job=job, status=BatchStatus.READY)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import smtplib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -57,7 +56,7 @@ from batchadmin.alerts.models import (
     Notification,
 )
 from batchadmin.jobs.models import BatchStatus, BatchTask
-from batchadmin.lib import durations
+from batchadmin.lib import broker, durations, every
 
 log = logging.getLogger(__name__)
 Email = Notification.Email
@@ -82,38 +81,6 @@ HEADLINES = {
     AlertKind.UNSERVED: "cannot start",
 }
 INTERRUPTED = "The worker sending this e-mail stopped before it finished; sending it again."
-
-
-class Every:
-    """Lets a tick handler run at most once per ``setting`` seconds in this (beat) process.
-
-    A clock that went back (another beat's time, a test) runs it at once.
-    """
-
-    def __init__(self, setting: str) -> None:
-        self.setting = setting
-        self.last: dt.datetime | None = None
-
-    def ready(self, at: dt.datetime) -> bool:
-        period = dt.timedelta(seconds=getattr(settings, self.setting))
-        if self.last is not None and self.last <= at < self.last + period:
-            return False
-        self.last = at
-        return True
-
-    def reset(self) -> None:
-        self.last = None
-
-    def run(self, at: dt.datetime, check: Callable[[dt.datetime], int], what: str) -> int:
-        """``check(at)`` when its period is over; 0 otherwise, and when it fails: alerts must
-        never stop the engine's tick, and the next period tries again."""
-        if not self.ready(at):
-            return 0
-        try:
-            return check(at)
-        except Exception:
-            log.exception("%s failed", what)
-            return 0
 
 
 @dataclass
@@ -427,7 +394,7 @@ def _datetime(value: object) -> dt.datetime | None:
 
 # --- the tick's sweep -----------------------------------------------------------------------
 
-SWEEP = Every("BATCH_ALERT_SWEEP_SECONDS")
+SWEEP = every.Every("BATCH_ALERT_SWEEP_SECONDS", logger=log)
 
 
 def handle_undelivered(at: dt.datetime) -> int:
@@ -464,9 +431,7 @@ def sweep(at: dt.datetime) -> int:
     event_ids = sorted(set(lost) | set(retries))
     if not event_ids:
         return 0
-    from batchadmin.jobs import scheduler  # it imports this module for the tick
-
-    if scheduler.queue_size(outbox.ALERT_QUEUE) > 0:
+    if broker.queue_length(outbox.ALERT_QUEUE) > 0:
         return 0
     for event_id in event_ids:
         outbox.send(event_id)

@@ -21,7 +21,7 @@ from batchadmin.servers.models import BatchGroup
 
 log = logging.getLogger(__name__)
 
-# The queue of the delivery task. Every batch server consumes it besides its groups' queues.
+# The queue of the delivery task; every batch server consumes it (settings.BATCH_SERVICE_QUEUES).
 ALERT_QUEUE = "batchadmin.alerts"
 DELIVER_TASK = "batchadmin.deliver_alerts"
 # Failing tasks listed in one message; the rest is summed up as "and N more".

@@ -26,23 +26,23 @@ from django.conf import settings
 from django.db.models import Exists, F, OuterRef, Window
 from django.db.models.functions import RowNumber
 
-from batchadmin.alerts import delivery, outbox
+from batchadmin.alerts import outbox
 from batchadmin.alerts.models import AlertEvent, AlertKind
 from batchadmin.jobs.models import (
-    RUNNING_JOB_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchJobRun,
     BatchStatus,
     BatchTask,
 )
-from batchadmin.lib import durations
+from batchadmin.lib import durations, every
 from batchadmin.servers import coverage
 from batchadmin.servers.models import BatchGroup
 
 log = logging.getLogger(__name__)
 
-LONG_RUNNING_CHECK = delivery.Every("BATCH_STUCK_CHECK_SECONDS")
-UNSERVED_CHECK = delivery.Every("BATCH_STUCK_CHECK_SECONDS")
+LONG_RUNNING_CHECK = every.Every("BATCH_STUCK_CHECK_SECONDS", logger=log)
+UNSERVED_CHECK = every.Every("BATCH_STUCK_CHECK_SECONDS", logger=log)
 _JOB_FIELDS = (
     "pk",
     "description",
@@ -74,7 +74,7 @@ def check_long_running(at: dt.datetime) -> int:
     # Only jobs running longer than the minimum excess can qualify: most are filtered here.
     jobs = list(
         BatchJob.objects.filter(
-            status__in=RUNNING_JOB_STATUSES,
+            status__in=RUNNING_STATUSES,
             started_at__lte=at - min_over,
             current_run__isnull=False,
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Task, shared_task
-from django.db import InterfaceError, OperationalError, connection
 
 from batchadmin.alerts import delivery, outbox
+from batchadmin.lib import db
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -20,11 +23,12 @@ from batchadmin.alerts import delivery, outbox
 )
 def deliver_alerts(self: Task[Any, Any], event_id: int) -> None:
     """Fan an alert event out to its recipients and send its e-mails (outbox.record sends it)."""
-    try:
-        result = delivery.deliver(event_id)
-    except (OperationalError, InterfaceError):
-        # A connection kept across tasks broke (PostgreSQL restarted): reconnect, try once more.
-        connection.close()
-        result = delivery.deliver(event_id)
+    # A connection kept across tasks broke (PostgreSQL restarted): reconnect, try once more.
+    result = db.retry(
+        lambda: delivery.deliver(event_id),
+        delays=(0,),
+        log=log,
+        what=f"delivering alert event {event_id}",
+    )
     if result is not None and result.retry_in is not None:
         raise self.retry(countdown=result.retry_in)

@@ -20,10 +20,10 @@ from django.db import transaction
 from django.db.models import Max
 from django.urls import reverse
 
-from batchadmin.jobs import access, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import access
 from batchadmin.jobs.models import (
     MAX_RETRIES_LIMIT,
-    RUNNING_JOB_STATUSES,
     TIME_LIMIT_MAX_SECONDS,
     ActivePeriod,
     BatchJob,
@@ -64,31 +64,11 @@ CONDITION_PREFIX = "cond"
 NEW = "new"
 
 
-class ChangeRefused(Exception):
-    """The change can't be made now: the job is executing or canceling (D365 does not let its
-    header or tasks change then), or what the change names was deleted meanwhile."""
-
-
 class DateTimeLocalInput(forms.DateTimeInput):
     input_type = "datetime-local"
 
     def __init__(self, attrs: dict[str, Any] | None = None) -> None:
         super().__init__(attrs, format="%Y-%m-%dT%H:%M")
-
-
-def lock_editable_job(job_id: int) -> BatchJob:
-    """Lock the job row for a change of its header or tasks; refuse while it runs.
-
-    The caller holds a transaction. The engine's start_job updates the same row, so it waits
-    for this change to commit, and a change that comes second sees Executing and stops here.
-    """
-    job = BatchJob.objects.select_for_update().get(pk=job_id)
-    if job.status in RUNNING_JOB_STATUSES:
-        raise ChangeRefused(
-            f"The job is {job.get_status_display()}: it can't be changed until it ends. "
-            "Nothing was saved."
-        )
-    return job
 
 
 def _run_by_field(
@@ -171,7 +151,7 @@ class JobForm(forms.ModelForm[BatchJob]):
         """Write the header fields only (never status), under the job lock."""
         job = self.save(commit=False)
         with transaction.atomic():
-            lock_editable_job(job.pk)
+            transitions.lock_editable_job(job.pk)
             job.save(update_fields=[*HEADER_FIELDS, "modified"])
         return job
 
@@ -472,10 +452,10 @@ class TaskEditor:
         task = self.form.save(commit=False)
         task.parameters = self.parameters
         with transaction.atomic():
-            lock_editable_job(self.job.pk)
+            transitions.lock_editable_job(self.job.pk)
             parents = {parent for _, parent, _ in self.conditions.chosen()}
             if BatchTask.objects.filter(job=self.job, pk__in=parents).count() != len(parents):
-                raise ChangeRefused(
+                raise transitions.ChangeRefused(
                     "A task named in Has conditions was deleted meanwhile. Nothing was saved."
                 )
             if self.task is None:
@@ -485,10 +465,12 @@ class TaskEditor:
                 task.position = (position["p"] or 0) + 1
                 task.save()
             elif not BatchTask.objects.filter(pk=task.pk, job=self.job).exists():
-                raise ChangeRefused("This task was deleted meanwhile. Nothing was saved.")
+                raise transitions.ChangeRefused(
+                    "This task was deleted meanwhile. Nothing was saved."
+                )
             elif find_cycle(job_edges(self.job, without=task.pk) | {task.pk: list(parents)}):
                 # Someone else added a condition that closes a loop with these ones.
-                raise ChangeRefused(
+                raise transitions.ChangeRefused(
                     "These conditions would now make a cycle with a change made meanwhile. "
                     "Nothing was saved; close the line and look again."
                 )

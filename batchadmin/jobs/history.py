@@ -16,7 +16,7 @@ from django.db.models import Count, F, Q
 
 from batchadmin.alerts.models import AlertEvent, Notification
 from batchadmin.jobs.models import (
-    RUNNING_JOB_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchJobRun,
     BatchLogEntry,
@@ -125,7 +125,7 @@ def old_runs(
         runs = runs.filter(job__description__icontains=description)
     # A run of a running job is its current one and has no end yet; should a clock step have
     # given it one, it still is not history to delete.
-    return runs.exclude(Q(job__current_run=F("pk")) & Q(job__status__in=RUNNING_JOB_STATUSES))
+    return runs.exclude(Q(job__current_run=F("pk")) & Q(job__status__in=RUNNING_STATUSES))
 
 
 def clean_up(

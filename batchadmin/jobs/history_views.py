@@ -25,9 +25,10 @@ from django.utils.timezone import localtime
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
-from batchadmin.jobs import access, history, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import access, history
 from batchadmin.jobs.models import (
-    RUNNING_JOB_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchJobRun,
     BatchLogEntry,
@@ -48,7 +49,6 @@ HISTORY_LINES_BUDGET = 5_000  # ... and per page; attempts past it link to the L
 LOG_LINES_PER_ATTEMPT = 2_000  # on the Log page; more is paginated per attempt
 LOG_LINES_BUDGET = 20_000
 STATUS_CHANGES_SHOWN = 20
-HISTORY_TARGETS = ("history-head", "job-runs")
 LEVEL_FILTERS = {"all": Level.INFO, "warning": Level.WARNING, "error": Level.ERROR}
 
 
@@ -113,7 +113,7 @@ class RunView:
 
     @property
     def is_live(self) -> bool:
-        return self.run.status in RUNNING_JOB_STATUSES
+        return self.run.status in RUNNING_STATUSES
 
 
 @dataclass
@@ -403,7 +403,7 @@ def run_log(request: AuthedRequest, pk: int, run_pk: int) -> HttpResponseBase:
             tasks[-1].attempts.append(attempt)
         else:
             tasks.append(TaskLog(attempt.row.task, [attempt]))
-    live = run.status in RUNNING_JOB_STATUSES
+    live = run.status in RUNNING_STATUSES
     context = {
         "nav": "jobs",
         "job": job,

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
 from batchadmin.lib import durations, recurrence
@@ -39,7 +41,9 @@ OPEN_TASK_STATUSES = (
     BatchStatus.EXECUTING,
     BatchStatus.CANCELING,
 )
-RUNNING_JOB_STATUSES = (BatchStatus.EXECUTING, BatchStatus.CANCELING)
+# "Running": a job or task whose process may be running now (Canceling ones run until they
+# stop). The one definition; BatchTask.objects.running() and the partial indexes use it.
+RUNNING_STATUSES = (BatchStatus.EXECUTING, BatchStatus.CANCELING)
 
 
 class SaveHistory(models.TextChoices):
@@ -133,6 +137,29 @@ class ActivePeriod(models.Model):
 class BatchJobQuerySet(models.QuerySet["BatchJob"]):
     def due(self, at: dt.datetime) -> BatchJobQuerySet:
         return self.filter(status=BatchStatus.WAITING, scheduled_start__lte=at)
+
+    def running(self) -> BatchJobQuerySet:
+        return self.filter(status__in=RUNNING_STATUSES)
+
+    def with_effective_priority(self) -> Any:  # Any: see BatchTaskQuerySet's
+        """Annotate ``effective_priority``: the job's own when it overrides its groups', else
+        the highest default priority of its tasks' groups (Normal for a job without tasks).
+
+        The due-job start orders by it, so it agrees with the priorities the job's tasks will
+        run with (see BatchTaskQuerySet.with_effective_priority).
+        """
+        highest_group = (
+            BatchGroup.objects.filter(tasks__job=OuterRef("pk"))
+            .order_by("-default_priority")
+            .values("default_priority")[:1]
+        )
+        return self.annotate(
+            effective_priority=Case(
+                When(priority_overridden=True, then=F("priority")),
+                default=Coalesce(Subquery(highest_group), Value(int(Priority.NORMAL))),
+                output_field=models.IntegerField(),
+            )
+        )
 
 
 class BatchJob(models.Model):
@@ -244,7 +271,7 @@ class BatchJob(models.Model):
             models.Index(
                 fields=["status"],
                 name="job_running_idx",
-                condition=Q(status__in=["executing", "canceling"]),
+                condition=Q(status__in=list(RUNNING_STATUSES)),
             ),  # The job list's default sort and its "scheduled between" filter, and the
             # workspace's counts by status, with 100,000 jobs (bench/pages.py).
             models.Index(fields=["scheduled_start"], name="job_scheduled_idx"),
@@ -258,7 +285,7 @@ class BatchJob(models.Model):
         return self.run_as_id or self.created_by_id
 
     def is_running(self) -> bool:
-        return self.status in RUNNING_JOB_STATUSES
+        return self.status in RUNNING_STATUSES
 
     def is_live(self, at: dt.datetime | None = None) -> bool:
         """Whether the job's status may change by itself soon (pages poll such jobs)."""
@@ -295,7 +322,7 @@ class BatchJob(models.Model):
 
 
 class BatchRecurrence(models.Model):
-    """D365 "Define recurrence": when a job runs again (DESIGN.md section 5).
+    """D365 "Define recurrence": when a job runs again (docs/architecture.md, section 5).
 
     The job's scheduled start is its next run; after every run (Ended or Error) the engine
     puts the job back to Waiting with the next occurrence, until the range is over.
@@ -490,7 +517,7 @@ class MissedOccurrence(models.Model):
     """Occurrences of a recurring job that did not run, and why; one row per stretch.
 
     Not a BatchJobRun: history rows stay one per execution, and missed occurrences are never
-    replayed (DESIGN.md section 5), so they are only recorded.
+    replayed (docs/architecture.md, section 5), so they are only recorded.
     """
 
     class Reason(models.TextChoices):
@@ -513,6 +540,43 @@ class MissedOccurrence(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id}: {self.occurrences} missed from {self.scheduled_start:%Y-%m-%d %H:%M}"
+
+
+class BatchTaskQuerySet(models.QuerySet["BatchTask"]):
+    def running(self) -> BatchTaskQuerySet:
+        """Executing or Canceling (RUNNING_STATUSES)."""
+        return self.filter(status__in=RUNNING_STATUSES)
+
+    def taking_slot(self) -> BatchTaskQuerySet:
+        """Tasks that take a thread or a concurrency slot: running, or Ready and sent to the
+        broker (a message is on its way to a thread). Held tasks (Ready, no message) do not."""
+        return self.filter(TAKES_SLOT)
+
+    # Any: django-stubs cannot follow an annotation made in a QuerySet method, and would reject
+    # the filters and orderings on ``effective_priority`` that callers chain.
+    def with_effective_priority(self, *, select: bool = True) -> Any:
+        """Annotate ``effective_priority``: the task's job's scheduling priority when the job
+        overrides its groups', else the task's group's default priority (D365 "Scheduling
+        priority is overridden"). ``select=False`` only aliases it, for filters and ordering
+        that must not add a column (and a GROUP BY entry).
+
+        The same rule as priority.effective() in Python and sql.EFFECTIVE_PRIORITY in the
+        claim's hand-written SQL; a test checks all three agree.
+        """
+        expr = Case(
+            When(job__priority_overridden=True, then=F("job__priority")),
+            default=F("group__default_priority"),
+            output_field=models.IntegerField(),
+        )
+        if select:
+            return self.annotate(effective_priority=expr)
+        return self.alias(effective_priority=expr)
+
+
+# Tasks that take a slot (see BatchTaskQuerySet.taking_slot).
+TAKES_SLOT = Q(status__in=RUNNING_STATUSES) | Q(
+    status=BatchStatus.READY, dispatched_at__isnull=False
+)
 
 
 class BatchTask(models.Model):
@@ -596,12 +660,14 @@ class BatchTask(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     progress = models.PositiveSmallIntegerField("progress %", null=True, blank=True)
     position = models.PositiveIntegerField(default=0)
-    # When the tick must next act on the running attempt (scheduler.handle_overdue_tasks): at
+    # When the tick must next act on the running attempt (tick.handle_overdue_tasks): at
     # the claim, start + time limit; once asked to stop (time limit or cancel), the end of the
     # grace period, after which the attempt is aborted.
     deadline_at = models.DateTimeField(null=True, blank=True)
     # The running attempt passed its time limit and was asked to stop; reset by the claim.
     timed_out = models.BooleanField(default=False)
+
+    objects = BatchTaskQuerySet.as_manager()
 
     class Meta:
         verbose_name = "batch task"
@@ -627,13 +693,13 @@ class BatchTask(models.Model):
             models.Index(
                 fields=["lease_expires_at"],
                 name="task_lease_idx",
-                condition=Q(status__in=["executing", "canceling"]),
+                condition=Q(status__in=list(RUNNING_STATUSES)),
             ),
             # The tick's time limits and aborts after the cancel grace period.
             models.Index(
                 fields=["deadline_at"],
                 name="task_deadline_idx",
-                condition=Q(status__in=["executing", "canceling"]),
+                condition=Q(status__in=list(RUNNING_STATUSES)),
             ),
         ]
 
@@ -804,14 +870,9 @@ class StatusChange(models.Model):
         related_name="+",
     )
     at = models.DateTimeField(default=now)
-    processed = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["job", "at"]
-        indexes = [
-            # The alert drain reads unprocessed changes.
-            models.Index(fields=["at"], name="statuschange_todo_idx", condition=Q(processed=None))
-        ]
 
     def __str__(self) -> str:
         return f"job {self.job_id}: {self.old_status} -> {self.new_status}"

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils.timezone import now
 
-from batchadmin.jobs import transitions
+from batchadmin.engine import transitions
 from batchadmin.jobs.models import ActivePeriod, BatchJob, BatchRecurrence
 from batchadmin.lib import recurrence
 

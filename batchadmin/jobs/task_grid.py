@@ -21,7 +21,8 @@ from django.http import Http404
 from django.utils.functional import cached_property
 from django.utils.timezone import now
 
-from batchadmin.jobs import explain
+from batchadmin.engine import explain
+from batchadmin.engine.world import load_world
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
     BatchJob,
@@ -193,7 +194,7 @@ def load(
     if unseen := group_ids - groups.keys():
         groups.update((g.pk, g) for g in BatchGroup.objects.filter(pk__in=unseen))
     overdue = job.status == BatchStatus.WAITING and job.scheduled_start <= at - explain.DUE_GRACE
-    world = explain.load_world(
+    world = load_world(
         groups.values(),
         at=at,
         # Only queued tasks need their queue's length.

@@ -21,10 +21,11 @@ from django_htmx.http import (
 
 from batchadmin.alerts import forms as alert_forms
 from batchadmin.alerts.models import BatchJobAlert
-from batchadmin.jobs import access, copying, forms, recurrence_forms, task_grid, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import access, copying, forms, recurrence_forms, task_grid
 from batchadmin.jobs.filters import JobFilter
 from batchadmin.jobs.models import (
-    RUNNING_JOB_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchRecurrence,
     BatchStatus,
@@ -40,7 +41,7 @@ BULK_ACTIONS = {
     "cancel": BatchStatus.CANCELING,
 }
 # While any visible job is in one of these, the list polls for fresh statuses.
-LIVE_STATUSES = (*RUNNING_JOB_STATUSES, BatchStatus.WAITING)
+LIVE_STATUSES = (*RUNNING_STATUSES, BatchStatus.WAITING)
 
 
 def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJob:
@@ -265,7 +266,7 @@ def _save_header(request: AuthedRequest, pk: int) -> HttpResponse:
     if form.is_valid():
         try:
             form.save_header()
-        except forms.ChangeRefused as exc:
+        except transitions.ChangeRefused as exc:
             error = str(exc)
         else:
             if not request.htmx:
@@ -319,7 +320,7 @@ def job_create(request: AuthedRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         job = form.save(commit=False)
         job.created_by = request.user
-        job.status = BatchStatus.WITHHOLD  # DESIGN.md: jobs made in the form start held
+        job.status = BatchStatus.WITHHOLD  # docs/architecture.md: jobs made in the form start held
         job.save()
         messages.success(
             request,
@@ -367,7 +368,7 @@ def _task_editor(request: AuthedRequest, job: BatchJob, task: BatchTask | None) 
         if not add and editor.is_valid():
             try:
                 saved = editor.save()
-            except forms.ChangeRefused as exc:
+            except transitions.ChangeRefused as exc:
                 editor.error = str(exc)
             else:
                 return _task_saved(request, job, saved, created=task is None)
@@ -450,10 +451,10 @@ def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
     task = _task(job, task_pk)
     try:
         with transaction.atomic():
-            forms.lock_editable_job(job.pk)
+            transitions.lock_editable_job(job.pk)
             dependents = list(task.dependents.values_list("task_id", flat=True))
             task.delete()
-    except forms.ChangeRefused as exc:
+    except transitions.ChangeRefused as exc:
         if not request.htmx:
             messages.error(request, str(exc))
             return redirect("jobs:detail", job.pk)
@@ -622,7 +623,7 @@ def _with_preview(context: dict[str, Any]) -> dict[str, Any]:
 @require_http_methods(["GET", "POST"])
 def job_recurrence(request: AuthedRequest, pk: int) -> HttpResponse:
     """Define recurrence. Saving reschedules the job to the first occurrence from now on; a
-    running job keeps its run and takes the change when the run ends (DESIGN.md section 5)."""
+    running job keeps its run and takes the change when the run ends (docs/architecture.md, section 5)."""
     job = _get_job_to_change(request, pk)
     context = _recurrence_dialog(job, request.POST or None)
     form: recurrence_forms.RecurrenceForm = context["form"]

@@ -28,9 +28,12 @@ from django.utils.timezone import localtime, now
 from django.views.decorators.http import require_GET
 
 from batchadmin.alerts.outbox import first_line
-from batchadmin.jobs import access, explain
+from batchadmin.engine import explain
+from batchadmin.engine.world import load_world
+from batchadmin.jobs import access
 from batchadmin.jobs.models import (
-    RUNNING_JOB_STATUSES,
+    OPEN_TASK_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchJobRun,
     BatchStatus,
@@ -174,7 +177,7 @@ def _context(request: AuthedRequest) -> dict[str, Any]:
             job_groups[job_id].add(group_id)
 
     groups = sorted(BatchGroup.objects.all(), key=lambda g: (not g.is_default(), g.code.lower()))
-    world = explain.load_world(
+    world = load_world(
         groups,
         at=at,
         queue_groups=[t.group for t in ready_tasks if t.dispatched_at],
@@ -229,8 +232,8 @@ def _task_counts(at: dt.datetime) -> tuple[Counts, dict[int, dict[str, int]]]:
     by_group: dict[int, dict[str, int]] = defaultdict(dict)
     rows = (
         BatchTask.objects.filter(
-            job__status__in=RUNNING_JOB_STATUSES,
-            status__in=[S.WAITING, S.READY, S.EXECUTING, S.CANCELING],
+            job__status__in=RUNNING_STATUSES,
+            status__in=OPEN_TASK_STATUSES,
         )
         .values_list("group_id", "status")
         .annotate(n=Count("pk"))
@@ -244,8 +247,8 @@ def _task_counts(at: dt.datetime) -> tuple[Counts, dict[int, dict[str, int]]]:
             counts.ready_tasks += n
         else:
             counts.executing_tasks += n
-    jobs = BatchJob.objects.filter(status__in=[S.WAITING, S.EXECUTING, S.CANCELING]).aggregate(
-        running=Count("pk", filter=Q(status__in=RUNNING_JOB_STATUSES)),
+    jobs = BatchJob.objects.filter(status__in=[S.WAITING, *RUNNING_STATUSES]).aggregate(
+        running=Count("pk", filter=Q(status__in=RUNNING_STATUSES)),
         waiting=Count("pk", filter=Q(status=S.WAITING)),
         due=Count("pk", filter=Q(status=S.WAITING, scheduled_start__lte=at)),
     )

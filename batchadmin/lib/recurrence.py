@@ -1,4 +1,4 @@
-"""Recurrence maths for batch jobs (DESIGN.md section 5): pure, no ORM.
+"""Recurrence maths for batch jobs (docs/architecture.md, section 5): pure, no ORM.
 
 A ``Rule`` is what D365's "Define recurrence" dialog holds: a start (a local date and time in a
 time zone), a pattern, and an end (after N runs, or by a date). Its occurrences:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class Context(Protocol):
-    """What a batch process may use while it runs (see batchadmin.jobs.runner.ProcessContext)."""
+    """What a batch process may use while it runs (see batchadmin.engine.runner.ProcessContext)."""
 
     job_id: int
     task_id: int

@@ -19,10 +19,9 @@ from django.http import HttpRequest, JsonResponse
 from django.utils.timezone import now
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
-from django_celery_beat.models import PeriodicTask
 
-from batchadmin.jobs import beat
-from batchadmin.servers import metrics
+from batchadmin.engine import beat
+from batchadmin.lib import broker
 
 STATEMENT_TIMEOUT_MS = 1000
 ERROR_MAX_CHARS = 300
@@ -46,7 +45,7 @@ def check_broker() -> dict[str, Any]:
     started = time.monotonic()
     try:
         # A fresh connection, no retries: the answer is about Redis now, within a second.
-        with metrics.redis_client() as client:
+        with broker.client() as client:
             client.ping()
     except Exception as exc:
         return {"ok": False, "ms": _ms(started), "error": _describe(exc)}
@@ -54,32 +53,29 @@ def check_broker() -> dict[str, Any]:
 
 
 def check_beat(at: dt.datetime | None = None) -> dict[str, Any]:
-    """Beat is alive when its last successful tick is recent (see jobs/beat.py)."""
+    """Beat is alive when its last successful tick is recent (engine/beat.py, Liveness)."""
     at = at or now()
-    limit = settings.BATCH_BEAT_STALE_SECONDS
     try:
-        last = beat.last_tick()
-        enabled = last is not None or (
-            PeriodicTask.objects.filter(task=beat.TICK_TASK, enabled=True).exists()
-        )
+        state = beat.liveness()
     except Exception as exc:
         return {"ok": False, "last_tick": None, "age_seconds": None, "error": _describe(exc)}
-    if last is None:
+    age = state.age(at)
+    if state.last_tick is None or age is None:
         error = (
             "Beat has not ticked yet: is `celery -A batchadmin beat` running?"
-            if enabled
+            if state.enabled
             else f"No enabled periodic task runs {beat.TICK_TASK}: nothing starts due jobs."
         )
         return {"ok": False, "last_tick": None, "age_seconds": None, "error": error}
-    age = (at - last).total_seconds()
     result: dict[str, Any] = {
-        "ok": age <= limit,
-        "last_tick": last.isoformat(),
-        "age_seconds": round(age, 1),
+        "ok": state.alive(at),
+        "last_tick": state.last_tick.isoformat(),
+        "age_seconds": round(age.total_seconds(), 1),
     }
     if not result["ok"]:
+        limit = beat.stale_after().total_seconds()
         result["error"] = (
-            f"Beat's last tick was {age:.0f} s ago (limit {limit:g} s): "
+            f"Beat's last tick was {age.total_seconds():.0f} s ago (limit {limit:g} s): "
             "is `celery -A batchadmin beat` running?"
         )
     return result

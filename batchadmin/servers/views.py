@@ -1,7 +1,7 @@
 """Batch groups and Server configuration (D365 System administration > Setup).
 
 Everyone with a batch role reads these pages; only Batch job managers change them. Changes to a
-server's groups reach its running workers within one heartbeat (servers/worker.py).
+server's groups reach its running workers within one heartbeat (engine/worker.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from django_htmx.http import (
 )
 
 from batchadmin.jobs import access
-from batchadmin.jobs.models import BatchStatus, BatchTask
+from batchadmin.jobs.models import RUNNING_STATUSES, BatchTask
 from batchadmin.lib.http import AuthedRequest
 from batchadmin.servers import coverage, forms
 from batchadmin.servers.models import (
@@ -237,9 +237,7 @@ def _activity(request: AuthedRequest, servers: list[BatchServer]) -> dict[str, A
     at = now()
     ids = [s.pk for s in servers]
     replicas = list(BatchServerReplica.objects.filter(server_id__in=ids).order_by("hostname"))
-    running = BatchTask.objects.filter(
-        server_id__in=ids, status__in=[BatchStatus.EXECUTING, BatchStatus.CANCELING]
-    )
+    running = BatchTask.objects.filter(server_id__in=ids, status__in=RUNNING_STATUSES)
     hidden: dict[int, int] = {}
     if not access.can_view_all(request.user):
         visible = access.visible_jobs(request.user)

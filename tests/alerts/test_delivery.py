@@ -22,7 +22,7 @@ from batchadmin.alerts.models import (
     BatchJobAlert,
     Notification,
 )
-from batchadmin.jobs import transitions
+from batchadmin.engine import transitions
 from batchadmin.jobs.models import BatchJob, BatchJobRun, BatchStatus, Priority, SaveHistory
 from batchadmin.servers.models import BatchGroup
 from tests.base import BaseTestCase, drain, start

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
+from django.test import SimpleTestCase
+
 from batchadmin.alerts import outbox
 from batchadmin.jobs.models import BatchJobRun, BatchTaskRun
 from tests.base import BaseTestCase, drain, start
@@ -33,3 +36,8 @@ class FailingTasksTestCase(BaseTestCase):
         assert [t["key"] for t in shown] == ["T1", "T2", "T3"]
         assert shown[1]["error"] == "Ledger 2 is on hold"
         assert shown[0]["error"].endswith("attempt failed 1")
+
+
+class ServiceQueueTestCase(SimpleTestCase):
+    def test_it_is_a_queue_every_batch_server_consumes(self):
+        assert outbox.ALERT_QUEUE in settings.BATCH_SERVICE_QUEUES

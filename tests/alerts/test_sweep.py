@@ -10,8 +10,8 @@ from django.test import override_settings
 
 from batchadmin.alerts import delivery, outbox
 from batchadmin.alerts.models import AlertEvent, AlertKind, BatchJobAlert, Notification
-from batchadmin.jobs import scheduler
 from batchadmin.jobs.models import BatchJob
+from batchadmin.lib import broker
 from tests.base import BaseTestCase
 
 Email = Notification.Email
@@ -24,7 +24,7 @@ class SweepTestCase(BaseTestCase):
         super().setUp()
         self.job = self.make_job()
         self.queue_size = self.enterContext(
-            mock.patch.object(scheduler, "queue_size", return_value=0)
+            mock.patch.object(broker, "queue_length", return_value=0)
         )
 
     def event(self, key: str = "run:1:error", at: dt.datetime = NINE) -> AlertEvent:

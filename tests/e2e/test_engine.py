@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from kombu.transport.redis import Channel as RedisChannel
 
-from batchadmin.jobs.priority import STEPS
+from batchadmin.engine.priority import STEPS
 from batchadmin.servers.models import Priority
 from tests.e2e.cluster import REDIS_URL, Cluster, unique, wait_for
 

@@ -261,6 +261,14 @@ def test_sigkill_of_a_replica_mid_task(faults: FaultCluster) -> None:
         timeout=30,
         what="both victims executing on r1",
     )
+    # Claimed is not yet started: on a busy machine the bodies may take a moment to write
+    # their "start" marks, and the kill must come after both did.
+    victims = tasks_of(c, retried, failed)
+    wait_for(
+        lambda: all(marks(c).get(victims[key].id) for key in ("V0", "V1")),
+        timeout=30,
+        what="both victims' bodies to start",
+    )
     r2 = c.start_worker(server, host="r2", concurrency=2, wait=False)
     c.kill(r1)
     [later] = c.import_jobs(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from unittest import mock
 
-from batchadmin.jobs import transitions
+from batchadmin.engine import transitions
 from batchadmin.jobs.models import BatchJob, BatchStatus, StatusChange
 from tests.base import HOSTNAME, start
 from tests.jobs.form_base import FormTestCase, squash

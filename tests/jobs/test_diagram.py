@@ -4,7 +4,7 @@ import json
 
 from django.test import SimpleTestCase
 
-from batchadmin.jobs import transitions
+from batchadmin.engine import transitions
 from batchadmin.jobs.models import BatchJob, BatchStatus
 from batchadmin.lib import diagram
 from tests.base import HOSTNAME, drain, start

@@ -6,7 +6,8 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from batchadmin.jobs import history_views, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import history_views
 from batchadmin.jobs.models import BatchJob, BatchJobRun, BatchLogEntry, BatchStatus, BatchTaskRun
 from tests.base import BaseTestCase, drain, start
 

@@ -16,7 +16,8 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.db.models import QuerySet
 
-from batchadmin.jobs import io, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import io
 from batchadmin.jobs.models import (
     BatchJob,
     BatchStatus,

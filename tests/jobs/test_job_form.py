@@ -6,7 +6,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils.timezone import now
 
-from batchadmin.jobs import forms, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import forms
 from batchadmin.jobs.models import BatchJob, BatchStatus, Priority, SaveHistory
 from tests.base import start
 from tests.jobs.form_base import FormTestCase

@@ -12,7 +12,9 @@ from django.core.management import call_command
 from django.test import SimpleTestCase
 
 from batchadmin.alerts.models import AlertEvent, AlertKind
-from batchadmin.jobs import history, transitions
+from batchadmin.engine import transitions
+from batchadmin.engine.transitions import Outcome
+from batchadmin.jobs import history
 from batchadmin.jobs.models import (
     BatchJob,
     BatchJobRun,
@@ -23,7 +25,6 @@ from batchadmin.jobs.models import (
     SaveHistory,
     StatusChange,
 )
-from batchadmin.jobs.transitions import Outcome
 from tests.base import HOSTNAME, BaseTestCase, drain, start
 from tests.jobs.form_base import HTMX, FormTestCase, squash
 

@@ -4,7 +4,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from batchadmin.jobs import forms, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import forms
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskCondition
 from batchadmin.servers.models import BatchGroup
 from tests.base import start
@@ -328,7 +329,7 @@ class TaskGridTestCase(FormTestCase):
         assert editor.is_valid()
         assert transitions.release_job(job_id=self.job.pk, by_id=None)
         start(self.job)
-        with self.assertRaises(forms.ChangeRefused):
+        with self.assertRaises(transitions.ChangeRefused):
             editor.save()
         task.refresh_from_db()
         assert task.description == "Task T1"
@@ -338,7 +339,7 @@ class TaskGridTestCase(FormTestCase):
         editor = forms.task_editor(self.job, None, data=task_data([(t1.pk, "ended")]))
         assert editor.is_valid()
         t1.delete()
-        with self.assertRaisesMessage(forms.ChangeRefused, "deleted meanwhile"):
+        with self.assertRaisesMessage(transitions.ChangeRefused, "deleted meanwhile"):
             editor.save()
         assert not self.job.tasks.exists()
 
@@ -349,7 +350,9 @@ class TaskGridTestCase(FormTestCase):
         BatchTask.objects.filter(pk=task.pk).delete()
         r = self.client.post(self.edit_url(task), task_data(), headers=self.htmx())
         assert r.status_code == 404
-        with self.assertRaisesMessage(forms.ChangeRefused, "This task was deleted meanwhile."):
+        with self.assertRaisesMessage(
+            transitions.ChangeRefused, "This task was deleted meanwhile."
+        ):
             editor.save()
 
     def test_a_cycle_closed_by_a_change_made_meanwhile_is_refused(self):
@@ -358,7 +361,7 @@ class TaskGridTestCase(FormTestCase):
         editor = forms.task_editor(self.job, t1, data=task_data([(t2.pk, "ended")]))
         assert editor.is_valid()
         self.add_condition(t2, t1)  # another user, between validating and saving
-        with self.assertRaisesMessage(forms.ChangeRefused, "would now make a cycle"):
+        with self.assertRaisesMessage(transitions.ChangeRefused, "would now make a cycle"):
             editor.save()
         assert not t1.conditions.exists()
 

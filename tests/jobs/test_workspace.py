@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from batchadmin.jobs import explain
+from batchadmin.engine import world
 from batchadmin.jobs.models import BatchJob, BatchJobRun, BatchStatus, BatchTask, BatchTaskRun
 from batchadmin.servers.models import BatchGroup, BatchServer, BatchServerReplica
 from tests.base import HOSTNAME, BaseTestCase, start
@@ -28,7 +28,7 @@ class WorkspaceTestCase(BaseTestCase):
         super().setUp()
         self.enterContext(time_machine.travel(NOON, tick=False))
         self.queues = self.enterContext(
-            mock.patch.object(explain, "queue_sizes", side_effect=lambda gs: {g.pk: 0 for g in gs})
+            mock.patch.object(world, "queue_sizes", side_effect=lambda gs: {g.pk: 0 for g in gs})
         )
         BatchServerReplica.objects.create(
             server=self.server, hostname=HOSTNAME, concurrency=4, busy=1, last_heartbeat=NOON

@@ -5,8 +5,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils.timezone import now
 
+from batchadmin.engine import worker
 from batchadmin.jobs.models import BatchStatus
-from batchadmin.servers import worker
 from batchadmin.servers.models import (
     BatchGroup,
     BatchServer,

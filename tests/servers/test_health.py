@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils.timezone import now
 from django_celery_beat.models import PeriodicTask
 
-from batchadmin.jobs import beat
+from batchadmin.engine import beat
 from batchadmin.servers import health
 from tests.base import BaseTestCase
 
@@ -166,7 +166,7 @@ class BeatLivenessTestCase(BaseTestCase):
         scheduler = self.scheduler(tick=broken_tick)
         entry = self.entry()
         scheduler._dirty.add(entry.name)  # what reserve() did before apply_entry()
-        with self.assertLogs("batchadmin.jobs.beat", "ERROR"):
+        with self.assertLogs("batchadmin.engine.beat", "ERROR"):
             scheduler.apply_entry(entry)
         assert entry.name not in scheduler._dirty
         assert beat.last_tick() == NINE

@@ -7,14 +7,15 @@ from unittest import mock
 
 import redis
 from django.db import DatabaseError
-from django.test import SimpleTestCase, override_settings
+from django.test import override_settings
 from django.utils.timezone import now
 from django_celery_beat.models import PeriodicTask
 from kombu import Connection, Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchadmin.jobs import beat, scheduler, transitions
+from batchadmin.engine import beat, counters, tick, transitions
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask
+from batchadmin.lib import broker
 from batchadmin.servers import metrics
 from batchadmin.servers.models import BatchGroup, BatchServer, BatchServerReplica
 from tests.base import HOSTNAME, BaseTestCase, run, start
@@ -23,7 +24,7 @@ S = BatchStatus
 # Counters go to a Redis database of the test run's own (E2E_REDIS_URL), never to the broker's.
 REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/15")
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-RECORD = metrics.record  # the real one, even if BaseTestCase stubs it for other tests
+RECORD = counters.record  # the real one, even if BaseTestCase stubs it for other tests
 
 
 def scrape(client: Any, **headers: str) -> dict[str, list[Any]]:
@@ -48,16 +49,16 @@ class RedisTestCase(BaseTestCase):
         self.queues: list[str] = []
         self.clear()
         self.addCleanup(self.clear)
-        self.enterContext(mock.patch.object(metrics, "record", RECORD))
+        self.enterContext(mock.patch.object(counters, "record", RECORD))
         # A failure to reach Redis in another test pauses recording; not in this one.
-        self.enterContext(mock.patch.object(metrics, "_paused_until", 0.0))
+        self.enterContext(mock.patch.object(counters, "_paused_until", 0.0))
         # Jobs that end here queue alert messages: keep them out of any broker.
         self.enterContext(mock.patch("batchadmin.alerts.outbox.send"))
 
     def clear(self) -> None:
-        keys = [metrics.FINISHED_KEY, metrics.DURATION_KEY]
+        keys = [counters.FINISHED_KEY, counters.DURATION_KEY]
         for queue in self.queues:
-            keys += metrics.queue_keys(queue)
+            keys += broker.queue_keys(queue)
             keys += [f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
         self.redis.delete(*keys)
 
@@ -82,7 +83,7 @@ class FinishedTasksTestCase(RedisTestCase):
                 assert run(task)
             BatchTask.objects.filter(pk=failing.pk).update(ready_at=None)  # skip the backoff
             assert run(failing)  # the retry fails too
-            assert self.redis.exists(metrics.FINISHED_KEY) == 0  # not before the commit
+            assert self.redis.exists(counters.FINISHED_KEY) == 0  # not before the commit
 
         samples = scrape(self.client)
         finished = samples["batchadmin_tasks_finished"]
@@ -114,9 +115,9 @@ class FinishedTasksTestCase(RedisTestCase):
         at = claimed.started_at + dt.timedelta(seconds=90)
         with (
             self.captureOnCommitCallbacks(execute=True),
-            self.assertLogs("batchadmin.jobs.scheduler", "WARNING"),
+            self.assertLogs("batchadmin.engine.tick", "WARNING"),
         ):
-            assert scheduler.handle_expired_leases(at) == 1
+            assert tick.handle_expired_leases(at) == 1
         durations = scrape(self.client)["batchadmin_task_duration_seconds"]
         assert (
             value(scrape(self.client)["batchadmin_tasks_finished"], group="default", status="error")
@@ -129,7 +130,7 @@ class FinishedTasksTestCase(RedisTestCase):
 
     def test_it_keeps_the_histogram_buckets_cumulative(self):
         for seconds in (0.05, 0.7, 0.7, 20, 4000):
-            metrics.record(group="default", status="ended", seconds=seconds)
+            counters.record(group="default", status="ended", seconds=seconds)
         durations = scrape(self.client)["batchadmin_task_duration_seconds"]
         buckets = [
             (s.labels["le"], s.value)
@@ -155,45 +156,6 @@ class FinishedTasksTestCase(RedisTestCase):
             value(samples["batchadmin_task_duration_seconds"], bucket, group="reports", le="+Inf")
             == 0
         )
-
-
-class RecordTestCase(SimpleTestCase):
-    def test_it_never_fails_a_task_when_redis_is_down(self):
-        with (
-            override_settings(CELERY_BROKER_URL=DOWN_URL),
-            mock.patch.object(metrics, "_paused_until", 0.0),
-            mock.patch.object(metrics, "_failing", False),
-            self.assertLogs("batchadmin.servers.metrics", "WARNING") as logs,
-        ):
-            metrics.record(group="default", status="ended", seconds=1.0)
-            # Paused for a while: the next attempts do not even try.
-            with mock.patch.object(metrics, "redis_client") as client:
-                metrics.record(group="default", status="ended", seconds=1.0)
-            client.assert_not_called()
-        assert "Could not record task metrics" in logs.output[0]
-
-    def test_it_warns_once_per_outage(self):
-        with (
-            override_settings(CELERY_BROKER_URL=DOWN_URL),
-            mock.patch.object(metrics, "_failing", False),
-            self.assertLogs("batchadmin.servers.metrics", "DEBUG") as logs,
-        ):
-            for _ in range(3):
-                with mock.patch.object(metrics, "_paused_until", 0.0):
-                    metrics.record(group="default", status="ended", seconds=1.0)
-        assert [r.levelname for r in logs.records] == ["WARNING", "DEBUG", "DEBUG"]
-
-    def test_it_tells_how_an_attempt_ended_from_its_outcome(self):
-        assert metrics.attempt_status(transitions.Outcome()) == S.ENDED
-        assert metrics.attempt_status(transitions.Outcome(error="boom")) == S.ERROR
-        assert metrics.attempt_status(transitions.Outcome(canceled=True)) == S.CANCELED
-        assert metrics.attempt_status(transitions.Outcome(error="x", canceled=True)) == S.CANCELED
-
-    def test_it_names_the_group_after_the_queue_the_message_came_from(self):
-        task = mock.Mock()
-        task.request.delivery_info = {"routing_key": "batch.nightly"}
-        with mock.patch.object(metrics, "current_task", task):
-            assert metrics._group_of(1) == "nightly"
 
 
 class GaugesTestCase(RedisTestCase):

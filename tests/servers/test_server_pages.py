@@ -5,7 +5,7 @@ from typing import Any
 
 from django.utils.timezone import now
 
-from batchadmin.jobs import transitions
+from batchadmin.engine import transitions
 from batchadmin.jobs.models import BatchTask
 from batchadmin.servers import forms
 from batchadmin.servers.models import (

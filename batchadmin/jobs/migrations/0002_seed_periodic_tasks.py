@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.db import migrations
 
 # The system's own periodic work, as PeriodicTask rows so operators retune it in the admin.
-# jobs.beat.BatchScheduler runs "batchadmin.tick" inside the beat process.
+# engine.beat.BatchScheduler (once jobs.beat) runs "batchadmin.tick" inside the beat process.
 TICK_NAME = "batchadmin: release tick"
 
 

@@ -14,9 +14,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Prefetch
 from django.utils.timezone import now
 
-from batchadmin.jobs import io, transitions
+from batchadmin.engine import transitions
+from batchadmin.jobs import io
 from batchadmin.jobs.models import (
-    RUNNING_JOB_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchStatus,
     BatchTaskRun,
@@ -108,7 +109,7 @@ class Command(BaseCommand):
         seen = changes.order_by("-pk").values_list("pk", flat=True).first() or 0
         # Read after ``seen``: a run that ends from here on writes a change past it.
         job = _job(job_id)
-        if job.status not in (*RUNNING_JOB_STATUSES, BatchStatus.WAITING):
+        if job.status not in (*RUNNING_STATUSES, BatchStatus.WAITING):
             self.stdout.write(job.status)  # Withhold, or over already: nothing to wait for
             return
         ends = changes.filter(pk__gt=seen, new_status__in=transitions.TERMINAL_JOB_STATUSES)

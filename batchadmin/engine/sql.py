@@ -1,0 +1,120 @@
+"""Every hand-written statement of the hot path (claim and finish), and the one place that
+knows which database it talks to.
+
+Claim and finish run once per task; the ORM's query building cost more CPU than a no-op task
+itself (bench/), so they are SQL. On PostgreSQL the claim is one statement (atomic on its own,
+no BEGIN/COMMIT round trips); SQLite (>= 3.35) has UPDATE ... RETURNING but no UPDATE inside
+WITH, so there it is two statements in a transaction (``POSTGRESQL`` chooses). Table names come
+from the models, so a renamed table cannot leave a statement behind.
+"""
+
+from __future__ import annotations
+
+from django.db import connection
+
+from batchadmin.jobs.models import BatchJob, BatchTask, BatchTaskCondition, BatchTaskRun
+from batchadmin.servers.models import NO_LIMIT, BatchGroup
+
+POSTGRESQL = connection.vendor == "postgresql"
+
+_J = BatchJob._meta.db_table
+_T = BatchTask._meta.db_table
+_C = BatchTaskCondition._meta.db_table
+_R = BatchTaskRun._meta.db_table
+_G = BatchGroup._meta.db_table
+
+
+def for_update() -> str:
+    """Appended to a SELECT that must lock its row (SQLite locks the whole database instead)."""
+    return " FOR UPDATE" if connection.features.has_select_for_update else ""
+
+
+# A task's effective scheduling priority over its job ``j`` and its group ``g``: the job's when
+# it overrides its groups', else the group's default. The same rule as
+# BatchTaskQuerySet.with_effective_priority() and priority.effective() (a test checks all three).
+EFFECTIVE_PRIORITY = "CASE WHEN j.priority_overridden THEN j.priority ELSE g.default_priority END"
+
+# --- claim ------------------------------------------------------------------------------------
+
+# The claim time plus the task's time limit (or the default), in the database's own date maths.
+DEADLINE = (
+    "%s + COALESCE(time_limit, %s) * INTERVAL '1 second'"
+    if POSTGRESQL
+    else "strftime('%%Y-%%m-%%d %%H:%%M:%%f', %s, '+' || COALESCE(time_limit, %s) || ' seconds')"
+)
+# Ready -> Executing, unless the task's group limits it (then _claim_limited decides first and
+# passes its "checked" flag).
+CLAIM = f"""
+    UPDATE {_T} SET status = %s, attempt = retries + 1, server_id = %s, hostname = %s,
+        started_at = %s, ended_at = NULL, lease_expires_at = %s, progress = NULL,
+        deadline_at = {DEADLINE}, timed_out = FALSE
+    WHERE id = %s AND status = %s AND (ready_at IS NULL OR ready_at <= %s)
+        AND (%s OR (SELECT max_concurrency = {NO_LIMIT} AND reserved_capacity = 0
+                    FROM {_G} WHERE id = group_id))
+    RETURNING job_id, attempt, key, process, parameters, company_id
+"""
+# The attempt's history row, in the job's current run (SQLite: after CLAIM).
+RUN = f"""
+    INSERT INTO {_R}
+        (job_run_id, task_id, attempt, status, server_id, hostname, started_at, error_message,
+         traceback, celery_task_id)
+    SELECT current_run_id, %s, %s, %s, %s, %s, %s, '', '', %s
+    FROM {_J} WHERE id = %s
+    RETURNING id, job_run_id
+"""
+# PostgreSQL: both in one statement.
+CLAIM_PG = f"""
+    WITH claimed AS ({CLAIM}),
+    run AS (
+        INSERT INTO {_R}
+            (job_run_id, task_id, attempt, status, server_id, hostname, started_at, error_message,
+             traceback, celery_task_id)
+        SELECT j.current_run_id, %s, c.attempt, %s, %s, %s, %s, '', '', %s
+        FROM claimed c JOIN {_J} j ON j.id = c.job_id
+        RETURNING id, job_run_id
+    )
+    SELECT run.id, run.job_run_id, c.job_id, c.attempt, c.key, c.process, c.parameters, c.company_id
+    FROM run, claimed c
+"""
+
+# --- claim of a limited task (max concurrency, reserved capacity) -----------------------------
+
+# The job row of a task, to lock (with for_update()): claims and finishes of one job queue here.
+LOCK_JOB = f"SELECT id FROM {_J} WHERE id = (SELECT job_id FROM {_T} WHERE id = %s)"
+LIMIT_STATE = f"""
+    SELECT t.status, (t.ready_at IS NULL OR t.ready_at <= %s), t.job_id, t.group_id,
+        g.max_concurrency, g.reserved_capacity, {EFFECTIVE_PRIORITY}
+    FROM {_T} t JOIN {_G} g ON g.id = t.group_id JOIN {_J} j ON j.id = t.job_id
+    WHERE t.id = %s
+"""
+LOCK_GROUP = f"SELECT id FROM {_G} WHERE id = %s"
+# Running tasks of a group other than Reserved capacity ones (what reserved capacity limits).
+SHARED_RUNNING = f"""
+    SELECT count(*) FROM {_T} t JOIN {_J} j ON j.id = t.job_id JOIN {_G} g ON g.id = t.group_id
+    WHERE t.group_id = %s AND t.status IN (%s, %s) AND {EFFECTIVE_PRIORITY} <> %s
+"""
+RUNNING_IN_GROUP = (
+    f"SELECT count(*) FROM {_T} WHERE job_id = %s AND group_id = %s AND status IN (%s, %s)"
+)
+# Refused by its limit: the task stays Ready without a message (held).
+HOLD = f"UPDATE {_T} SET dispatched_at = NULL WHERE id = %s AND status = %s"
+
+# --- finish -----------------------------------------------------------------------------------
+
+TASK_STATE = f"""
+    SELECT attempt, status, retries, max_retries, group_id,
+        (SELECT max_concurrency FROM {_G} WHERE id = group_id)
+    FROM {_T} WHERE id = %s
+"""
+FINISH_RUN = f"""
+    UPDATE {_R} SET status = %s, ended_at = %s, error_message = %s, traceback = %s
+    WHERE task_id = %s AND attempt = %s AND status = %s
+"""
+FINISH_TASK = f"UPDATE {_T} SET status = %s, ended_at = %s, lease_expires_at = NULL WHERE id = %s"
+# Does the finished task have waiting dependents, and has its job any open task left?
+WHAT_FOLLOWS = f"""
+    SELECT
+        EXISTS (SELECT 1 FROM {_C} c JOIN {_T} t ON t.id = c.task_id
+                WHERE c.depends_on_id = %s AND t.status = %s),
+        EXISTS (SELECT 1 FROM {_T} WHERE job_id = %s AND status IN (%s, %s, %s, %s))
+"""

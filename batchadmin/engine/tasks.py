@@ -1,0 +1,47 @@
+"""Celery tasks: thin adapters that take ids and call the engine."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+from django.db import IntegrityError
+
+from batchadmin.engine import dispatch, runner, worker
+from batchadmin.engine import tick as engine_tick
+from batchadmin.lib import db
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, name=dispatch.RUN_TASK, acks_late=True, ignore_result=True)
+def run_batch_task(self: Task[Any, Any], task_id: int) -> None:
+    hostname = self.request.hostname or ""
+    # Recorded on the attempt so that an abort can revoke (kill) exactly this execution.
+    celery_id = self.request.id or ""
+
+    def run() -> None:
+        runner.run_task(
+            task_id=task_id,
+            server_id=worker.server_id(hostname),
+            hostname=hostname,
+            celery_task_id=celery_id,
+        )
+
+    try:
+        # Connections are kept across tasks (CELERY_DB_REUSE_MAX) without a health-check
+        # query per task; a broken one (PostgreSQL restarted) fails here once. Reconnect and
+        # claim again: if the first try had claimed, this claim finds it taken and stops.
+        db.retry(run, delays=(0,), log=log, what=f"running task {task_id}")
+    except IntegrityError:
+        # The claim referred to a server row deleted since this process cached its id (the
+        # claim rolled back, the task is still Ready): register again and claim once more.
+        worker.forget_server(hostname)
+        run()
+
+
+@shared_task(name="batchadmin.tick", ignore_result=True)
+def tick() -> dict[str, int]:
+    """The clock: beat runs this in its own process every second (see engine/beat.py)."""
+    return engine_tick.tick()
