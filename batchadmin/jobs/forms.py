@@ -31,7 +31,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
 )
-from batchadmin.lib import durations
+from batchadmin.lib import clock, durations
 from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
 from batchadmin.servers.models import BatchGroup, Priority
@@ -67,13 +67,6 @@ NEW = "new"
 class ChangeRefused(Exception):
     """The change can't be made now: the job is executing or canceling (D365 does not let its
     header or tasks change then), or what the change names was deleted meanwhile."""
-
-
-class DateTimeLocalInput(forms.DateTimeInput):
-    input_type = "datetime-local"
-
-    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
-        super().__init__(attrs, format="%Y-%m-%dT%H:%M")
 
 
 def lock_editable_job(job_id: int) -> BatchJob:
@@ -133,8 +126,10 @@ class JobForm(forms.ModelForm[BatchJob]):
     class Meta:
         model = BatchJob
         fields = [f for f in HEADER_FIELDS if f not in ("priority", "priority_overridden")]
-        widgets = {"scheduled_start": DateTimeLocalInput()}
-        field_classes = {"active_period": ActivePeriodChoiceField}
+        field_classes = {
+            "active_period": ActivePeriodChoiceField,
+            "scheduled_start": clock.DateTimeField,
+        }
 
     def __init__(self, *args: Any, user: User, read_only: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -182,7 +177,7 @@ class CopyJobForm(forms.ModelForm[BatchJob]):
     class Meta:
         model = BatchJob
         fields = ["description", "company", "scheduled_start", "run_as"]
-        widgets = {"scheduled_start": DateTimeLocalInput()}
+        field_classes = {"scheduled_start": clock.DateTimeField}
         help_texts = {
             "company": "Tasks that ran in the job's company move to this one with the copy.",
         }

@@ -37,7 +37,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskRun,
 )
-from batchadmin.lib import charts
+from batchadmin.lib import charts, clock
 from batchadmin.lib.http import AuthedRequest
 from batchadmin.servers.models import BatchGroup, BatchServer
 
@@ -315,7 +315,7 @@ def _charts(at: dt.datetime) -> tuple[charts.Chart, charts.Chart]:
         i = _index(bucket, minute0, dt.timedelta(minutes=1), MINUTES)
         if i is not None:
             per_status[status][i] += n
-    minute_labels = [f"{localtime(m):%H:%M}" for m in minutes]
+    minute_labels = [clock.format_when(localtime(m), "time") for m in minutes]
     per_minute = charts.Chart(
         id="chart-minutes",
         title=f"Task attempts finished per minute, last {MINUTES} minutes",
@@ -351,7 +351,7 @@ def _charts(at: dt.datetime) -> tuple[charts.Chart, charts.Chart]:
         id="chart-hours",
         title=f"Failed task attempts per hour, last {HOURS} hours",
         description="Bars: attempts that ended in an error, retried ones included, per hour.",
-        labels=[f"{localtime(h):%H:%M}" for h in hours],
+        labels=[clock.format_when(localtime(h), "time") for h in hours],
         series=[charts.Series("Failed", "error", per_hour_values)],
         label_every=3,
         label_offset=next((i for i, h in enumerate(hours) if localtime(h).hour % 3 == 0), 0),

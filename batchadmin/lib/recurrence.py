@@ -33,6 +33,8 @@ from cron_descriptor import Options as CronOptions
 from croniter import CroniterError, croniter
 from dateutil import rrule
 
+from batchadmin.lib.clock import format_when, zone_label
+
 MINUTES, HOURS, DAYS, WEEKS, MONTHS, YEARS, CRON = (
     "minutes",
     "hours",
@@ -330,14 +332,15 @@ class Rule:
 
     def describe(self, *, runs_done: int = 0) -> str:
         """The rule in words, for the job list: "Every 2 weeks on Mon and Thu at 22:00 Europe/Oslo"."""
-        clock = f"{self.start:%H:%M:%S}" if self.start.second else f"{self.start:%H:%M}"
+        clock = format_when(self.start.time(), "time s" if self.start.second else "time")
+        zone_words = zone_label(self.time_zone)
         n = self.every
         if self.unit == CRON:
-            words = f"{_describe_cron(self.cron)} ({self.time_zone})"
+            words = f"{_describe_cron(self.cron)} ({zone_words})"
         elif self.unit in ELAPSED_UNITS:
             unit = self.unit[:-1]
             words = f"Every {unit}" if n == 1 else f"Every {n} {self.unit}"
-            words += f" from {clock} {self.time_zone}"
+            words += f" from {clock} {zone_words}"
         else:
             unit = {DAYS: "day", WEEKS: "week", MONTHS: "month", YEARS: "year"}[self.unit]
             words = f"Every {unit}" if n == 1 else f"Every {n} {unit}s"
@@ -354,7 +357,7 @@ class Rule:
                     words += f" on {self.day or self.start.day} {month}"
                 else:
                     words += f" on the {_ordinal(self.day or self.start.day)}"
-            words += f" at {clock} {self.time_zone}"
+            words += f" at {clock} {zone_words}"
         left = self.runs_left(runs_done)
         if left is not None:
             words += (
