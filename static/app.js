@@ -78,6 +78,32 @@
   });
 })();
 
+// --- The header's menu on narrow screens ----------------------------------------------------
+(function () {
+  "use strict";
+  const toggle = () => document.querySelector("[data-menu-toggle]");
+  const setOpen = (open) => {
+    const button = toggle();
+    if (!button) return;
+    button.setAttribute("aria-expanded", String(open));
+    button.closest(".topbar").classList.toggle("menu-open", open);
+  };
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("[data-menu-toggle]");
+    if (button) { setOpen(button.getAttribute("aria-expanded") !== "true"); return; }
+    // A click outside the bar closes it; a link inside it navigates anyway.
+    const open = toggle() && toggle().getAttribute("aria-expanded") === "true";
+    if (open && !event.target.closest(".topbar")) setOpen(false);
+  });
+  document.addEventListener("keydown", (event) => {
+    const button = toggle();
+    if (event.key === "Escape" && button && button.getAttribute("aria-expanded") === "true") {
+      setOpen(false);
+      button.focus();
+    }
+  });
+})();
+
 // --- Notifications: the bell's panel, toasts, mark read on open (alerts/views.py) ----------
 (function () {
   "use strict";
