@@ -18,13 +18,105 @@
     if (event.target === dialog()) dialog().innerHTML = "";
   }, true);
 
-  // Keyboard: Ctrl+N adds a task where a grid offers it (the native dialog handles Esc).
+  // --- Keyboard on the task grid ---------------------------------------------------------
+  // Alt+N adds a task line (D365's "New"; on a Mac Option+N). Desktop Chrome and Edge keep
+  // Ctrl+N for a new window, and an accesskey alone does not fire in every browser, so the
+  // key is read here, by its position (event.code: Option+N types a dead key on a Mac).
+  const addTask = () => document.querySelector("[data-shortcut='new-task']");
+  let lineBeforeNew = null;  // where Esc on a new line goes back to
+  document.addEventListener("click", (event) => {
+    if (!event.target.closest("[data-shortcut='new-task']")) return;
+    const active = document.activeElement;
+    lineBeforeNew = active && active.closest ? active.closest("#task-rows > tr.task-line") : null;
+  }, true);
   document.addEventListener("keydown", (event) => {
-    if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "n") {
-      const add = document.querySelector("[data-shortcut='new-task']");
-      if (add) { event.preventDefault(); add.click(); }
+    const newTask = event.altKey && !event.ctrlKey && !event.metaKey && event.code === "KeyN";
+    if (newTask && addTask()) {
+      event.preventDefault();
+      addTask().click();
     }
   });
+
+  // Up and Down move between task lines, Home and End to the first and last, Enter opens the
+  // line's editor. One line at a time is in the Tab order (a roving tabindex): Tab leaves the
+  // grid instead of walking through every line's buttons.
+  const lines = () => [...document.querySelectorAll("#task-rows > tr.task-line")];
+  const setCurrent = (tr, current) => {
+    tr.tabIndex = current ? 0 : -1;
+    tr.querySelectorAll("a[href], button").forEach((el) => { el.tabIndex = current ? 0 : -1; });
+  };
+  const rove = () => {
+    const all = lines();
+    const current = all.find((tr) => tr.tabIndex === 0) || all[0];
+    all.forEach((tr) => setCurrent(tr, tr === current));
+  };
+  const focusLine = (tr) => {
+    if (!tr) return;
+    lines().forEach((other) => setCurrent(other, other === tr));
+    tr.focus();
+  };
+  document.addEventListener("keydown", (event) => {
+    const tr = event.target;
+    if (!(tr instanceof HTMLTableRowElement) || !tr.matches("#task-rows > tr.task-line")) return;
+    const all = lines();
+    const at = all.indexOf(tr);
+    const to = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: all.length - 1 }[event.key];
+    if (to !== undefined) {
+      event.preventDefault();
+      focusLine(all[Math.max(0, Math.min(to, all.length - 1))]);
+    } else if (event.key === "Enter") {
+      const edit = tr.querySelector("[data-edit-line]");
+      if (edit) { event.preventDefault(); edit.click(); }
+    }
+  });
+  // In a line's editor Enter saves from any field, as in D365's grid: from a select too, which
+  // browsers leave out of a form's implicit submission.
+  document.addEventListener("keydown", (event) => {
+    const field = event.target;
+    if (event.key !== "Enter" || !(field instanceof HTMLSelectElement)) return;
+    const form = field.closest("tr.editing form");
+    if (form) { event.preventDefault(); form.requestSubmit(); }
+  });
+  document.addEventListener("focusin", (event) => {
+    if (event.target.matches && event.target.matches("#task-rows > tr.task-line")) focusLine(event.target);
+  });
+
+  // Focus stays on the line: an editor that opens takes it to its first field; Enter (save)
+  // and Esc (cancel) give it back to the line, or, for a new line Esc dropped, to the line
+  // before it or Add task.
+  let fromEditor = null;
+  let saved = false;
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    const target = event.detail.target;
+    fromEditor = target && target.matches && target.matches("tr.editing") && target.contains(document.activeElement)
+      ? target.id : null;
+    saved = /class="task-line"/.test(event.detail.serverResponse || "");
+  });
+  document.addEventListener("htmx:afterSettle", (event) => {
+    rove();
+    const target = event.detail.target;
+    const editor = target && target.isConnected && target.matches && target.matches("tr.editing")
+      ? target : document.querySelector("#task-rows > tr.editing:not([data-focused])");
+    if (editor && !editor.dataset.focused) {
+      editor.dataset.focused = "1";
+      const field = editor.querySelector(".invalid input, .invalid select, .invalid textarea, [name=description]");
+      if (field) field.focus();
+      fromEditor = null;
+      return;
+    }
+    if (!fromEditor) return;
+    const id = fromEditor;
+    fromEditor = null;
+    let line = document.getElementById(id);
+    if (id === "task-new") {
+      // Saved: the new line sits just before the fresh slot. Dropped: back where Alt+N was.
+      const slot = document.getElementById("task-new");
+      line = saved && slot ? slot.previousElementSibling : lineBeforeNew;
+    }
+    if (line && line.isConnected && line.matches("tr.task-line")) focusLine(line);
+    else if (addTask()) addTask().focus();
+  });
+  document.addEventListener("DOMContentLoaded", rove);
 
   // A big job's task lines load in pages; a line added before the last page loaded sits at
   // the end and comes again with that page, in its place: keep that one.

@@ -339,7 +339,7 @@ def _task(job: BatchJob, task_pk: int) -> BatchTask:
 
 @require_http_methods(["GET", "POST"])
 def task_new(request: AuthedRequest, pk: int) -> HttpResponse:
-    """A new task line in edit mode (Ctrl+N); ?cancel=1 puts the empty slot back (Esc)."""
+    """A new task line in edit mode (Add task, Alt+N); ?cancel=1 puts the empty slot back (Esc)."""
     job = _get_job(request, pk, change=True)
     if request.method == "GET" and request.GET.get("cancel"):
         if not request.htmx:
@@ -386,7 +386,7 @@ def _task_saved(
     context = {"job": job, "row": task_grid.row(job, task.pk), "editable": True, **_row_urls(job)}
     html = render_to_string("jobs/job_detail.html#task-row", context, request=request)
     if created:
-        # The line replaces the new-task slot; a fresh slot follows it for the next Ctrl+N.
+        # The line replaces the new-task slot; a fresh slot follows it for the next Alt+N.
         html += render_to_string("jobs/job_detail.html#task-new", context, request=request)
     response = HttpResponse(html)
     trigger_client_event(response, "tasks-changed")

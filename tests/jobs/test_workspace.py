@@ -93,7 +93,7 @@ class AccessTestCase(WorkspaceTestCase):
 
     def test_the_nav_link_comes_first_and_is_current(self):
         html = self.client.get(URL).content.decode()
-        nav = html.split('<nav class="mainnav"')[1].split("</nav>")[0]
+        nav = html.split('<nav id="site-nav" class="mainnav"')[1].split("</nav>")[0]
         assert nav.index(">Workspace</a>") < nav.index(">Batch jobs</a>")
         assert 'aria-current="page">Workspace</a>' in nav
 
