@@ -268,3 +268,79 @@
     elt.querySelectorAll("[data-toast]").forEach(arm);
   });
 })();
+
+// --- The diagram: zoom and pan (templates/jobs/job_detail.html#job-diagram) ---------------
+// The buttons zoom by steps and Fit shows the whole drawing; Ctrl (or Cmd) with the wheel
+// zooms around the pointer; dragging the drawing pans it. The live poll replaces the
+// drawing every 2 s, so the zoom and the scroll position live here, per job, and are put
+// back on each new drawing.
+(function () {
+  "use strict";
+  const views = new Map();  // job id -> {scale, left, top}
+  const MIN = 0.2, MAX = 3;
+  const svgOf = (wrap) => wrap.querySelector("svg.diagram");
+  const apply = (wrap) => {
+    const svg = svgOf(wrap);
+    const view = views.get(wrap.dataset.diagram);
+    if (!svg) return;
+    wrap.classList.toggle("zoomed", Boolean(view));
+    if (!view) { svg.style.width = ""; return; }
+    svg.style.width = `${svg.viewBox.baseVal.width * view.scale}px`;
+    svg.style.minWidth = "0";
+    wrap.scrollLeft = view.left;
+    wrap.scrollTop = view.top;
+  };
+  const zoom = (wrap, scale, x, y) => {
+    // (x, y): the point of the panel, in its own pixels, that stays where it is.
+    const svg = svgOf(wrap);
+    if (!svg) return;
+    const before = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+    const after = Math.min(MAX, Math.max(MIN, scale(before)));
+    const px = (wrap.scrollLeft + x) / before, py = (wrap.scrollTop + y) / before;
+    views.set(wrap.dataset.diagram, { scale: after, left: px * after - x, top: py * after - y });
+    apply(wrap);
+  };
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("[data-zoom]");
+    const wrap = button && button.closest("#job-diagram")?.querySelector(".diagram-wrap[data-diagram]");
+    if (!wrap) return;
+    const middle = [wrap.clientWidth / 2, wrap.clientHeight / 2];
+    if (button.dataset.zoom === "in") zoom(wrap, (s) => s * 1.25, ...middle);
+    else if (button.dataset.zoom === "out") zoom(wrap, (s) => s / 1.25, ...middle);
+    else {
+      const svg = svgOf(wrap);
+      views.set(wrap.dataset.diagram, { scale: (wrap.clientWidth - 2) / svg.viewBox.baseVal.width, left: 0, top: 0 });
+      apply(wrap);
+    }
+  });
+  document.addEventListener("wheel", (event) => {
+    const wrap = event.target.closest && event.target.closest(".diagram-wrap[data-diagram]");
+    if (!wrap || !(event.ctrlKey || event.metaKey)) return;
+    event.preventDefault();
+    const box = wrap.getBoundingClientRect();
+    zoom(wrap, (s) => s * Math.exp(-event.deltaY * 0.002), event.clientX - box.left, event.clientY - box.top);
+  }, { passive: false });
+  let drag = null;
+  document.addEventListener("pointerdown", (event) => {
+    const wrap = event.target.closest && event.target.closest(".diagram-wrap.zoomed");
+    if (!wrap || event.button !== 0 || event.target.closest("a")) return;
+    drag = { wrap, x: event.clientX, y: event.clientY, left: wrap.scrollLeft, top: wrap.scrollTop };
+    wrap.classList.add("panning");
+  });
+  document.addEventListener("pointermove", (event) => {
+    if (!drag) return;
+    drag.wrap.scrollLeft = drag.left - (event.clientX - drag.x);
+    drag.wrap.scrollTop = drag.top - (event.clientY - drag.y);
+  });
+  const stop = () => { if (drag) { drag.wrap.classList.remove("panning"); drag = null; } };
+  document.addEventListener("pointerup", stop);
+  document.addEventListener("pointercancel", stop);
+  document.addEventListener("scroll", (event) => {
+    const wrap = event.target;
+    const view = wrap.dataset && views.get(wrap.dataset.diagram);
+    if (view) { view.left = wrap.scrollLeft; view.top = wrap.scrollTop; }
+  }, true);
+  document.addEventListener("htmx:afterSettle", () => {
+    document.querySelectorAll(".diagram-wrap[data-diagram]").forEach(apply);
+  });
+})();
