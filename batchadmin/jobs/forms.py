@@ -217,17 +217,30 @@ class ChangeStatusForm(forms.Form):
         label="Yes, cancel this job",
         required=False,
     )
+    confirm_empty = forms.BooleanField(
+        label="Yes, set it Waiting without tasks",
+        required=False,
+    )
 
-    def __init__(self, *args: Any, job: BatchJob, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, job: BatchJob, empty: bool = False, **kwargs: Any) -> None:
         moves = transitions.USER_MOVES.get(BatchStatus(job.status), ())
         if len(moves) == 1:
             kwargs.setdefault("initial", {"status": moves[0].value})
+        self.empty = empty  # the job has no tasks
         super().__init__(*args, **kwargs)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         if cleaned.get("status") == BatchStatus.CANCELING and not cleaned.get("confirm"):
             self.add_error("confirm", "Tick this box to confirm that the job is to be canceled.")
+        # A job without tasks starts and ends at once, having run nothing: almost always a
+        # job whose tasks were never added. Say so before it happens.
+        waiting = cleaned.get("status") == BatchStatus.WAITING
+        if waiting and self.empty and not cleaned.get("confirm_empty"):
+            self.add_error(
+                "confirm_empty",
+                "This job has no tasks: add them first, or tick this box to run it empty.",
+            )
         return cleaned
 
 

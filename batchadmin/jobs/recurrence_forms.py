@@ -198,7 +198,9 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
             self.add_error("month", "Which month?")
         if unit == Unit.CRON and not data.get("cron", "").strip():
             self.add_error("cron", "Enter a cron expression.")
-        data["cron"] = data.get("cron", "").strip() if unit == Unit.CRON else ""
+        # A shortcut (@daily) is saved as the five fields it stands for, which the preview
+        # and the job list put in words.
+        data["cron"] = recurrence.expand_cron(data.get("cron", "")) if unit == Unit.CRON else ""
         if unit == Unit.CRON:
             data["every"] = 1
         if unit != Unit.WEEKS:

@@ -131,9 +131,16 @@ def bulk_status(request: AuthedRequest) -> HttpResponse:
         return redirect(_back(request))
     done: list[str] = []
     refused: list[str] = []
+    with_tasks = set(
+        BatchTask.objects.filter(job__in=ids).values_list("job_id", flat=True).distinct()
+    )
     for job in access.visible_jobs(request.user).filter(pk__in=ids).order_by("pk"):
         if not access.can_change(request.user, job):
             refused.append(f"{job.pk} (not yours to change)")
+            continue
+        if action == "waiting" and job.pk not in with_tasks:
+            # As the Change status dialog: an empty job is set Waiting only when meant.
+            refused.append(f"{job.pk} (no tasks: use Change status on the job to run it empty)")
             continue
         try:
             ok = transitions.change_status(
@@ -490,7 +497,8 @@ def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
 def change_status(request: AuthedRequest, pk: int) -> HttpResponse:
     """Functions > Change status: only the moves transitions.USER_MOVES offers from here."""
     job = _get_job(request, pk, change=True)
-    form = forms.ChangeStatusForm(request.POST or None, job=job)
+    empty = not job.tasks.exists()
+    form = forms.ChangeStatusForm(request.POST or None, job=job, empty=empty)
     if request.method == "POST" and form.is_valid():
         to = form.cleaned_data["status"]
         try:
@@ -522,6 +530,7 @@ def _change_status_context(job: BatchJob, form: forms.ChangeStatusForm) -> dict[
         "not_run": [t for t in tasks if t.status in (BatchStatus.WAITING, BatchStatus.READY)],
         "start_passed": job.scheduled_start <= now(),
         "rerun": job.status in transitions.TERMINAL_JOB_STATUSES,
+        "empty": not tasks,
     }
 
 

@@ -198,6 +198,16 @@ def _context(request: AuthedRequest) -> dict[str, Any]:
     ]
     stuck_tasks = _group_stuck(ready_tasks[:STUCK_TASKS_READ], world)
     per_minute, per_hour = _charts(at)
+    has_run = bool(counts.running_jobs or BatchJobRun.objects.exists())
+    # Before anything has run, say what will: someone's first job (demo data schedules some),
+    # not "run demo_data" when it already has. Jobs without a creator are the system's own
+    # (the history clean-up of jobs migration 0005).
+    people_jobs = visible.filter(created_by__isnull=False)
+    next_job = (
+        None
+        if has_run
+        else people_jobs.filter(status=S.WAITING).order_by("scheduled_start", "pk").first()
+    )
     return {
         "nav": "workspace",
         "at": at,
@@ -207,7 +217,9 @@ def _context(request: AuthedRequest) -> dict[str, Any]:
         "unserved": [r for r in group_rows if not r.state.ok],
         "has_servers": BatchServer.objects.exists(),
         # Not "no jobs": a fresh install has the history clean-up job (jobs migration 0005).
-        "has_run": counts.running_jobs or BatchJobRun.objects.exists(),
+        "has_run": has_run,
+        "next_job": next_job,
+        "has_jobs": not has_run and (next_job is not None or people_jobs.exists()),
         "can_create": access.can_create(user),
         "view_all": view_all,
         "stuck_jobs": stuck_jobs,

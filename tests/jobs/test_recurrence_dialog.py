@@ -84,8 +84,11 @@ class RecurrenceDialogTestCase(FormTestCase):
         assert "<html" not in html
         assert 'id="recurrence-form"' in html
         assert "Define recurrence" in html
-        # The preview asks for itself once the dialog is in the page.
-        assert 'hx-trigger="load, change from:closest form delay:300ms"' in html
+        # The preview asks for itself once the dialog is in the page, and follows typing.
+        assert (
+            'hx-trigger="load, change from:closest form delay:300ms, '
+            'input from:closest form delay:500ms"'
+        ) in html
         page = self.client.get(self.url()).content.decode()
         assert "<html" in page
         assert 'id="recurrence-form"' in page
@@ -276,6 +279,25 @@ class RecurrenceDialogTestCase(FormTestCase):
         html = r.content.decode()
         assert "A cron expression has five fields" in html.split('id="id_cron-errors"')[1]
         assert 'name="cron" value="0 22 * *"' in html
+
+    def test_a_cron_error_says_what_is_out_of_range_or_how_many_fields(self):
+        for cron, words in (
+            ("61 25 * * *", "Minute 61 is out of range: minutes are 0-59. Hour 25 is out of range"),
+            ("0 0 22 * * 1", "Six fields: that is cron with seconds first"),
+            ("@reboot", "@reboot is not a cron shortcut"),
+        ):
+            r = self.client.post(
+                self.url(action="preview/"), weekly(unit="cron", cron=cron), headers=self.htmx()
+            )
+            errors = r.content.decode().split('id="id_cron-errors"')[1].split("</div>")[0]
+            assert words in errors, (cron, errors)
+
+    def test_a_cron_shortcut_previews_and_saves_as_its_five_fields(self):
+        data = weekly(unit="cron", cron="@daily", time_zone="UTC")
+        html = self.client.post(self.url(action="preview/"), data, headers=self.htmx()).content
+        assert "At 00:00" in html.decode()
+        self.client.post(self.url(), data, headers=self.htmx("dialog"))
+        assert BatchRecurrence.objects.get(job=self.job).cron == "0 0 * * *"
 
     def test_saving_again_restarts_end_after(self):
         self.save_weekly()
