@@ -131,6 +131,13 @@ class ScheduleRowForm(forms.ModelForm[BatchServerSchedule]):
         field_classes = {"start_time": clock.TimeField, "end_time": clock.TimeField}
         widgets = {"max_threads": forms.NumberInput(attrs={"min": 0, "max": MAX_THREADS_LIMIT})}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The inputs sit in a table under column heads, without labels of their own.
+        for name, field in self.fields.items():
+            if name in self.Meta.fields:
+                field.widget.attrs["aria-label"] = str(field.label)
+
 
 def _seconds(t: dt.time) -> int:
     return t.hour * 3600 + t.minute * 60 + t.second

@@ -201,7 +201,7 @@ class BellTestCase(NotificationTestCase):
             assert 'id="notify"' in html, user
             assert f'hx-get="{POLL}"' in html
             assert "every 5s [document.visibilityState == 'visible']" in html
-            assert 'id="toasts" class="toasts" aria-live="polite"' in html
+            assert 'id="toasts" class="toasts" role="region" aria-live="polite"' in html
 
     def test_the_sign_in_page_has_no_bell(self):
         self.client.logout()
