@@ -29,9 +29,12 @@
     const active = document.activeElement;
     lineBeforeNew = active && active.closest ? active.closest("#task-rows > tr.task-line") : null;
   }, true);
+  // On a Mac, Option+N in a text field starts a tilde (ñ): leave typing alone there.
+  const mac = /Mac/.test(navigator.platform);
+  const typing = (el) => el.isContentEditable || el.matches("textarea, input:not([type=checkbox], [type=radio], [type=button], [type=submit])");
   document.addEventListener("keydown", (event) => {
     const newTask = event.altKey && !event.ctrlKey && !event.metaKey && event.code === "KeyN";
-    if (newTask && addTask()) {
+    if (newTask && addTask() && !(mac && typing(event.target))) {
       event.preventDefault();
       addTask().click();
     }
