@@ -6,6 +6,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from batchadmin.lib.clock import CLOCK_24, CLOCK_CHOICES
+
 # D365's batch roles, as Django groups created by a migration.
 MANAGER = "Batch job manager"
 BATCH_USER = "Batch user"
@@ -16,6 +18,12 @@ ROLES = (MANAGER, BATCH_USER, VIEWER)
 def validate_time_zone(value: str) -> None:
     if value not in available_timezones():
         raise ValidationError(f"{value!r} is not a known IANA time zone (e.g. Europe/Oslo).")
+
+
+class Theme(models.TextChoices):
+    AUTO = "auto", "Automatic (as the browser)"
+    LIGHT = "light", "Light"
+    DARK = "dark", "Dark"
 
 
 class UserPreference(models.Model):
@@ -30,8 +38,23 @@ class UserPreference(models.Model):
         help_text="Dates and times are shown in this zone, e.g. Europe/Oslo.",
     )
 
+    clock = models.CharField(
+        "clock",
+        max_length=2,
+        choices=CLOCK_CHOICES,
+        default=CLOCK_24,
+        help_text="How times are written on every page.",
+    )
+    theme = models.CharField(
+        "colours",
+        max_length=5,
+        choices=Theme.choices,
+        default=Theme.AUTO,
+        help_text="Light or dark pages; Automatic follows your browser or system setting.",
+    )
+
     class Meta:
         verbose_name = "user preference"
 
     def __str__(self) -> str:
-        return f"{self.user}: {self.time_zone}"
+        return f"{self.user}: {self.time_zone}, {self.clock} h, {self.theme}"

@@ -6,8 +6,9 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from batchadmin.accounts.forms import PreferenceForm
-from batchadmin.accounts.middleware import SESSION_KEY
+from batchadmin.accounts.middleware import remember
 from batchadmin.accounts.models import UserPreference
+from batchadmin.lib import clock
 from batchadmin.lib.http import AuthedRequest
 
 
@@ -17,7 +18,11 @@ def user_settings(request: AuthedRequest) -> HttpResponse:
     form = PreferenceForm(request.POST or None, instance=pref)
     if request.method == "POST" and form.is_valid():
         form.save()
-        request.session[SESSION_KEY] = pref.time_zone
-        messages.success(request, f"Times are now shown in {pref.time_zone}.")
+        remember(request, pref)
+        messages.success(
+            request,
+            f"Saved. Times are shown in {clock.zone_label(pref.time_zone)} on the "
+            f"{pref.get_clock_display().split(' ')[0]} clock; colours: {pref.get_theme_display()}.",
+        )
         return redirect("accounts:settings")
-    return render(request, "accounts/settings.html", {"form": form})
+    return render(request, "accounts/settings.html", {"form": form, "zones": clock.picker_zones()})

@@ -28,7 +28,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
 )
-from batchadmin.lib import durations
+from batchadmin.lib import clock, durations
 from batchadmin.servers import coverage
 from batchadmin.servers.models import (
     BatchGroup,
@@ -154,18 +154,17 @@ JobRule = Callable[[BatchJob, World, "frozenset[int]"], "Reason | None"]
 
 
 def when(t: dt.datetime, at: dt.datetime) -> str:
-    """A time in the viewer's zone: "21:00 CET" today, "Tue 3 Jun 21:00 CET" on another day."""
+    """A time in the viewer's zone and the one format (lib/clock.py): "21:00 Europe/Oslo"
+    today, "Tue 2026-06-03 21:00 Europe/Oslo" on another day."""
     local = localtime(t)
-    if local.date() == localtime(at).date():
-        return f"{local:%H:%M} {local:%Z}"
-    return f"{local:%a} {local.day} {local:%b %H:%M} {local:%Z}"
+    same_day = local.date() == localtime(at).date()
+    return clock.format_when(local, "time tz" if same_day else "day tz")
 
 
 def _when_seconds(t: dt.datetime, at: dt.datetime) -> str:
     local = localtime(t)
-    if local.date() == localtime(at).date():
-        return f"{local:%H:%M:%S}"
-    return f"{local:%a} {local.day} {local:%b %H:%M:%S}"
+    same_day = local.date() == localtime(at).date()
+    return clock.format_when(local, "time s" if same_day else "day s")
 
 
 def _names(items: Sequence[str]) -> str:

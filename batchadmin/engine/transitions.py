@@ -38,7 +38,7 @@ from batchadmin.jobs.models import (
     MissedOccurrence,
     StatusChange,
 )
-from batchadmin.lib import durations, recurrence
+from batchadmin.lib import clock, durations, recurrence
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
 log = logging.getLogger(__name__)
@@ -909,7 +909,8 @@ def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) ->
         final,
         S.WAITING,
         run_id=job.current_run_id,
-        reason=f"Recurrence: next run {following.astimezone(recurring.rule().tz):%Y-%m-%d %H:%M %Z}",
+        reason="Recurrence: next run "
+        + clock.format_when(following.astimezone(recurring.rule().tz), "tz"),
         at=at,
     )
     return True

@@ -6,6 +6,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.forms.models import construct_instance
+from django.http import HttpRequest
 
 from batchadmin.jobs.models import (
     ActivePeriod,
@@ -142,8 +143,21 @@ class BatchLogEntryAdmin(admin.ModelAdmin[BatchLogEntry]):
 
 @admin.register(StatusChange)
 class StatusChangeAdmin(admin.ModelAdmin[StatusChange]):
+    """The status history is the record of who changed what and when: only
+    transitions.py writes it and only the history clean-up deletes it, so the admin reads."""
+
     list_display = ["pk", "job", "old_status", "new_status", "by", "at", "reason"]
+    list_filter = ["new_status"]
     raw_id_fields = ["job", "job_run"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: StatusChange | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: StatusChange | None = None) -> bool:
+        return False
 
 
 admin.site.register(Company)

@@ -9,6 +9,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django_filters.widgets import DateRangeWidget
 
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask
+from batchadmin.lib import clock
 from batchadmin.servers.models import BatchGroup
 
 
@@ -44,7 +45,9 @@ class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped pack
     scheduled = django_filters.DateFromToRangeFilter(
         field_name="scheduled_start",
         label="Scheduled between",
-        widget=DateRangeWidget(attrs={"type": "date"}),
+        # ISO dates as text, as every date on the pages (lib/clock.py), not the browser's
+        # control, which writes them in the browser language's order.
+        widget=DateRangeWidget(attrs=clock.DateInput().attrs),
     )
     has_errors = django_filters.BooleanFilter(
         method="filter_has_errors",

@@ -31,7 +31,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
 )
-from batchadmin.lib import durations
+from batchadmin.lib import clock, durations
 from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
 from batchadmin.servers.models import BatchGroup, Priority
@@ -62,13 +62,6 @@ TASK_FIELDS = [
 PARAMETER_PREFIX = "param"
 CONDITION_PREFIX = "cond"
 NEW = "new"
-
-
-class DateTimeLocalInput(forms.DateTimeInput):
-    input_type = "datetime-local"
-
-    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
-        super().__init__(attrs, format="%Y-%m-%dT%H:%M")
 
 
 def _run_by_field(
@@ -113,8 +106,10 @@ class JobForm(forms.ModelForm[BatchJob]):
     class Meta:
         model = BatchJob
         fields = [f for f in HEADER_FIELDS if f not in ("priority", "priority_overridden")]
-        widgets = {"scheduled_start": DateTimeLocalInput()}
-        field_classes = {"active_period": ActivePeriodChoiceField}
+        field_classes = {
+            "active_period": ActivePeriodChoiceField,
+            "scheduled_start": clock.DateTimeField,
+        }
 
     def __init__(self, *args: Any, user: User, read_only: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -162,7 +157,7 @@ class CopyJobForm(forms.ModelForm[BatchJob]):
     class Meta:
         model = BatchJob
         fields = ["description", "company", "scheduled_start", "run_as"]
-        widgets = {"scheduled_start": DateTimeLocalInput()}
+        field_classes = {"scheduled_start": clock.DateTimeField}
         help_texts = {
             "company": "Tasks that ran in the job's company move to this one with the copy.",
         }
@@ -202,17 +197,30 @@ class ChangeStatusForm(forms.Form):
         label="Yes, cancel this job",
         required=False,
     )
+    confirm_empty = forms.BooleanField(
+        label="Yes, set it Waiting without tasks",
+        required=False,
+    )
 
-    def __init__(self, *args: Any, job: BatchJob, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, job: BatchJob, empty: bool = False, **kwargs: Any) -> None:
         moves = transitions.USER_MOVES.get(BatchStatus(job.status), ())
         if len(moves) == 1:
             kwargs.setdefault("initial", {"status": moves[0].value})
+        self.empty = empty  # the job has no tasks
         super().__init__(*args, **kwargs)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         if cleaned.get("status") == BatchStatus.CANCELING and not cleaned.get("confirm"):
             self.add_error("confirm", "Tick this box to confirm that the job is to be canceled.")
+        # A job without tasks starts and ends at once, having run nothing: almost always a
+        # job whose tasks were never added. Say so before it happens.
+        waiting = cleaned.get("status") == BatchStatus.WAITING
+        if waiting and self.empty and not cleaned.get("confirm_empty"):
+            self.add_error(
+                "confirm_empty",
+                "This job has no tasks: add them first, or tick this box to run it empty.",
+            )
         return cleaned
 
 

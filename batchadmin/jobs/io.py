@@ -362,7 +362,7 @@ def _parse_pattern(pattern: Any, start: dt.datetime, where: str) -> dict[str, An
         _check_keys(pattern, {"cron"}, f"{where}, pattern")
         if not isinstance(pattern["cron"], str):
             raise ImportFailure(f"{where}: cron must be a string.")
-        return {"unit": recurrence.CRON, "cron": pattern["cron"].strip()}
+        return {"unit": recurrence.CRON, "cron": recurrence.expand_cron(pattern["cron"])}
     unit = _choice(pattern.get("unit"), {u: u for u in PATTERN_KEYS}, f"{where}: unit")
     _check_keys(pattern, {"unit", "every"} | PATTERN_KEYS[unit], f"{where}, {unit} pattern")
     every = pattern.get("every", 1)

@@ -11,7 +11,7 @@ from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
-from batchadmin.lib import durations, recurrence
+from batchadmin.lib import clock, durations, recurrence
 from batchadmin.servers.models import CODE_VALIDATOR, BatchGroup, BatchServer
 from batchadmin.servers.models import Priority as Priority  # re-exported: long imported from here
 
@@ -128,10 +128,12 @@ class ActivePeriod(models.Model):
 
     def describe(self) -> str:
         """The window in words: "18:00 to 08:00 (next day) Europe/Oslo", "All day UTC"."""
+        zone = clock.zone_label(self.time_zone)
         if self.start_time == self.end_time:
-            return f"All day {self.time_zone}"
+            return f"All day {zone}"
         tail = " (next day)" if self.end_time < self.start_time else ""
-        return f"{self.start_time:%H:%M} to {self.end_time:%H:%M}{tail} {self.time_zone}"
+        start, end = (clock.format_when(t, "time") for t in (self.start_time, self.end_time))
+        return f"{start} to {end}{tail} {zone}"
 
 
 class BatchJobQuerySet(models.QuerySet["BatchJob"]):

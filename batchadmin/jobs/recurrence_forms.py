@@ -19,7 +19,7 @@ from django.utils.timezone import now
 
 from batchadmin.engine import transitions
 from batchadmin.jobs.models import ActivePeriod, BatchJob, BatchRecurrence
-from batchadmin.lib import recurrence
+from batchadmin.lib import clock, recurrence
 
 Unit = BatchRecurrence.Unit
 END_NONE, END_AFTER, END_BY = "none", "after", "by"
@@ -35,10 +35,6 @@ class RunTime:
     viewer: dt.datetime
 
 
-def zone_choices() -> list[tuple[str, str]]:
-    return [(name, name) for name in recurrence.zone_names()]
-
-
 class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
     """Start date and time, time zone, range (end), pattern and the missed-runs policy.
 
@@ -46,9 +42,8 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
     recurrence and the second column of the preview.
     """
 
-    time_zone = forms.ChoiceField(
+    time_zone = clock.ZoneField(
         label="Time zone",
-        choices=zone_choices,
         help_text="The start, the end date and the pattern are read in this zone.",
     )
     end = forms.ChoiceField(
@@ -89,13 +84,12 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
             "cron",
             "missed",
         ]
-        widgets = {
-            "start_date": forms.DateInput(attrs={"type": "date"}),
-            "start_time": forms.TimeInput(attrs={"type": "time", "step": 1}),
-            "end_by": forms.DateInput(attrs={"type": "date"}),
-            "unit": forms.RadioSelect,
-            "missed": forms.RadioSelect,
+        field_classes = {
+            "start_date": clock.DateField,
+            "start_time": clock.TimeField,
+            "end_by": clock.DateField,
         }
+        widgets = {"unit": forms.RadioSelect, "missed": forms.RadioSelect}
 
     def __init__(
         self,
@@ -204,7 +198,9 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
             self.add_error("month", "Which month?")
         if unit == Unit.CRON and not data.get("cron", "").strip():
             self.add_error("cron", "Enter a cron expression.")
-        data["cron"] = data.get("cron", "").strip() if unit == Unit.CRON else ""
+        # A shortcut (@daily) is saved as the five fields it stands for, which the preview
+        # and the job list put in words.
+        data["cron"] = recurrence.expand_cron(data.get("cron", "")) if unit == Unit.CRON else ""
         if unit == Unit.CRON:
             data["every"] = 1
         if unit != Unit.WEEKS:
@@ -249,9 +245,8 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
 class ActivePeriodForm(forms.ModelForm[ActivePeriod]):
     """System administration > Setup > Active periods for batch jobs."""
 
-    time_zone = forms.ChoiceField(
+    time_zone = clock.ZoneField(
         label="Time zone",
-        choices=zone_choices,
         initial="UTC",
         help_text="The times are read in this zone and follow its daylight saving time.",
     )
@@ -259,10 +254,7 @@ class ActivePeriodForm(forms.ModelForm[ActivePeriod]):
     class Meta:
         model = ActivePeriod
         fields = ["code", "name", "start_time", "end_time", "time_zone"]
-        widgets = {
-            "start_time": forms.TimeInput(attrs={"type": "time"}),
-            "end_time": forms.TimeInput(attrs={"type": "time"}),
-        }
+        field_classes = {"start_time": clock.TimeField, "end_time": clock.TimeField}
 
     def describe(self) -> str:
         """The window in words: "18:00 to 08:00 (next day) Europe/Oslo" ("" while invalid)."""

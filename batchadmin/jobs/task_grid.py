@@ -69,11 +69,89 @@ class TaskRow:
             return None
 
 
+# Glyph widths of the diagram's font (system-ui, 12 px bold and regular), on the generous
+# side: text longer than its box is cut here with an ellipsis, and the box clips it as well.
+KEY_CHAR_PX = 7.8
+DESC_CHAR_PX = 7.0
+TEXT_W = diagram.NODE_W - 14
+
+
+def fit(text: str, char_px: float, width: float = TEXT_W) -> str:
+    """``text`` cut to about ``width`` pixels, with an ellipsis when cut."""
+    room = int(width // char_px)
+    return text if len(text) <= room else text[: max(room - 1, 1)].rstrip() + "…"
+
+
+@dataclass(frozen=True)
+class ExternalParent:
+    """A task of another batch job that a task of this job waits for: the hook for drawing
+    cross-job triggers. Whoever knows the triggers hands them to build_diagram; each is drawn
+    as a dashed box left of the task it starts, with its arrow, linked to the other job."""
+
+    key: str  # unique in the drawing, e.g. "job-12-post"
+    label: str  # "Job 12 · post"
+    description: str
+    status: str
+    status_label: str
+    url: str
+    child_pk: int
+    expected: str  # BatchTaskCondition.ExpectedStatus value
+
+
 @dataclass(frozen=True)
 class Node:
-    row: TaskRow
     x: float
     y: float
+    row: TaskRow | None = None
+    external: ExternalParent | None = None
+
+    @property
+    def key(self) -> str:
+        return self.row.task.key if self.row else self.external.label if self.external else ""
+
+    @property
+    def description(self) -> str:
+        if self.row:
+            return self.row.task.description
+        return self.external.description if self.external else ""
+
+    @property
+    def key_text(self) -> str:
+        return fit(self.key, KEY_CHAR_PX)
+
+    @property
+    def desc_text(self) -> str:
+        return fit(self.description, DESC_CHAR_PX)
+
+    @property
+    def status(self) -> str:
+        return self.row.task.status if self.row else self.external.status if self.external else ""
+
+    @property
+    def status_label(self) -> str:
+        if self.row:
+            return str(self.row.task.get_status_display())
+        return self.external.status_label if self.external else ""
+
+    @property
+    def href(self) -> str:
+        return (
+            f"#task-{self.row.task.pk}" if self.row else self.external.url if self.external else ""
+        )
+
+
+@dataclass(frozen=True)
+class Join:
+    """The All or Any where the arrows of a task with several conditions meet."""
+
+    x: float
+    y: float
+    kind: str  # "all" or "any"
+    title: str
+
+    @property
+    def label(self) -> str:
+        return "All" if self.kind == BatchTask.ConditionType.ALL else "Any"
 
 
 @dataclass(frozen=True)
@@ -87,8 +165,7 @@ class Arrow:
 
     @property
     def label_lines(self) -> list[str]:
-        # "Ended or error" is wider than the gap between two columns: two short lines.
-        return textwrap.wrap(self.label, 9)
+        return _label_lines(self.kind)
 
     @property
     def label_dy(self) -> int:
@@ -104,10 +181,12 @@ class Diagram:
     node_h: int
     nodes: list[Node]
     arrows: list[Arrow]
+    joins: list[Join] = field(default_factory=list)
+    join_w: int = diagram.JOIN_W
 
     @property
-    def status_x(self) -> int:
-        return self.node_w - 8
+    def join_mid(self) -> float:
+        return self.join_w / 2
 
     @property
     def min_width(self) -> int:
@@ -222,11 +301,28 @@ def row(job: BatchJob, task_pk: int) -> TaskRow:
     return rows[0]
 
 
-def build_diagram(task_rows: list[TaskRow]) -> Diagram:
-    edges = [(c.parent_pk, r.task.pk, c.expected) for r in task_rows for c in r.conditions]
-    placed = diagram.layout([r.task.pk for r in task_rows], edges)
-    by_pk = {r.task.pk: r for r in task_rows}
-    nodes = [Node(by_pk[pk], box.x, box.y) for pk, box in placed.boxes.items()]
+def _label_lines(kind: str) -> list[str]:
+    # "Ended or error" is wider than the gap between two columns: two short lines.
+    return textwrap.wrap(str(Expected(kind).label), 9)
+
+
+def build_diagram(task_rows: list[TaskRow], external: Iterable[ExternalParent] = ()) -> Diagram:
+    """The drawing of ``task_rows``, and of the other jobs' tasks in ``external`` that start
+    some of them (cross-job triggers; none until the scheduling side hands them in)."""
+    outside = list(external)
+    keys: list[int | str] = [x.key for x in outside] + [r.task.pk for r in task_rows]
+    edges: list[tuple[int | str, int | str, str]] = [
+        (x.key, x.child_pk, x.expected) for x in outside
+    ] + [(c.parent_pk, r.task.pk, c.expected) for r in task_rows for c in r.conditions]
+    placed = diagram.layout(keys, edges, label_height=lambda kind: 12 * len(_label_lines(kind)))
+    by_key: dict[int | str, Node] = {}
+    rows = {r.task.pk: r for r in task_rows}
+    others = {x.key: x for x in outside}
+    for key, box in placed.boxes.items():
+        if isinstance(key, int):
+            by_key[key] = Node(box.x, box.y, row=rows[key])
+        else:
+            by_key[key] = Node(box.x, box.y, external=others[key])
     arrows = [
         Arrow(
             path=a.path,
@@ -234,16 +330,25 @@ def build_diagram(task_rows: list[TaskRow]) -> Diagram:
             label=str(Expected(a.kind).label),
             label_x=a.label_x,
             label_y=a.label_y,
-            title=f"{by_pk[a.child].task.key} runs when {by_pk[a.parent].task.key} is "
+            title=f"{by_key[a.child].key} runs when {by_key[a.parent].key} is "
             f"{str(Expected(a.kind).label).lower()}",
         )
         for a in placed.arrows
     ]
+    joins = []
+    for child, join in placed.joins.items():
+        if not isinstance(child, int):
+            continue
+        row = rows[child]
+        kind = row.task.condition_type
+        every = "every one of its conditions holds" if kind == "all" else "one condition holds"
+        joins.append(Join(join.x, join.y, kind, f"{row.task.key} runs when {every}"))
     return Diagram(
         width=placed.width,
         height=placed.height,
         node_w=diagram.NODE_W,
         node_h=diagram.NODE_H,
-        nodes=nodes,
+        nodes=list(by_key.values()),
         arrows=arrows,
+        joins=joins,
     )

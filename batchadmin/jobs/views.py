@@ -132,9 +132,16 @@ def bulk_status(request: AuthedRequest) -> HttpResponse:
         return redirect(_back(request))
     done: list[str] = []
     refused: list[str] = []
+    with_tasks = set(
+        BatchTask.objects.filter(job__in=ids).values_list("job_id", flat=True).distinct()
+    )
     for job in access.visible_jobs(request.user).filter(pk__in=ids).order_by("pk"):
         if not access.can_change(request.user, job):
             refused.append(f"{job.pk} (not yours to change)")
+            continue
+        if action == "waiting" and job.pk not in with_tasks:
+            # As the Change status dialog: an empty job is set Waiting only when meant.
+            refused.append(f"{job.pk} (no tasks: use Change status on the job to run it empty)")
             continue
         try:
             ok = transitions.change_status(
@@ -340,7 +347,7 @@ def _task(job: BatchJob, task_pk: int) -> BatchTask:
 
 @require_http_methods(["GET", "POST"])
 def task_new(request: AuthedRequest, pk: int) -> HttpResponse:
-    """A new task line in edit mode (Ctrl+N); ?cancel=1 puts the empty slot back (Esc)."""
+    """A new task line in edit mode (Add task, Alt+N); ?cancel=1 puts the empty slot back (Esc)."""
     job = _get_job(request, pk, change=True)
     if request.method == "GET" and request.GET.get("cancel"):
         if not request.htmx:
@@ -387,7 +394,7 @@ def _task_saved(
     context = {"job": job, "row": task_grid.row(job, task.pk), "editable": True, **_row_urls(job)}
     html = render_to_string("jobs/job_detail.html#task-row", context, request=request)
     if created:
-        # The line replaces the new-task slot; a fresh slot follows it for the next Ctrl+N.
+        # The line replaces the new-task slot; a fresh slot follows it for the next Alt+N.
         html += render_to_string("jobs/job_detail.html#task-new", context, request=request)
     response = HttpResponse(html)
     trigger_client_event(response, "tasks-changed")
@@ -491,7 +498,8 @@ def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
 def change_status(request: AuthedRequest, pk: int) -> HttpResponse:
     """Functions > Change status: only the moves transitions.USER_MOVES offers from here."""
     job = _get_job(request, pk, change=True)
-    form = forms.ChangeStatusForm(request.POST or None, job=job)
+    empty = not job.tasks.exists()
+    form = forms.ChangeStatusForm(request.POST or None, job=job, empty=empty)
     if request.method == "POST" and form.is_valid():
         to = form.cleaned_data["status"]
         try:
@@ -523,6 +531,7 @@ def _change_status_context(job: BatchJob, form: forms.ChangeStatusForm) -> dict[
         "not_run": [t for t in tasks if t.status in (BatchStatus.WAITING, BatchStatus.READY)],
         "start_passed": job.scheduled_start <= now(),
         "rerun": job.status in transitions.TERMINAL_JOB_STATUSES,
+        "empty": not tasks,
     }
 
 

@@ -40,7 +40,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskRun,
 )
-from batchadmin.lib import charts
+from batchadmin.lib import charts, clock
 from batchadmin.lib.http import AuthedRequest
 from batchadmin.servers.models import BatchGroup, BatchServer
 
@@ -201,6 +201,16 @@ def _context(request: AuthedRequest) -> dict[str, Any]:
     ]
     stuck_tasks = _group_stuck(ready_tasks[:STUCK_TASKS_READ], world)
     per_minute, per_hour = _charts(at)
+    has_run = bool(counts.running_jobs or BatchJobRun.objects.exists())
+    # Before anything has run, say what will: someone's first job (demo data schedules some),
+    # not "run demo_data" when it already has. Jobs without a creator are the system's own
+    # (the history clean-up of jobs migration 0005).
+    people_jobs = visible.filter(created_by__isnull=False)
+    next_job = (
+        None
+        if has_run
+        else people_jobs.filter(status=S.WAITING).order_by("scheduled_start", "pk").first()
+    )
     return {
         "nav": "workspace",
         "at": at,
@@ -210,7 +220,9 @@ def _context(request: AuthedRequest) -> dict[str, Any]:
         "unserved": [r for r in group_rows if not r.state.ok],
         "has_servers": BatchServer.objects.exists(),
         # Not "no jobs": a fresh install has the history clean-up job (jobs migration 0005).
-        "has_run": counts.running_jobs or BatchJobRun.objects.exists(),
+        "has_run": has_run,
+        "next_job": next_job,
+        "has_jobs": not has_run and (next_job is not None or people_jobs.exists()),
         "can_create": access.can_create(user),
         "view_all": view_all,
         "stuck_jobs": stuck_jobs,
@@ -318,7 +330,7 @@ def _charts(at: dt.datetime) -> tuple[charts.Chart, charts.Chart]:
         i = _index(bucket, minute0, dt.timedelta(minutes=1), MINUTES)
         if i is not None:
             per_status[status][i] += n
-    minute_labels = [f"{localtime(m):%H:%M}" for m in minutes]
+    minute_labels = [clock.format_when(localtime(m), "time") for m in minutes]
     per_minute = charts.Chart(
         id="chart-minutes",
         title=f"Task attempts finished per minute, last {MINUTES} minutes",
@@ -354,7 +366,7 @@ def _charts(at: dt.datetime) -> tuple[charts.Chart, charts.Chart]:
         id="chart-hours",
         title=f"Failed task attempts per hour, last {HOURS} hours",
         description="Bars: attempts that ended in an error, retried ones included, per hour.",
-        labels=[f"{localtime(h):%H:%M}" for h in hours],
+        labels=[clock.format_when(localtime(h), "time") for h in hours],
         series=[charts.Series("Failed", "error", per_hour_values)],
         label_every=3,
         label_offset=next((i for i, h in enumerate(hours) if localtime(h).hour % 3 == 0), 0),

@@ -5,17 +5,22 @@ The page draws the result as inline SVG; this module only does the geometry.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
-NODE_W = 104
-NODE_H = 46
-GAP_X = 84  # room for an arrow's label ("Ended or error")
+NODE_W = 120
+NODE_H = 56  # three lines: key, description, status
+GAP_X = 92  # room for a join and an arrow's label ("Ended or error" on two lines)
 GAP_Y = 16
 MARGIN = 8
+# A task with several conditions has a join at its left side that says All or Any; its
+# arrows end there.
+JOIN_W = 26
+LABEL_GAP = 3  # between two labels stacked in one gap
 # Columns centre on the tallest one up to this many boxes (about the height of the page's
 # diagram panel): a job with one column of 80 boxes would otherwise draw its first task 2,000
 # px down, below an empty panel.
@@ -41,11 +46,21 @@ class Arrow(Generic[K]):
 
 
 @dataclass(frozen=True)
+class Join(Generic[K]):
+    """Where the arrows of a task with several conditions meet, left of its box."""
+
+    child: K
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
 class Layout(Generic[K]):
     width: float
     height: float
     boxes: dict[K, Box[K]]
     arrows: list[Arrow[K]]
+    joins: dict[K, Join[K]]
 
 
 def depths(nodes: Sequence[K], parents: dict[K, list[K]]) -> dict[K, int]:
@@ -81,7 +96,12 @@ def depths(nodes: Sequence[K], parents: dict[K, list[K]]) -> dict[K, int]:
     return depth
 
 
-def layout(nodes: Sequence[K], edges: Sequence[tuple[K, K, str]]) -> Layout[K]:
+def layout(
+    nodes: Sequence[K],
+    edges: Sequence[tuple[K, K, str]],
+    *,
+    label_height: Callable[[str], float] = lambda kind: 12,
+) -> Layout[K]:
     """Place ``nodes`` (in their display order) and route ``edges`` (parent, child, kind).
 
     1. Column = dependency depth, so every arrow points right.
@@ -89,9 +109,11 @@ def layout(nodes: Sequence[K], edges: Sequence[tuple[K, K, str]]) -> Layout[K]:
        most crossings of a typical job; ties keep the display order.
     3. Each column is centred vertically on the tallest one, or on the first CENTRE_ROWS rows
        when that is taller, so the start of a big job is in sight.
-    4. Arrows are cubic curves from the parent's right side to the child's left side; the
-       label sits in the gap before the child, where labels of arrows that share a parent
-       don't meet.
+    4. Arrows are cubic curves from the parent's right side to the child's left side, or to
+       its join when it has several parents.
+    5. Labels (``label_height(kind)`` pixels tall) sit in the gap before the child, where no
+       box is, on their curve; labels that would meet there are moved apart, top to bottom,
+       so no two overlap, and the drawing grows to hold the last one.
     """
     parents: dict[K, list[K]] = {}
     for parent, child, _ in edges:
@@ -127,16 +149,23 @@ def layout(nodes: Sequence[K], edges: Sequence[tuple[K, K, str]]) -> Layout[K]:
                 layer=layer,
             )
 
+    joins = {
+        child: Join(child=child, x=boxes[child].x - JOIN_W, y=boxes[child].y + NODE_H / 2)
+        for child, ps in parents.items()
+        if child in boxes and len([p for p in ps if p in boxes]) > 1
+    }
     arrows = []
     for parent, child, kind in edges:
         if parent not in boxes or child not in boxes:
             continue
         a, b = boxes[parent], boxes[child]
         x1, y1 = a.x + NODE_W, a.y + NODE_H / 2
-        x2, y2 = b.x - 2, b.y + NODE_H / 2  # stop short: the arrow head ends at the border
+        # Stop short: the arrow head ends at the border (of the box, or of its join).
+        x2, y2 = (joins[child].x if child in joins else b.x) - 2, b.y + NODE_H / 2
         bend = max((x2 - x1) / 2, 30)
         c1, c2 = (x1 + bend, y1), (x2 - bend, y2)
-        lx, ly = _point_at_x((x1, y1), c1, c2, (x2, y2), x2 - GAP_X / 2)
+        free = GAP_X - (JOIN_W if child in joins else 0)
+        lx, ly = _point_at_x((x1, y1), c1, c2, (x2, y2), x2 - free / 2)
         arrows.append(
             Arrow(
                 parent=parent,
@@ -147,9 +176,39 @@ def layout(nodes: Sequence[K], edges: Sequence[tuple[K, K, str]]) -> Layout[K]:
                 label_y=round(ly, 1),
             )
         )
+    arrows, bottom = _apart(arrows, [boxes[a.child].layer for a in arrows], label_height)
     width = MARGIN * 2 + len(columns) * NODE_W + max(len(columns) - 1, 0) * GAP_X
     height = MARGIN * 2 + tallest * NODE_H + max(tallest - 1, 0) * GAP_Y
-    return Layout(width=width, height=height, boxes=boxes, arrows=arrows)
+    return Layout(
+        width=width,
+        height=max(height, bottom + MARGIN),
+        boxes=boxes,
+        arrows=arrows,
+        joins=joins,
+    )
+
+
+def _apart(
+    arrows: list[Arrow[K]], gaps: list[int], label_height: Callable[[str], float]
+) -> tuple[list[Arrow[K]], float]:
+    """Move labels that share a gap (``gaps[i]``: the column arrow i ends in) apart, top to
+    bottom, each at least as low as its curve puts it, or lower if the one above needs the
+    room; also the lowest label's bottom."""
+    by_gap: dict[int, list[int]] = defaultdict(list)
+    for i, gap in enumerate(gaps):
+        by_gap[gap].append(i)
+    moved = list(arrows)
+    bottom = 0.0
+    for members in by_gap.values():
+        members.sort(key=lambda i: (arrows[i].label_y, i))
+        floor = float("-inf")
+        for i in members:
+            half = label_height(arrows[i].kind) / 2
+            y = max(arrows[i].label_y, floor + half)
+            moved[i] = replace(arrows[i], label_y=round(y, 1))
+            floor = y + half + LABEL_GAP
+            bottom = max(bottom, y + half)
+    return moved, bottom
 
 
 Point = tuple[float, float]

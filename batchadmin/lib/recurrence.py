@@ -33,6 +33,8 @@ from cron_descriptor import Options as CronOptions
 from croniter import CroniterError, croniter
 from dateutil import rrule
 
+from batchadmin.lib.clock import format_when, zone_label
+
 MINUTES, HOURS, DAYS, WEEKS, MONTHS, YEARS, CRON = (
     "minutes",
     "hours",
@@ -196,11 +198,9 @@ class Rule:
             )
 
     def _check_cron(self) -> None:
-        fields = self.cron.split()
-        if len(fields) != 5 or not croniter.is_valid(self.cron):
-            raise RuleError(
-                "A cron expression has five fields: minute hour day month weekday.", field="cron"
-            )
+        problem = cron_problem(self.cron)
+        if problem:
+            raise RuleError(problem, field="cron")
 
     # --- occurrences ----------------------------------------------------------------------
 
@@ -330,14 +330,15 @@ class Rule:
 
     def describe(self, *, runs_done: int = 0) -> str:
         """The rule in words, for the job list: "Every 2 weeks on Mon and Thu at 22:00 Europe/Oslo"."""
-        clock = f"{self.start:%H:%M:%S}" if self.start.second else f"{self.start:%H:%M}"
+        clock = format_when(self.start.time(), "time s" if self.start.second else "time")
+        zone_words = zone_label(self.time_zone)
         n = self.every
         if self.unit == CRON:
-            words = f"{_describe_cron(self.cron)} ({self.time_zone})"
+            words = f"{_describe_cron(self.cron)} ({zone_words})"
         elif self.unit in ELAPSED_UNITS:
             unit = self.unit[:-1]
             words = f"Every {unit}" if n == 1 else f"Every {n} {self.unit}"
-            words += f" from {clock} {self.time_zone}"
+            words += f" from {clock} {zone_words}"
         else:
             unit = {DAYS: "day", WEEKS: "week", MONTHS: "month", YEARS: "year"}[self.unit]
             words = f"Every {unit}" if n == 1 else f"Every {n} {unit}s"
@@ -354,7 +355,7 @@ class Rule:
                     words += f" on {self.day or self.start.day} {month}"
                 else:
                     words += f" on the {_ordinal(self.day or self.start.day)}"
-            words += f" at {clock} {self.time_zone}"
+            words += f" at {clock} {zone_words}"
         left = self.runs_left(runs_done)
         if left is not None:
             words += (
@@ -365,6 +366,87 @@ class Rule:
                 f", until {self.end_by.day} {MONTH_ABBR[self.end_by.month - 1]} {self.end_by.year}"
             )
         return words
+
+
+# The shortcuts cron itself knows, as the five fields they stand for (@reboot is no time).
+CRON_SHORTCUTS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_CRON_FIELDS = (
+    ("minute", "minutes", 0, 59, ()),
+    ("hour", "hours", 0, 23, ()),
+    ("day of the month", "days of the month", 1, 31, ()),
+    ("month", "months", 1, 12, tuple(m.lower() for m in MONTH_ABBR)),
+    ("weekday", "weekdays", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+_FIVE = "minute hour day-of-month month weekday"
+
+
+def expand_cron(expression: str) -> str:
+    """``expression`` with one space between fields, a shortcut (@daily) as its five fields."""
+    text = " ".join(expression.split())
+    return CRON_SHORTCUTS.get(text.lower(), text)
+
+
+def cron_problem(expression: str) -> str | None:
+    """What is wrong with a cron expression, in words a person can act on; None if it is a
+    five-field expression croniter reads. "61 25 * * *" gives "Minute 61 is out of range:
+    minutes are 0-59. Hour 25 is out of range: hours are 0-23."
+    """
+    fields = expression.split()
+    if not fields:
+        return f"Enter a cron expression: five fields, {_FIVE}, e.g. 0 22 * * 1-5."
+    if fields[0].startswith("@"):
+        known = ", ".join(CRON_SHORTCUTS)
+        return f"{fields[0]} is not a cron shortcut: use one of {known}, or five fields."
+    if len(fields) in (6, 7):
+        # Quartz and Spring put seconds first (and Quartz a year last); cron has neither.
+        five = " ".join(fields[1:6]).replace("?", "*")
+        extra = "seconds first" + (" and a year last" if len(fields) == 7 else " or a year last")
+        return (
+            f"{'Six' if len(fields) == 6 else 'Seven'} fields: that is cron with {extra} "
+            f"(Quartz, Spring). Here a cron expression has five fields, {_FIVE}, without "
+            f"seconds: e.g. {five}."
+        )
+    if len(fields) != 5:
+        return (
+            f"A cron expression has five fields, {_FIVE}; this one has {len(fields)}: "
+            "e.g. 0 22 * * 1-5 for 22:00 on weekdays."
+        )
+    problems = [p for f, spec in zip(fields, _CRON_FIELDS, strict=True) if (p := _field(f, *spec))]
+    if problems:
+        return " ".join(problems)
+    if not croniter.is_valid(" ".join(fields)):
+        return f"This is not a cron expression croniter can read: five fields, {_FIVE}."
+    return None
+
+
+def _field(
+    text: str, name: str, plural: str, low: int, high: int, names: tuple[str, ...]
+) -> str | None:
+    """The first problem of one field ("61", "*/0", "1-99,5"), or None."""
+    for part in text.split(","):
+        base, _, step = part.partition("/")
+        if step and (not step.isdigit() or int(step) == 0):
+            return f"The step /{step} of the {name} field is not a whole number above 0."
+        if base == "*":
+            continue
+        for value in base.split("-", 1):
+            low_value = value.lower()
+            if names and low_value in names:
+                continue
+            if not value.isdigit():
+                hint = f" or a name ({names[0]}, {names[1]} ...)" if names else ""
+                return f"{name.capitalize()} {value!r} is not a number{hint}."
+            if not low <= int(value) <= high:
+                return f"{name.capitalize()} {value} is out of range: {plural} are {low}-{high}."
+    return None
 
 
 def _describe_cron(expression: str) -> str:

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
-from zoneinfo import available_timezones
 
 from django import forms
 from django.core.exceptions import ValidationError
 
+from batchadmin.lib import clock
 from batchadmin.servers.models import (
     MAX_THREADS_LIMIT,
     PAUSED,
@@ -15,7 +15,6 @@ from batchadmin.servers.models import (
     BatchServerSchedule,
 )
 
-ZONES = sorted(available_timezones())
 DAY = 24 * 3600
 
 
@@ -110,10 +109,7 @@ class GroupServersForm(forms.Form):
 
 
 class ServerForm(forms.ModelForm[BatchServer]):
-    time_zone = forms.ChoiceField(
-        choices=[(z, z.replace("_", " ")) for z in ZONES],
-        help_text=BatchServer._meta.get_field("time_zone").help_text,
-    )
+    time_zone = clock.ZoneField(help_text=BatchServer._meta.get_field("time_zone").help_text)
 
     class Meta:
         model = BatchServer
@@ -132,11 +128,15 @@ class ScheduleRowForm(forms.ModelForm[BatchServerSchedule]):
     class Meta:
         model = BatchServerSchedule
         fields = ["start_time", "end_time", "max_threads"]
-        widgets = {
-            "start_time": forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
-            "end_time": forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
-            "max_threads": forms.NumberInput(attrs={"min": 0, "max": MAX_THREADS_LIMIT}),
-        }
+        field_classes = {"start_time": clock.TimeField, "end_time": clock.TimeField}
+        widgets = {"max_threads": forms.NumberInput(attrs={"min": 0, "max": MAX_THREADS_LIMIT})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The inputs sit in a table under column heads, without labels of their own.
+        for name, field in self.fields.items():
+            if name in self.Meta.fields:
+                field.widget.attrs["aria-label"] = str(field.label)
 
 
 def _seconds(t: dt.time) -> int:

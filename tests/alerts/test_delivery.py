@@ -312,8 +312,8 @@ class MessageTestCase(AlertTestCase):
         text = message.body
         assert "Job:       Settle <vendors> & pay" in text
         assert "Status:    Error" in text
-        assert "Started:   2025-03-01 10:00:00 CET" in text  # Alice's zone
-        assert "Ended:     2025-03-01 10:03:05 CET" in text
+        assert "Started:   2025-03-01 10:00:00 Europe/Oslo" in text  # Alice's zone
+        assert "Ended:     2025-03-01 10:03:05 Europe/Oslo" in text
         assert "Duration:  3 min 05 s" in text
         assert "Failed tasks (12):\n- T01 Post batch 1: DemoFailure: Ledger 1 locked\n" in text
         assert "second line" not in text

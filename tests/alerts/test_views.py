@@ -201,7 +201,7 @@ class BellTestCase(NotificationTestCase):
             assert 'id="notify"' in html, user
             assert f'hx-get="{POLL}"' in html
             assert "every 5s [document.visibilityState == 'visible']" in html
-            assert 'id="toasts" class="toasts" aria-live="polite"' in html
+            assert 'id="toasts" class="toasts" role="region" aria-live="polite"' in html
 
     def test_the_sign_in_page_has_no_bell(self):
         self.client.logout()
@@ -223,7 +223,7 @@ class BellTestCase(NotificationTestCase):
         assert 'class="notify-item unread"' in newest
         assert '<span class="badge status-error">Error</span>' in newest
         assert "T2 Post invoices: ZeroDivisionError: oops" in newest
-        assert "3 Mar 13:00" in newest  # noon UTC is 13:00 in Oslo
+        assert "2025-03-03 13:00" in newest  # noon UTC is 13:00 in Oslo
         assert "data-read-url" in newest and "data-read-url" not in older
         assert f'href="/jobs/{self.job.pk}/history/{self.job_run.pk}/"' in newest
         assert "1 unread" in html
@@ -336,7 +336,7 @@ class NotificationListTestCase(NotificationTestCase):
         assert "no online batch server serves group Integration" in unserved
         assert f'href="/jobs/{stuck_job.pk}/"' in unserved
         assert "Ran 3 min 00 s" in ended
-        assert "E-mail <span" in ended and "sent 3 Mar 12:00" in ended
+        assert "E-mail <span" in ended and "sent 2025-03-03 12:00" in ended
         assert ">Mark read</button>" not in ended  # an e-mail is not a popup to read
 
     def test_it_filters_unread_and_pages(self):

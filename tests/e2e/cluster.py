@@ -126,12 +126,16 @@ class Cluster:
              "-s", str(self.log_dir / f"{name}-schedule")],
         )  # fmt: skip
 
-    def start_web(self, port: int) -> str:
-        """gunicorn on loopback, as in production; static files from the finders (DEBUG)."""
+    def start_web(self, port: int, *, name: str = "web", env: dict[str, str] | None = None) -> str:
+        """gunicorn on loopback, as in production; static files from the finders (DEBUG).
+
+        ``env``: settings of this server only (DEBUG=0 for the error pages).
+        """
         self._spawn(
-            "web",
+            name,
             [str(Path(sys.executable).with_name("gunicorn")), "batchadmin.wsgi",
              "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4"],
+            env,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _answers(url + "/login/"), timeout=30, what="the web server")

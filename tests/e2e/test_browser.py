@@ -72,7 +72,7 @@ def test_it_builds_runs_and_shows_a_job_in_the_browser(cluster, web, page):
     rows = page.locator("#task-rows tr.task-line")
     assert rows.count() == 3
     assert "T1" in rows.nth(2).inner_text()  # the condition shows in Has conditions
-    assert page.locator("#job-diagram svg").count() == 1
+    assert page.locator("#job-diagram svg.diagram").count() == 1
 
     page.click("a:has-text('Change status')")
     page.locator("#dialog input[value=waiting]").check()

@@ -68,6 +68,7 @@ class ChangeStatusDialogTestCase(FormTestCase):
 
     def test_it_changes_the_status_and_closes_the_dialog(self):
         job = self.make_job(created_by=self.dave, status=S.WITHHOLD)
+        self.make_task(job, "T1")
         r = self.client.post(self.url(job), {"status": "waiting"}, headers=self.htmx("dialog"))
         assert r.status_code == 200
         assert json.loads(r.headers["HX-Trigger"]) == {"dialog-close": {}, "job-changed": {}}
@@ -131,9 +132,33 @@ class ChangeStatusDialogTestCase(FormTestCase):
 
     def test_a_lost_race_asks_to_look_again(self):
         job = self.make_job(created_by=self.dave, status=S.WITHHOLD)
+        self.make_task(job, "T1")
         with mock.patch.object(transitions, "change_status", return_value=False):
             r = self.client.post(self.url(job), {"status": "waiting"}, headers=self.htmx())
         assert "The job changed status meanwhile." in r.content.decode()
+
+    def test_a_job_without_tasks_is_set_waiting_only_after_a_warning(self):
+        job = self.make_job(created_by=self.dave, status=S.WITHHOLD)
+        html = self.client.get(self.url(job), headers=self.htmx()).content.decode()
+        assert "This job has no tasks." in html
+        assert 'name="confirm_empty"' in html
+        r = self.client.post(self.url(job), {"status": "waiting"}, headers=self.htmx("dialog"))
+        assert "HX-Trigger" not in r.headers
+        assert "This job has no tasks: add them first, or tick this box" in r.content.decode()
+        job.refresh_from_db()
+        assert job.status == S.WITHHOLD
+        data = {"status": "waiting", "confirm_empty": "on"}
+        r = self.client.post(self.url(job), data, headers=self.htmx("dialog"))
+        assert "dialog-close" in r.headers["HX-Trigger"]
+        job.refresh_from_db()
+        assert job.status == S.WAITING
+
+    def test_a_job_with_tasks_has_no_such_warning(self):
+        job = self.make_job(created_by=self.dave, status=S.WITHHOLD)
+        self.make_task(job, "T1")
+        html = self.client.get(self.url(job), headers=self.htmx()).content.decode()
+        assert "This job has no tasks." not in html
+        assert 'name="confirm_empty"' not in html
 
     def test_a_viewer_can_neither_open_nor_post(self):
         job = self.make_job(status=S.WITHHOLD)

@@ -217,7 +217,7 @@ class CopyDialogTestCase(FormTestCase):
         )
         html = r.content.decode()
         assert "This field is required." in html
-        assert "Enter a valid date/time." in html
+        assert "Enter a date and time as 2026-12-03 18:30." in html
         assert 'value="soon"' in html
         assert BatchJob.objects.count() == self.jobs
 

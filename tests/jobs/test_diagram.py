@@ -5,6 +5,7 @@ import json
 from django.test import SimpleTestCase
 
 from batchadmin.engine import transitions
+from batchadmin.jobs import task_grid
 from batchadmin.jobs.models import BatchJob, BatchStatus
 from batchadmin.lib import diagram
 from tests.base import HOSTNAME, drain, start
@@ -184,3 +185,86 @@ class DiagramViewTestCase(FormTestCase):
         job, _ = self.make_walkthrough(created_by=self.alice)
         status, _, _ = self.diagram(job, "?poll=1&editable=0")
         assert status == 404
+
+
+def overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    """Whether two (left, top, right, bottom) boxes share any area."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+class LabelsTestCase(SimpleTestCase):
+    # Three tasks that each wait for four parents: twelve labels in one gap.
+    EDGES = [(p, c, "ended_or_error") for p in "ABCD" for c in "xyz"]
+
+    def test_labels_in_one_gap_never_overlap_and_stay_in_the_drawing(self):
+        layout = diagram.layout([*"ABCD", *"xyz"], self.EDGES, label_height=lambda kind: 24)
+        boxes = [
+            (a.label_x - 30, a.label_y - 12, a.label_x + 30, a.label_y + 12) for a in layout.arrows
+        ]
+        for i, one in enumerate(boxes):
+            assert one[3] <= layout.height
+            for other in boxes[i + 1 :]:
+                assert not overlaps(one, other)
+
+    def test_labels_stay_in_the_gap_before_their_task(self):
+        layout = diagram.layout([*"ABCD", *"xyz"], self.EDGES)
+        for arrow in layout.arrows:
+            child = layout.boxes[arrow.child]
+            assert child.x - diagram.GAP_X + 30 <= arrow.label_x <= child.x - 30
+
+    def test_a_task_with_several_parents_gets_a_join_where_its_arrows_end(self):
+        layout = diagram.layout(KEYS, WALKTHROUGH)
+        assert set(layout.joins) == {"T7"}  # T3 and T4
+        join = layout.joins["T7"]
+        assert join.x == layout.boxes["T7"].x - diagram.JOIN_W
+        for arrow in layout.arrows:
+            end = arrow.path.rsplit(" ", 1)[1]
+            x = float(end.split(",")[0])
+            assert x == (join.x if arrow.child == "T7" else layout.boxes[arrow.child].x) - 2
+
+
+class NodeTextTestCase(SimpleTestCase):
+    def test_text_longer_than_its_box_is_cut_with_an_ellipsis(self):
+        long = "Extract the general ledgers of every company"
+        cut = task_grid.fit(long, task_grid.DESC_CHAR_PX)
+        assert cut.endswith("…") and long.startswith(cut[:-1])
+        assert len(cut) * task_grid.DESC_CHAR_PX <= task_grid.TEXT_W
+        assert task_grid.fit("post", task_grid.KEY_CHAR_PX) == "post"
+
+
+class DiagramDrawingTestCase(FormTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.login(self.dave)
+
+    def test_it_draws_all_and_any_where_arrows_meet(self):
+        job, tasks = self.make_walkthrough(created_by=self.dave, status=S.WITHHOLD)
+        tasks["T7"].condition_type = "any"
+        tasks["T7"].save()
+        html = self.client.get(f"/jobs/{job.pk}/", headers=self.htmx("job-diagram")).content
+        page = html.decode()
+        assert page.count('<g class="join join-any"') == 1
+        assert "<title>T7 runs when one condition holds</title>" in page
+        assert '<span class="join-key join-any">Any</span>' in page
+        # Zoom and pan are offered with the drawing.
+        assert 'data-zoom="in"' in page and 'data-diagram="' in page
+
+    def test_a_cross_job_trigger_is_drawn_as_a_linked_box_before_its_task(self):
+        job, tasks = self.make_walkthrough(created_by=self.dave, status=S.WITHHOLD)
+        rows = task_grid.load(job).rows
+        trigger = task_grid.ExternalParent(
+            key="job-99-post",
+            label="Job 99 · post",
+            description="Post invoices",
+            status="ended",
+            status_label="Ended",
+            url="/jobs/99/",
+            child_pk=tasks["T1"].pk,
+            expected="ended",
+        )
+        drawing = task_grid.build_diagram(rows, [trigger])
+        outside = [n for n in drawing.nodes if n.external]
+        assert [n.href for n in outside] == ["/jobs/99/"]
+        t1 = next(n for n in drawing.nodes if n.row and n.row.task.key == "T1")
+        assert outside[0].x < t1.x
+        assert "T1 runs when Job 99 · post is ended" in [a.title for a in drawing.arrows]

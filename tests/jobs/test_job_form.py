@@ -84,7 +84,7 @@ class JobPageTestCase(FormTestCase):
         html = r.content.decode()
         assert html.count('class="field invalid') == 3
         assert "This field is required." in html
-        assert "Enter a valid date/time." in html
+        assert "Enter a date and time as 2026-12-03 18:30." in html
         assert 'value="not a date"' in html  # what the user typed stays
         job.refresh_from_db()
         assert job.description == "Before"

@@ -187,10 +187,24 @@ class BulkStatusTestCase(BaseTestCase):
     def test_it_changes_the_selected_jobs(self):
         a = self.make_job(status=S.WITHHOLD)
         b = self.make_job(status=S.WITHHOLD)
+        for job in (a, b):
+            self.make_task(job, "T1")
         self.client.force_login(self.alice)
         r = self.client.post("/jobs/bulk-status/", {"action": "waiting", "job": [a.pk, b.pk]})
         assert r.status_code == 302
         assert set(BatchJob.objects.values_list("status", flat=True)) == {S.WAITING}
+
+    def test_it_leaves_a_job_without_tasks_to_the_change_status_dialog(self):
+        full = self.make_job(status=S.WITHHOLD)
+        self.make_task(full, "T1")
+        empty = self.make_job(status=S.WITHHOLD)
+        self.client.force_login(self.alice)
+        data = {"action": "waiting", "job": [full.pk, empty.pk]}
+        r = self.client.post("/jobs/bulk-status/", data, follow=True)
+        assert f"Not changed: {empty.pk} (no tasks: use Change status" in r.content.decode()
+        full.refresh_from_db()
+        empty.refresh_from_db()
+        assert (full.status, empty.status) == (S.WAITING, S.WITHHOLD)
 
     def test_it_reports_jobs_it_could_not_change(self):
         a = self.make_job(status=S.WITHHOLD)

@@ -84,8 +84,11 @@ class RecurrenceDialogTestCase(FormTestCase):
         assert "<html" not in html
         assert 'id="recurrence-form"' in html
         assert "Define recurrence" in html
-        # The preview asks for itself once the dialog is in the page.
-        assert 'hx-trigger="load, change from:closest form delay:300ms"' in html
+        # The preview asks for itself once the dialog is in the page, and follows typing.
+        assert (
+            'hx-trigger="load, change from:closest form delay:300ms, '
+            'input from:closest form delay:500ms"'
+        ) in html
         page = self.client.get(self.url()).content.decode()
         assert "<html" in page
         assert 'id="recurrence-form"' in page
@@ -98,10 +101,12 @@ class RecurrenceDialogTestCase(FormTestCase):
         UserPreference.objects.create(user=self.dave, time_zone="Europe/Oslo")
         self.login(self.dave)  # a new session picks up the zone
         html = self.client.get(self.url(), headers=self.htmx()).content.decode()
-        assert '<option value="Europe/Oslo" selected>' in html
-        # The job's start (13:00 UTC) in Oslo, on that day's weekday.
+        # The zone as pages spell it, in a text box that suggests zones as you type.
+        assert 'name="time_zone" value="Europe/Oslo" list="zone-list"' in html
+        assert '<datalist id="zone-list">' in html
+        # The job's start (13:00 UTC) in Oslo, on that day's weekday, as ISO-like text.
         assert 'value="2025-03-01"' in html
-        assert 'value="14:00:00"' in html
+        assert 'value="14:00"' in html
         assert 'value="sat" id="id_weekdays_5" checked' in html
 
     def test_it_shows_every_pattern_part_for_the_radio_to_pick(self):
@@ -135,11 +140,11 @@ class RecurrenceDialogTestCase(FormTestCase):
         assert "<html" not in html
         assert html.lstrip().startswith('<section id="recurrence-preview"')
         assert rows(html) == [
-            "1 | Mon 3 Mar 2025, 22:00 CET | Mon 3 Mar 2025, 21:00 UTC",
-            "2 | Thu 6 Mar 2025, 22:00 CET | Thu 6 Mar 2025, 21:00 UTC",
-            "3 | Mon 17 Mar 2025, 22:00 CET | Mon 17 Mar 2025, 21:00 UTC",
-            "4 | Thu 20 Mar 2025, 22:00 CET | Thu 20 Mar 2025, 21:00 UTC",
-            "5 | Mon 31 Mar 2025, 22:00 CEST | Mon 31 Mar 2025, 20:00 UTC",  # Oslo on summer time
+            "1 | Mon 2025-03-03 22:00 | Mon 2025-03-03 21:00",
+            "2 | Thu 2025-03-06 22:00 | Thu 2025-03-06 21:00",
+            "3 | Mon 2025-03-17 22:00 | Mon 2025-03-17 21:00",
+            "4 | Thu 2025-03-20 22:00 | Thu 2025-03-20 21:00",
+            "5 | Mon 2025-03-31 22:00 | Mon 2025-03-31 20:00",  # Oslo on summer time
         ]
         assert 'UTC <span class="muted">(your time zone)</span>' in html
         assert WORDS in html
@@ -153,14 +158,16 @@ class RecurrenceDialogTestCase(FormTestCase):
         html = self.client.post(
             self.url(action="preview/"), weekly(), headers=self.htmx()
         ).content.decode()
-        assert rows(html)[2] == "3 | Mon 17 Mar 2025, 22:00 CET | Mon 17 Mar 2025, 17:00 EDT"
-        assert "America/New_York" in html
+        assert rows(html)[2] == "3 | Mon 2025-03-17 22:00 | Mon 2025-03-17 17:00"
+        # The zone as every page spells it.
+        assert 'America/New York <span class="muted">(your time zone)</span>' in html
+        assert "America/New_York" not in html
 
     def test_the_preview_has_one_column_when_the_zones_are_the_same(self):
         html = self.client.post(
             self.url(action="preview/"), weekly(time_zone="UTC"), headers=self.htmx()
         ).content.decode()
-        assert rows(html)[0] == "1 | Mon 3 Mar 2025, 22:00 UTC"
+        assert rows(html)[0] == "1 | Mon 2025-03-03 22:00"
         assert "(your time zone)" not in html
 
     def test_the_preview_says_when_the_range_ends_sooner(self):
@@ -214,7 +221,7 @@ class RecurrenceDialogTestCase(FormTestCase):
             self.url(action="preview/"), weekly(start_time="12:00"), headers=self.htmx()
         ).content.decode()
         assert rows(html)[0] == (
-            "1 | Mon 3 Mar 2025, 12:00 CET | Mon 3 Mar 2025, 11:00 UTC | waits: starts Mon 3 Mar, 17:00 UTC"
+            "1 | Mon 2025-03-03 12:00 | Mon 2025-03-03 11:00 | waits: starts Mon 2025-03-03 17:00 UTC"
         )
         assert "Some runs fall outside the job's active period Night" in squash(html)
 
@@ -236,7 +243,7 @@ class RecurrenceDialogTestCase(FormTestCase):
             ).content.decode()
         )
         assert f"<strong>{WORDS}</strong>" in header
-        assert "Next run</dt> <dd> Mon 3 Mar 2025, 21:00 UTC" in header
+        assert "Next run</dt> <dd> Mon 2025-03-03 21:00 UTC" in header
 
     def test_save_without_htmx_redirects_to_the_job(self):
         r = self.client.post(self.url(), weekly())
@@ -259,7 +266,7 @@ class RecurrenceDialogTestCase(FormTestCase):
             'name="end_after" value="7"',
             'name="end_by" value="2025-12-31"',
             'value="after" id="id_end_1" checked',
-            '<option value="Europe/Oslo" selected>',
+            'name="time_zone" value="Europe/Oslo"',
         ):
             assert kept in html, kept
         # The preview is rendered with the dialog: no load trigger, and it says why it is empty.
@@ -272,6 +279,25 @@ class RecurrenceDialogTestCase(FormTestCase):
         html = r.content.decode()
         assert "A cron expression has five fields" in html.split('id="id_cron-errors"')[1]
         assert 'name="cron" value="0 22 * *"' in html
+
+    def test_a_cron_error_says_what_is_out_of_range_or_how_many_fields(self):
+        for cron, words in (
+            ("61 25 * * *", "Minute 61 is out of range: minutes are 0-59. Hour 25 is out of range"),
+            ("0 0 22 * * 1", "Six fields: that is cron with seconds first"),
+            ("@reboot", "@reboot is not a cron shortcut"),
+        ):
+            r = self.client.post(
+                self.url(action="preview/"), weekly(unit="cron", cron=cron), headers=self.htmx()
+            )
+            errors = r.content.decode().split('id="id_cron-errors"')[1].split("</div>")[0]
+            assert words in errors, (cron, errors)
+
+    def test_a_cron_shortcut_previews_and_saves_as_its_five_fields(self):
+        data = weekly(unit="cron", cron="@daily", time_zone="UTC")
+        html = self.client.post(self.url(action="preview/"), data, headers=self.htmx()).content
+        assert "At 00:00" in html.decode()
+        self.client.post(self.url(), data, headers=self.htmx("dialog"))
+        assert BatchRecurrence.objects.get(job=self.job).cron == "0 0 * * *"
 
     def test_saving_again_restarts_end_after(self):
         self.save_weekly()
@@ -422,8 +448,8 @@ class JobHeaderScheduleTestCase(FormTestCase):
             active_period=self.night,
         )
         html = self.header(job)
-        assert "Sat 1 Mar 2025, 12:30 UTC" in html
-        assert "outside active period Night: starts Sat 1 Mar 2025, 17:00 UTC" in html
+        assert "Sat 2025-03-01 12:30 UTC" in html
+        assert "outside active period Night: starts Sat 2025-03-01 17:00 UTC" in html
         job.active_period = None
         job.save()
         assert "outside active period" not in self.header(job)
@@ -435,7 +461,7 @@ class JobHeaderScheduleTestCase(FormTestCase):
         job.scheduled_start = NOW - dt.timedelta(hours=1)
         job.save()
         html = self.header(job)
-        assert "Sat 1 Mar 2025, 11:00 UTC" in html
+        assert "Sat 2025-03-01 11:00 UTC" in html
         assert "outside active period" not in html
 
     def test_next_start_waits_for_the_active_period(self):
@@ -472,7 +498,7 @@ class JobHeaderScheduleTestCase(FormTestCase):
         )
         html = self.header(job)
         assert f"<dt>Recurrence</dt> <dd> <strong>{WORDS}</strong>" in html
-        assert "Mon 3 Mar 2025, 21:00 UTC" in html
+        assert "Mon 2025-03-03 21:00 UTC" in html
         assert "Missed occurrences" not in html
 
     def test_the_header_lists_the_latest_five_missed_occurrences(self):
@@ -490,12 +516,12 @@ class JobHeaderScheduleTestCase(FormTestCase):
         assert "Missed occurrences (latest 5)" in html
         assert html.count("<li>") == 5
         assert (
-            "Fri 7 Feb 2025, 22:00 to Sat 8 Feb 2025, 22:00 (2 occurrences): The job was still running"
+            "Fri 2025-02-07 22:00 to Sat 2025-02-08 22:00 (2 occurrences): The job was still running"
             in html
         )
-        assert "Thu 6 Feb 2025, 22:00: Not started in time; skipped" in html
-        assert "Mon 3 Feb 2025" in html
-        assert "Sun 2 Feb 2025" not in html
+        assert "Thu 2025-02-06 22:00: Not started in time; skipped" in html
+        assert "Mon 2025-02-03" in html
+        assert "Sun 2025-02-02" not in html
 
     def test_the_header_of_a_running_or_held_job_has_no_next_run(self):
         held = self.make_job(created_by=self.dave, status=S.WITHHOLD)

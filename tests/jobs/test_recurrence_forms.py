@@ -86,7 +86,7 @@ class RecurrenceFormTestCase(BaseTestCase):
             (weekly(unit="cron"), "cron", "Enter a cron expression."),
             (weekly(unit="cron", cron="0 22 * *"), "cron", "five fields"),
             (weekly(unit="cron", cron="0 0 31 2 *"), "cron", "never occurs"),
-            (weekly(time_zone="Mars/Olympus"), "time_zone", "Select a valid choice"),
+            (weekly(time_zone="Mars/Olympus"), "time_zone", "Mars/Olympus is not a time zone"),
             (weekly(every="0"), "every", "greater than or equal to 1"),
         ]
         for data, field, message in cases:

@@ -78,7 +78,7 @@ class TaskGridTestCase(FormTestCase):
         assert task.max_retries == 1
         html = r.content.decode()
         assert f'id="task-{task.pk}"' in html
-        assert '<tr id="task-new" hidden></tr>' in html  # the slot for the next Ctrl+N
+        assert '<tr id="task-new" hidden></tr>' in html  # the slot for the next Alt+N
         assert json.loads(r.headers["HX-Trigger"]) == {"tasks-changed": {}}
 
     def test_keys_continue_after_the_highest_tn(self):
@@ -188,7 +188,7 @@ class TaskGridTestCase(FormTestCase):
         conditions = list(t3.conditions.values_list("depends_on__key", "expected_status"))
         assert conditions == [("T2", "ended_or_error")]
         html = r.content.decode()
-        assert f'<tr id="task-{t3.pk}" class="task-line">' in html
+        assert f'<tr id="task-{t3.pk}" class="task-line" tabindex="-1">' in html
         assert "T2 <span>Ended or error</span>" in html
 
     def test_the_edit_never_writes_status_or_retries(self):
@@ -203,7 +203,7 @@ class TaskGridTestCase(FormTestCase):
         url = f"/jobs/{self.job.pk}/tasks/{task.pk}/"
         r = self.client.get(url, headers=self.htmx(f"task-{task.pk}"))
         html = r.content.decode()
-        assert html.lstrip().startswith(f'<tr id="task-{task.pk}" class="task-line">')
+        assert html.lstrip().startswith(f'<tr id="task-{task.pk}" class="task-line" tabindex="-1">')
         assert "Read me" in html
         self.assertRedirects(self.client.get(url), f"/jobs/{self.job.pk}/#task-{task.pk}")
 
@@ -279,7 +279,7 @@ class TaskGridTestCase(FormTestCase):
         assert not BatchTask.objects.filter(pk=t1.pk).exists()
         assert not BatchTaskCondition.objects.exists()
         html = r.content.decode()
-        assert f'<tr id="task-{t2.pk}" class="task-line" hx-swap-oob="true">' in html
+        assert f'<tr id="task-{t2.pk}" class="task-line" tabindex="-1" hx-swap-oob="true">' in html
         assert f'id="task-{t1.pk}"' not in html
         assert json.loads(r.headers["HX-Trigger"]) == {"tasks-changed": {}}
 

@@ -67,7 +67,7 @@ class TaskPagingTestCase(FormTestCase):
         data = task_data(description="Edited on page two")
         r = self.client.post(edit, data, headers=self.htmx(f"task-{task.pk}"))
         assert r.status_code == 200
-        assert f'<tr id="task-{task.pk}" class="task-line">' in r.content.decode()
+        assert f'<tr id="task-{task.pk}" class="task-line" tabindex="-1">' in r.content.decode()
         task.refresh_from_db()
         assert task.description == "Edited on page two"
 

@@ -10,11 +10,13 @@ import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils.timezone import now
 
 from batchadmin.engine import world
 from batchadmin.jobs.models import BatchJob, BatchJobRun, BatchStatus, BatchTask, BatchTaskRun
 from batchadmin.servers.models import BatchGroup, BatchServer, BatchServerReplica
 from tests.base import HOSTNAME, BaseTestCase, start
+from tests.jobs.form_base import squash
 
 S = BatchStatus
 UTC = dt.UTC
@@ -93,7 +95,7 @@ class AccessTestCase(WorkspaceTestCase):
 
     def test_the_nav_link_comes_first_and_is_current(self):
         html = self.client.get(URL).content.decode()
-        nav = html.split('<nav class="mainnav"')[1].split("</nav>")[0]
+        nav = html.split('<nav id="site-nav" class="mainnav"')[1].split("</nav>")[0]
         assert nav.index(">Workspace</a>") < nav.index(">Batch jobs</a>")
         assert 'aria-current="page">Workspace</a>' in nav
 
@@ -168,6 +170,22 @@ class EmptyStatesTestCase(WorkspaceTestCase):
         assert "No task attempt finished in the last hour." in html
         assert "No task attempt failed in the last 24 hours." in html
         assert 'href="/jobs/new/"' in html  # alice may create jobs
+        # Counts read 0, not an empty cell.
+        assert html.count('<td class="num">0</td>') >= 2
+
+    def test_scheduled_jobs_are_named_instead_of_asking_for_demo_data(self):
+        first = self.make_job(scheduled_start=now() + dt.timedelta(minutes=2))
+        self.make_job(scheduled_start=now() + dt.timedelta(minutes=5))
+        html = squash(self.client.get(URL).content.decode())
+        assert "No batch job has run yet." in html
+        assert f'The first to start is <a href="/jobs/{first.pk}/">batch job {first.pk}' in html
+        assert "demo_data" not in html
+
+    def test_jobs_that_are_not_waiting_are_pointed_to_change_status(self):
+        self.make_job(status=S.WITHHOLD)
+        html = self.client.get(URL).content.decode()
+        assert "No job is Waiting: open one and set it to Waiting" in html
+        assert "demo_data" not in html
 
     def test_a_viewer_is_not_offered_to_create_a_job(self):
         self.client.force_login(self.bob)

@@ -197,7 +197,7 @@ class ServerPagesTestCase(BaseTestCase):
         html = self.client.post(
             self.url, self.form_data([("25:00", "18:00", "-1")])
         ).content.decode()
-        assert "Enter a valid time." in html
+        assert "Enter a time as 18:30 (or 6:30 PM)." in html
         assert "Ensure this value is greater than or equal to 0." in html
         assert 'value="25:00"' in html
 
@@ -216,7 +216,10 @@ class ServerPagesTestCase(BaseTestCase):
         html = self.client.post(
             self.url, self.form_data([], time_zone="Mars/Olympus")
         ).content.decode()
-        assert "Select a valid choice. Mars/Olympus is not one of the available choices." in html
+        assert (
+            "Mars/Olympus is not a time zone: type a city or region, e.g. Europe/Oslo or America/New York, and pick it from the list."
+            in html
+        )
 
     def test_it_keeps_the_server_id_fixed(self):
         self.client.post(self.url, self.form_data([], name="renamed"))

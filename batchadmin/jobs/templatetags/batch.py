@@ -1,16 +1,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 from django import template
 from django.http import QueryDict
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.timezone import now
 
 from batchadmin.jobs import access
-from batchadmin.lib import durations
+from batchadmin.lib import clock, durations
 
 register = template.Library()
 
@@ -50,6 +51,38 @@ def status_badge(status: str, label: str = "") -> SafeString:
 
 
 @register.filter
+def has_batch_role(user: Any) -> bool:
+    """Whether ``user`` has any batch role (the pages' nav links; without one they see 403)."""
+    return access.is_manager(user) or bool(access.roles(user))
+
+
+@register.filter
 def is_batch_manager(user: Any) -> bool:
     """Whether ``user`` has the Batch job manager role (the setup pages' nav links)."""
     return access.is_manager(user)
+
+
+@register.filter(expects_localtime=True)
+def when(value: Any, spec: str = "") -> str:
+    """A date or time in the one format (lib/clock.py): ``{{ job.started_at|when:"s" }}``."""
+    return clock.format_when(value, spec)
+
+
+@register.filter
+def zone_label(name: Any) -> str:
+    """A zone as pages spell it: "America/New York"."""
+    return clock.zone_label(str(name)) if name else ""
+
+
+@register.simple_tag
+def zone_list() -> SafeString:
+    """The <datalist> the time-zone inputs suggest from (lib/clock.ZoneInput)."""
+    return _zone_list()
+
+
+@functools.cache
+def _zone_list() -> SafeString:
+    options = format_html_join(
+        "", '<option value="{}"></option>', ((clock.zone_label(z),) for z in clock.picker_zones())
+    )
+    return format_html('<datalist id="zone-list">{}</datalist>', options)
