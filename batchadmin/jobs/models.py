@@ -136,6 +136,53 @@ class ActivePeriod(models.Model):
         return f"{start} to {end}{tail} {zone}"
 
 
+CALENDAR_DATES_LIMIT = 5000  # dates in one calendar: decades of holidays, not every day
+
+
+class Calendar(models.Model):
+    """Beyond D365: a named set of dates (holidays, month-end freezes) that a recurrence skips
+    or moves to the next working day (docs/calendars.md)."""
+
+    code = models.CharField(
+        "calendar",
+        max_length=50,
+        unique=True,
+        validators=[CODE_VALIDATOR],
+        help_text="Identifier, e.g. NO-HOLIDAYS.",
+    )
+    description = models.CharField("description", max_length=200, blank=True)
+    created = models.DateTimeField(default=now)
+    modified = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name = "calendar"
+
+    def __str__(self) -> str:
+        return self.code
+
+    def date_set(self) -> frozenset[dt.date]:
+        return frozenset(self.dates.values_list("date", flat=True))
+
+
+class CalendarDate(models.Model):
+    calendar = models.ForeignKey(Calendar, models.CASCADE, related_name="dates")
+    date = models.DateField("date")
+    description = models.CharField(
+        "description", max_length=200, blank=True, help_text="What the date is, e.g. Christmas."
+    )
+
+    class Meta:
+        ordering = ["calendar", "date"]
+        verbose_name = "calendar date"
+        constraints = [
+            models.UniqueConstraint(fields=["calendar", "date"], name="calendar_date_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.calendar_id}: {self.date:%Y-%m-%d}"
+
+
 class BatchJobQuerySet(models.QuerySet["BatchJob"]):
     def due(self, at: dt.datetime) -> BatchJobQuerySet:
         return self.filter(status=BatchStatus.WAITING, scheduled_start__lte=at)
@@ -374,6 +421,11 @@ class BatchRecurrence(models.Model):
         RUN_ONCE = "run_once", "Run once now"
         SKIP = "skip", "Skip to the next occurrence"
 
+    class OnCalendarDate(models.TextChoices):
+        # The values are batchadmin.lib.recurrence's SKIP and NEXT_DAY.
+        SKIP = "skip", "Skip it"
+        NEXT_DAY = "next_day", "Run on the next working day"
+
     job = models.OneToOneField(BatchJob, models.CASCADE, related_name="recurrence")
     start_date = models.DateField("start date")
     start_time = models.TimeField("start time")
@@ -448,8 +500,26 @@ class BatchRecurrence(models.Model):
         help_text="When the job could not start on time (servers down): run it once as soon "
         "as possible, or skip to the next occurrence. Missed runs are never replayed one by one.",
     )
+    calendar = models.ForeignKey(
+        Calendar,
+        models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="recurrences",
+        verbose_name="calendar",
+        help_text="Dates on which the job does not run as the pattern says (holidays).",
+    )
+    on_calendar_date = models.CharField(
+        "on a calendar date",
+        max_length=8,
+        choices=OnCalendarDate.choices,
+        default=OnCalendarDate.SKIP,
+        help_text="Skip the run, or run it on the next working day (the next date not in the "
+        "calendar) at the same time.",
+    )
     # Runs started under this recurrence; End after counts them. Saving the dialog restarts it.
     runs = models.PositiveIntegerField(default=0)
+    _calendar_dates: tuple[int, frozenset[dt.date]] | None = None  # see calendar_dates()
     created = models.DateTimeField(default=now)
     modified = models.DateTimeField(auto_now=True)
 
@@ -494,7 +564,22 @@ class BatchRecurrence(models.Model):
             cron=self.cron,
             end_after=self.end_after,
             end_by=self.end_by,
+            calendar=self.calendar_dates(),
+            on_calendar_date=self.on_calendar_date,
+            calendar_name=self.calendar.code if self.calendar_id and self.calendar else "",
         )
+
+    def calendar_dates(self) -> frozenset[dt.date]:
+        """The dates of the calendar, read once per instance (the engine asks for the rule a
+        few times while it settles one run)."""
+        if self.calendar_id is None:
+            return frozenset()
+        cached = self._calendar_dates
+        if cached is None or cached[0] != self.calendar_id:
+            dates = CalendarDate.objects.filter(calendar_id=self.calendar_id)
+            cached = (self.calendar_id, frozenset(dates.values_list("date", flat=True)))
+            self._calendar_dates = cached
+        return cached[1]
 
     def next_occurrence(self, after: dt.datetime, *, inclusive: bool = False) -> dt.datetime | None:
         """The next run after ``after``; None once End after or End by is reached."""
