@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, ClassVar
 
 from batchadmin.engine import transitions
 from batchadmin.jobs.models import BatchRecurrence, BatchStatus, Calendar, CalendarDate
@@ -24,6 +24,8 @@ def daily(**overrides: Any) -> dict[str, Any]:
 
 
 class CalendarRecurrenceFormTestCase(BaseTestCase):
+    calendar: ClassVar[Calendar]
+
     @classmethod
     def setUpTestData(cls) -> None:
         super().setUpTestData()
