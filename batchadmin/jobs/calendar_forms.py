@@ -7,9 +7,16 @@ from typing import Any
 
 from django import forms
 from django.db import transaction
-from django.utils.timezone import localdate
+from django.utils.timezone import localdate, now
 
-from batchadmin.jobs.models import CALENDAR_DATES_LIMIT, Calendar, CalendarDate
+from batchadmin.engine import transitions
+from batchadmin.jobs.models import (
+    CALENDAR_DATES_LIMIT,
+    RUNNING_STATUSES,
+    BatchRecurrence,
+    Calendar,
+    CalendarDate,
+)
 from batchadmin.lib import clock, ics
 
 ICS_MAX_BYTES = 2 * 1024 * 1024  # a century of holidays is a few hundred kilobytes
@@ -126,3 +133,17 @@ def add_dates(calendar: Calendar, holidays: list[ics.Holiday]) -> None:
         [CalendarDate(calendar=calendar, date=h.date, description=h.description) for h in holidays],
         ignore_conflicts=True,
     )
+
+
+def reschedule_users(calendar: Calendar, at: dt.datetime | None = None) -> int:
+    """Waiting jobs on this calendar whose next start is ahead move to their first occurrence
+    under its dates now; a due job keeps its start (it runs, then follows the new dates)."""
+    at = at or now()
+    moved = 0
+    recurrences = BatchRecurrence.objects.filter(
+        calendar=calendar, job__scheduled_start__gt=at
+    ).exclude(job__status__in=RUNNING_STATUSES)
+    for recurring in recurrences.select_related("job", "calendar"):
+        if recurring.next_occurrence(at, inclusive=True) != recurring.job.scheduled_start:
+            moved += transitions.reschedule_job(job_id=recurring.job_id, at=at)
+    return moved

@@ -7,42 +7,30 @@ start is still ahead is rescheduled to its first occurrence under the new dates.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Min, ProtectedError, Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils.timezone import localdate, now
+from django.utils.timezone import localdate
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from batchadmin.engine import transitions
 from batchadmin.jobs import access
-from batchadmin.jobs.calendar_forms import CalendarDateForm, CalendarForm, IcsImportForm
-from batchadmin.jobs.models import RUNNING_STATUSES, BatchRecurrence, Calendar, CalendarDate
+from batchadmin.jobs.calendar_forms import (
+    CalendarDateForm,
+    CalendarForm,
+    IcsImportForm,
+    reschedule_users,
+)
+from batchadmin.jobs.models import BatchRecurrence, Calendar, CalendarDate
 from batchadmin.lib.http import AuthedRequest, close_dialog, render_dialog
 
 
 def _require_manager(request: AuthedRequest) -> None:
     if not access.is_manager(request.user):
         raise PermissionDenied("Only a Batch job manager can manage calendars.")
-
-
-def reschedule_users(calendar: Calendar, at: dt.datetime | None = None) -> int:
-    """Waiting jobs on this calendar whose next start is ahead move to their first occurrence
-    under its dates now; a due job keeps its start (it runs, then follows the new dates)."""
-    at = at or now()
-    moved = 0
-    recurrences = BatchRecurrence.objects.filter(
-        calendar=calendar, job__scheduled_start__gt=at
-    ).exclude(job__status__in=RUNNING_STATUSES)
-    for recurring in recurrences.select_related("job", "calendar"):
-        if recurring.next_occurrence(at, inclusive=True) != recurring.job.scheduled_start:
-            moved += transitions.reschedule_job(job_id=recurring.job_id, at=at)
-    return moved
 
 
 @require_GET

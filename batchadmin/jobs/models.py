@@ -357,6 +357,47 @@ class BatchJob(models.Model):
             return self.next_run
         return self.active_period.next_opening(due)
 
+    def next_starts(self, n: int, at: dt.datetime | None = None) -> list[dt.datetime]:
+        """The next ``n`` times the job starts, as the engine will start it (``batch next``).
+
+        1. A Waiting job next starts at its scheduled start (when its active period opens, if
+           that is closed then); a running one at the first occurrence after now. A job in any
+           other status (Withhold, or over) starts nothing by itself.
+        2. Then its recurrence's occurrences, as far as End after and End by allow, each held
+           to its active period's opening; occurrences folded into one opening start once.
+        Times are in the recurrence's zone, or the server's for a job without one.
+        """
+        at = at or now()
+        recurring = self.get_recurrence()
+        tz = recurring.rule().tz if recurring is not None else recurrence.zone(settings.TIME_ZONE)
+        starts: list[dt.datetime] = []
+        runs_done = recurring.runs if recurring is not None else 0
+        if self.status == BatchStatus.WAITING:
+            first = self.next_start(at)
+            if first is None:
+                return []
+            starts.append(first)
+            after = self.scheduled_start
+            runs_done += 1  # the scheduled run counts for End after
+        elif self.is_running() and recurring is not None:
+            after = max(at, self.scheduled_start)
+        else:
+            return []
+        if recurring is not None:
+            rule = recurring.rule()
+            left = rule.runs_left(runs_done)
+            for t in rule.occurrences(after):
+                if len(starts) >= n or (left is not None and left <= 0):
+                    break
+                if self.active_period is not None and not self.active_period.is_open(t):
+                    t = self.active_period.next_opening(t)
+                if starts and t <= starts[-1]:
+                    continue  # folded into the start before it
+                starts.append(t)
+                if left is not None:
+                    left -= 1
+        return [t.astimezone(tz) for t in starts[:n]]
+
     def get_recurrence(self) -> BatchRecurrence | None:
         try:
             return self.recurrence
