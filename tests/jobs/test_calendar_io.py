@@ -93,7 +93,7 @@ class CalendarImportTestCase(BaseTestCase):
             ({"calendars": [{"code": "X", "dates": "2027-01-01"}]}, '"dates" must be a list'),
             ({"calendars": [{"code": "X", "colour": "red"}]}, "unknown key(s) 'colour'"),
             ({"calendars": [{"code": "X"}, {"code": "X"}]}, "calendar 'X' is in the file twice"),
-            ({"calendars": {"code": "X"}}, "must be lists"),
+            ({"calendars": {"code": "X"}}, '"calendars" must be a list'),
             ({"jobs": [job_data(calendar="NOPE")]}, "unknown calendar 'NOPE'"),
             (
                 {"calendars": [HOLIDAYS], "jobs": [job_data(on_calendar_date="later")]},
