@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.dateparse import parse_date, parse_datetime, parse_time
 from django.utils.timezone import is_naive, make_aware, now
 
 from batchadmin.jobs import calendar_forms
@@ -35,7 +35,7 @@ from batchadmin.jobs.models import (
     Priority,
     SaveHistory,
 )
-from batchadmin.lib import recurrence
+from batchadmin.lib import deadlines, recurrence
 from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
 from batchadmin.servers.models import (
@@ -65,6 +65,7 @@ JOB_KEYS = {
     "company",
     "active_period",
     "recurrence",
+    "deadline",
     "tasks",
 }
 RECURRENCE_KEYS = {"start", "timezone", "end", "pattern", "missed", "calendar", "on_calendar_date"}
@@ -126,6 +127,8 @@ class _Job:
     save_history: SaveHistory = SaveHistory.ALWAYS
     critical: bool = False
     recurrence: dict[str, Any] | None = None  # BatchRecurrence field values
+    deadline_time: dt.time | None = None
+    deadline_minutes: int | None = None
     tasks: list[_Task] = field(default_factory=list)
 
 
@@ -367,10 +370,38 @@ def _parse_job(
         critical=critical,
         recurrence=recurring,
     )
+    job.deadline_time, job.deadline_minutes = _parse_deadline(raw.get("deadline"), where)
     for i, raw_task in enumerate(raw_tasks, 1):
         job.tasks.append(_parse_task(raw_task, i, where, known_groups, companies))
     _check_conditions(job, where)
     return job
+
+
+def _parse_deadline(raw: Any, where: str) -> tuple[dt.time | None, int | None]:
+    """{"at": "HH:MM"} (the job's zone) or {"within_minutes": N}; null: none."""
+    if raw is None:
+        return None, None
+    if isinstance(raw, dict) and set(raw) == {"at"}:
+        try:
+            at = parse_time(raw["at"]) if isinstance(raw["at"], str) else None
+        except ValueError:  # well formed but impossible: 25:00
+            at = None
+        if at is None:
+            raise ImportFailure(f"{where}: deadline at {raw['at']!r} is not a time (HH:MM).")
+        return at, None
+    if isinstance(raw, dict) and set(raw) == {"within_minutes"}:
+        minutes = raw["within_minutes"]
+        if (
+            isinstance(minutes, bool)
+            or not isinstance(minutes, int)
+            or not 1 <= minutes <= deadlines.MAX_WITHIN_MINUTES
+        ):
+            raise ImportFailure(
+                f"{where}: deadline within_minutes must be a whole number from 1 to "
+                f"{deadlines.MAX_WITHIN_MINUTES} (7 days), got {minutes!r}."
+            )
+        return None, minutes
+    raise ImportFailure(f'{where}: deadline is {{"at": "HH:MM"}}, {{"within_minutes": N}} or null.')
 
 
 def _rule(values: dict[str, Any], calendars: dict[str, frozenset[dt.date]]) -> recurrence.Rule:
@@ -688,6 +719,8 @@ def _save_job(parsed: _Job, user: Any) -> BatchJob:
         active_period=parsed.active_period,
         save_history=parsed.save_history,
         critical=parsed.critical,
+        deadline_time=parsed.deadline_time,
+        deadline_minutes=parsed.deadline_minutes,
     )
     if parsed.recurrence is not None:
         values = dict(parsed.recurrence)
@@ -753,6 +786,11 @@ def export_job(job: BatchJob) -> dict[str, Any]:
     recurring = job.get_recurrence()
     if recurring is not None:
         data["recurrence"] = export_recurrence(recurring)
+    if job.deadline_time is not None:
+        spec = "seconds" if job.deadline_time.second else "minutes"
+        data["deadline"] = {"at": job.deadline_time.isoformat(timespec=spec)}
+    elif job.deadline_minutes is not None:
+        data["deadline"] = {"within_minutes": job.deadline_minutes}
     data["tasks"] = []
     for t in tasks:
         item: dict[str, Any] = {

@@ -11,7 +11,7 @@ from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
-from batchadmin.lib import clock, durations, recurrence
+from batchadmin.lib import clock, deadlines, durations, recurrence
 from batchadmin.servers.models import CODE_VALIDATOR, BatchGroup, BatchServer
 from batchadmin.servers.models import Priority as Priority  # re-exported: long imported from here
 
@@ -183,6 +183,9 @@ class CalendarDate(models.Model):
         return f"{self.calendar_id}: {self.date:%Y-%m-%d}"
 
 
+HAS_DEADLINE = Q(deadline_time__isnull=False) | Q(deadline_minutes__isnull=False)
+
+
 class BatchJobQuerySet(models.QuerySet["BatchJob"]):
     def due(self, at: dt.datetime) -> BatchJobQuerySet:
         return self.filter(status=BatchStatus.WAITING, scheduled_start__lte=at)
@@ -302,6 +305,22 @@ class BatchJob(models.Model):
     current_run = models.ForeignKey(
         "BatchJobRun", models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # Beyond D365: a deadline, a time of day or a duration after the scheduled start (one of
+    # the two). The tick's check raises "at risk" and "missed" alerts (alerts/deadlines.py).
+    deadline_time = models.TimeField(
+        "must have ended by",
+        null=True,
+        blank=True,
+        help_text="A time of day in the job's zone (its recurrence's, else the server's): each "
+        "run must have ended by the first such time after its scheduled start.",
+    )
+    deadline_minutes = models.PositiveIntegerField(
+        "must have ended within (minutes)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(deadlines.MAX_WITHIN_MINUTES)],
+        help_text="Each run must have ended this many minutes after its scheduled start.",
+    )
     created = models.DateTimeField(default=now)
     modified = models.DateTimeField(auto_now=True)
 
@@ -325,6 +344,24 @@ class BatchJob(models.Model):
             # workspace's counts by status, with 100,000 jobs (bench/pages.py).
             models.Index(fields=["scheduled_start"], name="job_scheduled_idx"),
             models.Index(fields=["status"], name="job_status_idx"),
+            # alerts.deadlines.watched(): the waiting and running jobs that have a deadline,
+            # for the tick's check and the workspace's "late or at risk" tile.
+            models.Index(
+                fields=["scheduled_start"],
+                name="job_deadline_idx",
+                condition=HAS_DEADLINE & Q(status__in=["waiting", *RUNNING_STATUSES]),
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(deadline_time=None) | Q(deadline_minutes=None),
+                name="job_one_deadline",
+            ),
+            models.CheckConstraint(
+                condition=Q(deadline_minutes=None)
+                | Q(deadline_minutes__gte=1, deadline_minutes__lte=deadlines.MAX_WITHIN_MINUTES),
+                name="job_deadline_minutes_range",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -397,6 +434,29 @@ class BatchJob(models.Model):
                 if left is not None:
                     left -= 1
         return [t.astimezone(tz) for t in starts[:n]]
+
+    def deadline(self) -> deadlines.Deadline | None:
+        if self.deadline_time is not None:
+            return deadlines.Deadline(at=self.deadline_time)
+        if self.deadline_minutes is not None:
+            return deadlines.Deadline(within=dt.timedelta(minutes=self.deadline_minutes))
+        return None
+
+    def zone(self) -> str:
+        """The job's time zone: its recurrence's, else the server's (deadlines are read in it)."""
+        recurring = self.get_recurrence()
+        return recurring.time_zone if recurring is not None else settings.TIME_ZONE
+
+    def deadline_due(self, scheduled: dt.datetime) -> dt.datetime | None:
+        """When the run scheduled at ``scheduled`` must have ended; None without a deadline."""
+        deadline = self.deadline()
+        if deadline is None:
+            return None
+        try:
+            tz = recurrence.zone(self.zone())
+        except recurrence.RuleError:  # a row edited by hand
+            tz = recurrence.zone("UTC")
+        return deadline.due(scheduled, tz)
 
     def get_recurrence(self) -> BatchRecurrence | None:
         try:
