@@ -205,6 +205,10 @@ BATCH_STUCK_MIN_MINUTES = env_float("BATCH_STUCK_MIN_MINUTES", 10)
 BATCH_UNSERVED_AFTER_SECONDS = env_float("BATCH_UNSERVED_AFTER_SECONDS", 60)
 # Both stuck checks run at most this often (they are queries over every running job).
 BATCH_STUCK_CHECK_SECONDS = env_float("BATCH_STUCK_CHECK_SECONDS", 30)
+# Deadlines (alerts/deadlines.py): the check of runs at risk or late runs this often, and a run
+# not started this long after its scheduled start is at risk whatever its usual duration.
+BATCH_DEADLINE_CHECK_SECONDS = env_float("BATCH_DEADLINE_CHECK_SECONDS", 30)
+BATCH_DEADLINE_LATE_START_SECONDS = env_float("BATCH_DEADLINE_LATE_START_SECONDS", 300)
 
 # --- Celery ---------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")

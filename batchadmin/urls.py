@@ -14,6 +14,7 @@ urlpatterns = [
     path("", workspace.workspace, name="workspace"),
     path("jobs/", include("batchadmin.jobs.urls")),
     path("active-periods/", include("batchadmin.jobs.period_urls")),
+    path("calendars/", include("batchadmin.jobs.calendar_urls")),
     path("", include("batchadmin.servers.urls")),
     path("account/", include("batchadmin.accounts.urls")),
     path("alerts/", include("batchadmin.alerts.urls")),

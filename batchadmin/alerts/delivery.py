@@ -48,12 +48,14 @@ from django.utils.timezone import now
 from batchadmin.accounts.models import MANAGER, UserPreference
 from batchadmin.alerts import outbox
 from batchadmin.alerts.models import (
+    DEADLINE_KINDS,
     STUCK_KINDS,
     AlertEvent,
     AlertKind,
     AlertRule,
     BatchJobAlert,
     Notification,
+    subscription_field,
 )
 from batchadmin.jobs.models import BatchStatus, BatchTask
 from batchadmin.lib import broker, durations, every
@@ -62,7 +64,7 @@ log = logging.getLogger(__name__)
 Email = Notification.Email
 
 # The kinds D365's per-job Alerts settings choose from; stuck alerts come from rules only.
-PER_JOB_KINDS = (AlertKind.ENDED, AlertKind.ERROR, AlertKind.CANCELED)
+PER_JOB_KINDS = (AlertKind.ENDED, AlertKind.ERROR, AlertKind.CANCELED, *DEADLINE_KINDS)
 # Errors about one message (this recipient, this content): the mail server itself works, so the
 # other e-mails of the delivery are still tried. Any other OSError (smtplib's errors are
 # OSErrors) means the server is down or refuses us, and the rest of the delivery waits too.
@@ -79,6 +81,8 @@ HEADLINES = {
     AlertKind.CANCELED: "was canceled",
     AlertKind.LONG_RUNNING: "is running far longer than usual",
     AlertKind.UNSERVED: "cannot start",
+    AlertKind.AT_RISK: "may miss its deadline",
+    AlertKind.MISSED: "missed its deadline",
 }
 INTERRUPTED = "The worker sending this e-mail stopped before it finished; sending it again."
 
@@ -131,7 +135,9 @@ def recipients(event: AlertEvent) -> list[Recipient]:
         wanted.setdefault(user_id, Recipient(user_id)).add(popup=popup, email=email)
 
     if kind in PER_JOB_KINDS:
-        alerts = BatchJobAlert.objects.filter(job_id=event.job_id, **{kind.value: True})
+        alerts = BatchJobAlert.objects.filter(
+            job_id=event.job_id, **{subscription_field(kind): True}
+        )
         for user_id, popup, email in alerts.values_list("user_id", "popup", "email"):
             want(user_id, popup=popup, email=email)
     # The priorities its tasks ran with, from the end-of-run snapshot; a stuck alert is about a

@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 from batchadmin.alerts.models import AlertRule, BatchJobAlert
 from batchadmin.jobs.models import Priority
 
-EVENTS = ("ended", "error", "canceled")
+EVENTS = ("ended", "error", "canceled", "deadline")
 
 
 def check_channels(form: forms.BaseForm, cleaned: dict[str, Any], user: User) -> None:
@@ -27,7 +27,7 @@ class AlertForm(forms.ModelForm[BatchJobAlert]):
 
     class Meta:
         model = BatchJobAlert
-        fields = ["ended", "error", "canceled", "popup", "email"]
+        fields = ["ended", "error", "canceled", "deadline", "popup", "email"]
 
     def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,7 +51,7 @@ class AlertForm(forms.ModelForm[BatchJobAlert]):
         return self.save()
 
 
-RULE_EVENTS = ("ended", "error", "canceled", "stuck")
+RULE_EVENTS = ("ended", "error", "canceled", "stuck", "deadline")
 
 
 class AlertRuleForm(forms.ModelForm[AlertRule]):
@@ -59,7 +59,17 @@ class AlertRuleForm(forms.ModelForm[AlertRule]):
 
     class Meta:
         model = AlertRule
-        fields = ["group", "priority", "ended", "error", "canceled", "stuck", "popup", "email"]
+        fields = [
+            "group",
+            "priority",
+            "ended",
+            "error",
+            "canceled",
+            "stuck",
+            "deadline",
+            "popup",
+            "email",
+        ]
         help_texts = {
             "ended": "When a job ends.",
             "error": "When a job ends in Error.",
@@ -83,7 +93,9 @@ class AlertRuleForm(forms.ModelForm[AlertRule]):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         if not any(cleaned.get(e) for e in RULE_EVENTS):
-            self.add_error(None, "Choose at least one event: ended, error, canceled or stuck.")
+            self.add_error(
+                None, "Choose at least one event: ended, error, canceled, stuck or deadline."
+            )
         check_channels(self, cleaned, self.user)
         # Two rules for the same jobs would only split one choice in two places.
         same = AlertRule.objects.filter(

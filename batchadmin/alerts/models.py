@@ -21,6 +21,12 @@ class BatchJobAlert(models.Model):
     ended = models.BooleanField("ended", default=False, help_text="When the job ends.")
     error = models.BooleanField("error", default=False, help_text="When the job ends in Error.")
     canceled = models.BooleanField("canceled", default=False, help_text="When the job is canceled.")
+    # Beyond D365: a run at risk of missing the job's deadline, or that missed it.
+    deadline = models.BooleanField(
+        "deadline",
+        default=False,
+        help_text="When a run is at risk of missing the job's deadline, and when it missed it.",
+    )
     popup = models.BooleanField(
         "popup", default=True, help_text="A notification on the batchadmin pages."
     )
@@ -40,7 +46,12 @@ class BatchJobAlert(models.Model):
         return f"{self.user} on job {self.job_id}: {self.describe() or 'nothing'}"
 
     def events(self) -> list[str]:
-        chosen = [("Ended", self.ended), ("Error", self.error), ("Canceled", self.canceled)]
+        chosen = [
+            ("Ended", self.ended),
+            ("Error", self.error),
+            ("Canceled", self.canceled),
+            ("Deadline", self.deadline),
+        ]
         return [label for label, on in chosen if on]
 
     def channels(self) -> list[str]:
@@ -62,9 +73,22 @@ class AlertKind(models.TextChoices):
     # Beyond D365: a job that runs far longer than usual, a due job nothing can start.
     LONG_RUNNING = "long_running", "Running long"
     UNSERVED = "unserved", "Cannot start"
+    # A run of a job with a deadline (alerts/deadlines.py).
+    AT_RISK = "at_risk", "Deadline at risk"
+    MISSED = "missed", "Deadline missed"
 
 
 STUCK_KINDS = (AlertKind.LONG_RUNNING, AlertKind.UNSERVED)
+DEADLINE_KINDS = (AlertKind.AT_RISK, AlertKind.MISSED)
+
+
+def subscription_field(kind: str) -> str:
+    """The field of BatchJobAlert and AlertRule that asks for alerts of ``kind``."""
+    if kind in STUCK_KINDS:
+        return "stuck"
+    if kind in DEADLINE_KINDS:
+        return "deadline"
+    return kind
 
 
 class AlertEvent(models.Model):
@@ -187,6 +211,11 @@ class AlertRule(models.Model):
         default=False,
         help_text="Running far longer than usual, or due and no online server serves its group.",
     )
+    deadline = models.BooleanField(
+        "deadline",
+        default=False,
+        help_text="A run at risk of missing its job's deadline, or that missed it.",
+    )
     popup = models.BooleanField("popup", default=True)
     email = models.BooleanField("e-mail", default=False)
     created = models.DateTimeField(default=now)
@@ -207,6 +236,4 @@ class AlertRule(models.Model):
         return f"{self.user}: {scope or 'all jobs'}"
 
     def wants(self, kind: str) -> bool:
-        if kind in STUCK_KINDS:
-            return self.stuck
-        return bool(getattr(self, kind, False))
+        return bool(getattr(self, subscription_field(kind), False))

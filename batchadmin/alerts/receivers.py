@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from batchadmin.alerts import delivery, outbox, stuck
+from batchadmin.alerts import deadlines, delivery, outbox, stuck
 from batchadmin.jobs.models import BatchJob, BatchStatus
 
 
@@ -18,8 +18,10 @@ def on_job_settled(
     at: dt.datetime,
     **kwargs: Any,
 ) -> None:
-    """One alert event per run, written in the settling transaction."""
+    """One alert event per run, written in the settling transaction (and one more for a run
+    that ended after its deadline)."""
     outbox.job_ended(job, run_id=run_id, final=final, at=at)
+    deadlines.job_settled(job, run_id=run_id, final=final, at=at)
 
 
 def on_tick(sender: Any, *, at: dt.datetime, **kwargs: Any) -> dict[str, int]:
@@ -27,5 +29,6 @@ def on_tick(sender: Any, *, at: dt.datetime, **kwargs: Any) -> dict[str, int]:
     return {
         "running_long": stuck.handle_long_running(at),
         "unserved": stuck.handle_unserved(at),
+        "deadlines": deadlines.handle_deadlines(at),
         "alerts_resent": delivery.handle_undelivered(at),
     }

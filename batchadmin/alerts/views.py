@@ -32,7 +32,13 @@ from django_htmx.http import (
 )
 
 from batchadmin.alerts.forms import AlertRuleForm
-from batchadmin.alerts.models import STUCK_KINDS, AlertKind, AlertRule, Notification
+from batchadmin.alerts.models import (
+    DEADLINE_KINDS,
+    STUCK_KINDS,
+    AlertKind,
+    AlertRule,
+    Notification,
+)
 from batchadmin.jobs import access
 from batchadmin.lib import durations
 from batchadmin.lib.http import AuthedRequest, HtmxHttpRequest, close_dialog, render_dialog
@@ -46,13 +52,15 @@ PANEL_SIZE = 8
 PAGE_SIZE = 25
 SHOW_FILTERS = {"all": "All", "unread": "Unread"}
 # Errors and stuck jobs need someone to act: their toasts stay until closed.
-STICKY_KINDS = (AlertKind.ERROR, *STUCK_KINDS)
+STICKY_KINDS = (AlertKind.ERROR, *STUCK_KINDS, *DEADLINE_KINDS)
 KIND_CSS: dict[str, str] = {
     AlertKind.ENDED: "status-ended",
     AlertKind.ERROR: "status-error",
     AlertKind.CANCELED: "status-canceled",
     AlertKind.LONG_RUNNING: "kind-stuck",
     AlertKind.UNSERVED: "kind-stuck",
+    AlertKind.AT_RISK: "kind-stuck",
+    AlertKind.MISSED: "status-error",
 }
 
 
@@ -80,7 +88,7 @@ class Item:
         details: dict[str, Any] = event.details if isinstance(event.details, dict) else {}
         kind = event.kind
         problem, more = "", 0
-        if kind in STUCK_KINDS:
+        if kind in STUCK_KINDS or kind in DEADLINE_KINDS:
             problem = str(details.get("reason") or "")
         failed = details.get("failed_tasks") or []
         if failed and isinstance(failed[0], dict):
@@ -107,7 +115,7 @@ class Item:
             took=_took(details),
             unread=n.popup and n.read_at is None,
             sticky=kind in STICKY_KINDS,
-            tone="error" if kind == AlertKind.ERROR else "warn",
+            tone="error" if kind in (AlertKind.ERROR, AlertKind.MISSED) else "warn",
         )
 
 
@@ -311,6 +319,7 @@ def rule_list(request: AuthedRequest) -> HttpResponse:
         # Rules for any group first: the widest nets on top.
         "rules": rules.order_by(F("group__code").asc(nulls_first=True), "priority", "pk"),
         "stuck_help": AlertRule._meta.get_field("stuck").help_text,
+        "deadline_help": AlertRule._meta.get_field("deadline").help_text,
     }
     template = "alerts/rule_list.html"
     if request.htmx and request.htmx.target == "rule-table":

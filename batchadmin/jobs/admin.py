@@ -17,11 +17,13 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
     BatchTaskRun,
+    Calendar,
+    CalendarDate,
     Company,
     MissedOccurrence,
     StatusChange,
 )
-from batchadmin.jobs.recurrence_forms import RecurrenceForm
+from batchadmin.jobs.recurrence_forms import OnCalendarDateField, RecurrenceForm
 from batchadmin.lib import recurrence
 
 
@@ -44,6 +46,8 @@ class BatchTaskInline(admin.TabularInline[BatchTask, BatchJob]):
 
 class BatchRecurrenceAdminForm(forms.ModelForm[BatchRecurrence]):
     """Refuse a rule the engine cannot compute (the dialog's form checks the same)."""
+
+    on_calendar_date = OnCalendarDateField()
 
     class Meta:
         model = BatchRecurrence
@@ -167,6 +171,18 @@ admin.site.register(Company)
 class ActivePeriodAdmin(admin.ModelAdmin[ActivePeriod]):
     list_display = ["code", "name", "start_time", "end_time", "time_zone"]
     search_fields = ["code", "name"]
+
+
+class CalendarDateInline(admin.TabularInline[CalendarDate, Calendar]):
+    model = CalendarDate
+    extra = 0
+
+
+@admin.register(Calendar)
+class CalendarAdmin(admin.ModelAdmin[Calendar]):
+    list_display = ["code", "description", "modified"]
+    search_fields = ["code", "description"]
+    inlines = [CalendarDateInline]
 
 
 @admin.register(BatchRecurrence)

@@ -51,6 +51,8 @@ def copy_job(
             scheduled_start=scheduled_start,
             company=company,
             active_period_id=source.active_period_id,
+            deadline_time=source.deadline_time,
+            deadline_minutes=source.deadline_minutes,
             created_by=by,
             run_as=run_as,
         )

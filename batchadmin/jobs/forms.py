@@ -31,7 +31,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
 )
-from batchadmin.lib import clock, durations
+from batchadmin.lib import clock, deadlines, durations
 from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
 from batchadmin.servers.models import BatchGroup, Priority
@@ -46,6 +46,8 @@ HEADER_FIELDS = [
     "active_period",
     "save_history",
     "critical",
+    "deadline_time",
+    "deadline_minutes",
 ]
 # What the task line writes; status, retries and the attempt bookkeeping belong to transitions.
 TASK_FIELDS = [
@@ -109,6 +111,12 @@ class JobForm(forms.ModelForm[BatchJob]):
         field_classes = {
             "active_period": ActivePeriodChoiceField,
             "scheduled_start": clock.DateTimeField,
+            "deadline_time": clock.TimeField,
+        }
+        widgets = {
+            "deadline_minutes": forms.NumberInput(
+                attrs={"min": 1, "max": deadlines.MAX_WITHIN_MINUTES, "placeholder": "none"}
+            ),
         }
 
     def __init__(self, *args: Any, user: User, read_only: bool = False, **kwargs: Any) -> None:
@@ -135,6 +143,12 @@ class JobForm(forms.ModelForm[BatchJob]):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or self.cleaned_data
+        if cleaned.get("deadline_time") is not None and cleaned.get("deadline_minutes"):
+            self.add_error(
+                "deadline_minutes",
+                "A deadline is a time of day or a number of minutes after the start, not both: "
+                "empty one of them.",
+            )
         # Not a model field of this form (see PRIORITY_CHOICES): written to the job here.
         chosen: int | None = cleaned.get("priority")
         self.instance.priority_overridden = chosen is not None

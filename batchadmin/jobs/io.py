@@ -6,6 +6,7 @@ transaction: a bad file fails with a message that names the culprit and creates 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,10 +15,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.dateparse import parse_date, parse_datetime, parse_time
 from django.utils.timezone import is_naive, make_aware, now
 
+from batchadmin.jobs import calendar_forms
 from batchadmin.jobs.models import (
+    CALENDAR_DATES_LIMIT,
     MAX_RETRIES_LIMIT,
     TIME_LIMIT_MAX_SECONDS,
     ActivePeriod,
@@ -26,11 +29,13 @@ from batchadmin.jobs.models import (
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
+    Calendar,
+    CalendarDate,
     Company,
     Priority,
     SaveHistory,
 )
-from batchadmin.lib import recurrence
+from batchadmin.lib import deadlines, recurrence
 from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
 from batchadmin.servers.models import (
@@ -60,9 +65,12 @@ JOB_KEYS = {
     "company",
     "active_period",
     "recurrence",
+    "deadline",
     "tasks",
 }
-RECURRENCE_KEYS = {"start", "timezone", "end", "pattern", "missed"}
+RECURRENCE_KEYS = {"start", "timezone", "end", "pattern", "missed", "calendar", "on_calendar_date"}
+CALENDAR_KEYS = {"code", "description", "dates"}
+TOP_LEVEL_KEYS = {"jobs", "groups", "calendars"}
 # The pattern keys each unit takes besides "unit" and "every" (a cron pattern is {"cron": ...}).
 PATTERN_KEYS = {
     recurrence.MINUTES: set(),
@@ -119,6 +127,8 @@ class _Job:
     save_history: SaveHistory = SaveHistory.ALWAYS
     critical: bool = False
     recurrence: dict[str, Any] | None = None  # BatchRecurrence field values
+    deadline_time: dt.time | None = None
+    deadline_minutes: int | None = None
     tasks: list[_Task] = field(default_factory=list)
 
 
@@ -132,28 +142,99 @@ class _Group:
     reserved_capacity: ReservedCapacity | None = None  # None: leave it
 
 
+@dataclass
+class _Calendar:
+    code: str
+    description: str | None  # None: leave it
+    dates: list[dt.date] | None  # the complete set; None: leave the dates as they are
+
+
 def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
     """Create the groups and jobs that ``data`` describes; return the jobs in file order."""
     if not isinstance(data, dict):
         raise ImportFailure(
             'The file must hold a JSON object: a job, or {"groups": [...], "jobs": [...]}.'
         )
-    if "jobs" in data or "groups" in data:
-        extra = set(data) - {"jobs", "groups"}
+    raw_calendars: Any = []
+    if TOP_LEVEL_KEYS & set(data):
+        extra = set(data) - TOP_LEVEL_KEYS
         if extra:
             raise ImportFailure(f"Unknown top-level key(s): {', '.join(sorted(extra))}.")
         raw_groups, raw_jobs = data.get("groups", []), data.get("jobs", [])
+        raw_calendars = data.get("calendars", [])
         if not isinstance(raw_groups, list) or not isinstance(raw_jobs, list):
             raise ImportFailure('"groups" and "jobs" must be lists.')
+        if not isinstance(raw_calendars, list):
+            raise ImportFailure('"calendars" must be a list.')
     else:
         raw_groups, raw_jobs = [], [data]
     groups = [_parse_group(g, i) for i, g in enumerate(raw_groups, 1)]
     known_groups = set(BatchGroup.objects.values_list("code", flat=True)) | {g.code for g in groups}
-    jobs = [_parse_job(j, i, known_groups) for i, j in enumerate(raw_jobs, 1)]
+    calendars = [_parse_calendar(c, i) for i, c in enumerate(raw_calendars, 1)]
+    codes = [c.code for c in calendars]
+    if len(set(codes)) != len(codes):
+        twice = sorted({c for c in codes if codes.count(c) > 1})[0]
+        raise ImportFailure(f"calendar {twice!r} is in the file twice.")
+    calendar_dates = _calendar_dates(calendars)
+    jobs = [_parse_job(j, i, known_groups, calendar_dates) for i, j in enumerate(raw_jobs, 1)]
     with transaction.atomic():
         for group in groups:
             _save_group(group)
+        for calendar in calendars:
+            _save_calendar(calendar)
         return [_save_job(job, user) for job in jobs]
+
+
+def _parse_calendar(raw: Any, index: int) -> _Calendar:
+    where = f"calendar {index}"
+    if not isinstance(raw, dict):
+        raise ImportFailure(f"{where}: must be an object.")
+    _check_keys(raw, CALENDAR_KEYS, where)
+    code = raw.get("code")
+    if not isinstance(code, str):
+        raise ImportFailure(f'{where}: "code" is required.')
+    where = f"calendar {code!r}"
+    _validate_code(code, where)
+    description = raw.get("description")
+    if description is not None and (not isinstance(description, str) or len(description) > 200):
+        raise ImportFailure(f"{where}: description must be a string of at most 200 characters.")
+    dates = None
+    if "dates" in raw:
+        if not isinstance(raw["dates"], list):
+            raise ImportFailure(f'{where}: "dates" must be a list like ["2026-12-25"].')
+        dates = []
+        for value in raw["dates"]:
+            parsed = _parse_iso_date(value)
+            if parsed is None:
+                raise ImportFailure(f"{where}: date {value!r} is not a date (YYYY-MM-DD).")
+            dates.append(parsed)
+        dates = sorted(set(dates))
+        if len(dates) > CALENDAR_DATES_LIMIT:
+            raise ImportFailure(
+                f"{where}: {len(dates):,} dates; a calendar holds at most {CALENDAR_DATES_LIMIT:,}."
+            )
+    return _Calendar(code, description, dates)
+
+
+def _parse_iso_date(value: Any) -> dt.date | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_date(value)
+    except ValueError:  # well formed but impossible: 2026-02-30
+        return None
+
+
+def _calendar_dates(calendars: list[_Calendar]) -> dict[str, frozenset[dt.date]]:
+    """Code -> dates of every calendar a recurrence may name: the file's, as they will be
+    saved, over those already in the database."""
+    known: dict[str, set[dt.date]] = {c.code: set() for c in Calendar.objects.all()}
+    for code, date in CalendarDate.objects.values_list("calendar__code", "date"):
+        known[code].add(date)
+    for c in calendars:
+        if c.dates is not None or c.code not in known:
+            known[c.code] = set(c.dates or [])
+    return {code: frozenset(dates) for code, dates in known.items()}
 
 
 def _parse_group(raw: Any, index: int) -> _Group:
@@ -213,7 +294,9 @@ def _validate_code(code: str, where: str) -> None:
         raise ImportFailure(f"{where}: {' '.join(exc.messages)}") from None
 
 
-def _parse_job(raw: Any, index: int, known_groups: set[str]) -> _Job:
+def _parse_job(
+    raw: Any, index: int, known_groups: set[str], calendars: dict[str, frozenset[dt.date]]
+) -> _Job:
     where = f"job {index}"
     if not isinstance(raw, dict):
         raise ImportFailure(f"{where}: must be an object.")
@@ -227,11 +310,11 @@ def _parse_job(raw: Any, index: int, known_groups: set[str]) -> _Job:
 
     recurring = None
     if raw.get("recurrence") is not None:
-        recurring = _parse_recurrence(raw["recurrence"], f"{where}, recurrence")
+        recurring = _parse_recurrence(raw["recurrence"], f"{where}, recurrence", calendars)
     start = raw.get("scheduled_start")
     if start is None and recurring is not None:
         # The first occurrence from now on: earlier ones are not runs that were missed.
-        following = BatchRecurrence(**recurring).next_occurrence(now(), inclusive=True)
+        following = _rule(recurring, calendars).next_after(now(), inclusive=True)
         scheduled_start = following or now()
     elif start is None:
         scheduled_start = now()
@@ -287,14 +370,55 @@ def _parse_job(raw: Any, index: int, known_groups: set[str]) -> _Job:
         critical=critical,
         recurrence=recurring,
     )
+    job.deadline_time, job.deadline_minutes = _parse_deadline(raw.get("deadline"), where)
     for i, raw_task in enumerate(raw_tasks, 1):
         job.tasks.append(_parse_task(raw_task, i, where, known_groups, companies))
     _check_conditions(job, where)
     return job
 
 
-def _parse_recurrence(raw: Any, where: str) -> dict[str, Any]:
-    """The BatchRecurrence field values of a "recurrence" object (see export_recurrence)."""
+def _parse_deadline(raw: Any, where: str) -> tuple[dt.time | None, int | None]:
+    """{"at": "HH:MM"} (the job's zone) or {"within_minutes": N}; null: none."""
+    if raw is None:
+        return None, None
+    if isinstance(raw, dict) and set(raw) == {"at"}:
+        try:
+            at = parse_time(raw["at"]) if isinstance(raw["at"], str) else None
+        except ValueError:  # well formed but impossible: 25:00
+            at = None
+        if at is None:
+            raise ImportFailure(f"{where}: deadline at {raw['at']!r} is not a time (HH:MM).")
+        return at, None
+    if isinstance(raw, dict) and set(raw) == {"within_minutes"}:
+        minutes = raw["within_minutes"]
+        if (
+            isinstance(minutes, bool)
+            or not isinstance(minutes, int)
+            or not 1 <= minutes <= deadlines.MAX_WITHIN_MINUTES
+        ):
+            raise ImportFailure(
+                f"{where}: deadline within_minutes must be a whole number from 1 to "
+                f"{deadlines.MAX_WITHIN_MINUTES} (7 days), got {minutes!r}."
+            )
+        return None, minutes
+    raise ImportFailure(f'{where}: deadline is {{"at": "HH:MM"}}, {{"within_minutes": N}} or null.')
+
+
+def _rule(values: dict[str, Any], calendars: dict[str, frozenset[dt.date]]) -> recurrence.Rule:
+    """The rule of parsed recurrence values; "calendar" is still a code here."""
+    fields = {k: v for k, v in values.items() if k != "calendar"}
+    rule = BatchRecurrence(**fields).rule()
+    code = values.get("calendar")
+    if code is None:
+        return rule
+    return dataclasses.replace(rule, calendar=calendars[code], calendar_name=code)
+
+
+def _parse_recurrence(
+    raw: Any, where: str, calendars: dict[str, frozenset[dt.date]]
+) -> dict[str, Any]:
+    """The BatchRecurrence field values of a "recurrence" object (see export_recurrence),
+    with "calendar" a calendar's code."""
     if not isinstance(raw, dict):
         raise ImportFailure(f"{where}: must be an object.")
     _check_keys(raw, RECURRENCE_KEYS, where)
@@ -329,8 +453,21 @@ def _parse_recurrence(raw: Any, where: str) -> dict[str, Any]:
     }
     values |= _parse_end(raw.get("end"), where)
     values |= _parse_pattern(raw.get("pattern"), start, where)
+    code = raw.get("calendar")
+    if code is not None:
+        if not isinstance(code, str) or code not in calendars:
+            raise ImportFailure(
+                f'{where}: unknown calendar {code!r}: name one of the file\'s "calendars" '
+                "or one that exists."
+            )
+        values["calendar"] = code
+    values["on_calendar_date"] = _choice(
+        raw.get("on_calendar_date", BatchRecurrence.OnCalendarDate.SKIP),
+        {c.value: c.value for c in BatchRecurrence.OnCalendarDate},
+        f"{where}: on_calendar_date",
+    )
     try:
-        BatchRecurrence(**values).rule().check()
+        _rule(values, calendars).check()
     except recurrence.RuleError as exc:
         raise ImportFailure(f"{where}: {exc}") from None
     return values
@@ -556,6 +693,19 @@ def _save_group(group: _Group) -> None:
     obj.servers.set(servers)
 
 
+def _save_calendar(parsed: _Calendar) -> None:
+    defaults = {} if parsed.description is None else {"description": parsed.description}
+    calendar, _ = Calendar.objects.update_or_create(code=parsed.code, defaults=defaults)
+    if parsed.dates is None:
+        return
+    # The file's dates are the complete set; a date kept keeps its description.
+    calendar.dates.exclude(date__in=parsed.dates).delete()
+    CalendarDate.objects.bulk_create(
+        [CalendarDate(calendar=calendar, date=d) for d in parsed.dates], ignore_conflicts=True
+    )
+    calendar_forms.reschedule_users(calendar)
+
+
 def _save_job(parsed: _Job, user: Any) -> BatchJob:
     job = BatchJob.objects.create(
         description=parsed.description,
@@ -569,9 +719,14 @@ def _save_job(parsed: _Job, user: Any) -> BatchJob:
         active_period=parsed.active_period,
         save_history=parsed.save_history,
         critical=parsed.critical,
+        deadline_time=parsed.deadline_time,
+        deadline_minutes=parsed.deadline_minutes,
     )
     if parsed.recurrence is not None:
-        BatchRecurrence.objects.create(job=job, **parsed.recurrence)
+        values = dict(parsed.recurrence)
+        if values.get("calendar") is not None:
+            values["calendar"] = Calendar.objects.get(code=values["calendar"])
+        BatchRecurrence.objects.create(job=job, **values)
     groups = {g.code: g for g in BatchGroup.objects.all()}
     companies = {c.code: c for c in Company.objects.all()}
     tasks = BatchTask.objects.bulk_create(
@@ -631,6 +786,11 @@ def export_job(job: BatchJob) -> dict[str, Any]:
     recurring = job.get_recurrence()
     if recurring is not None:
         data["recurrence"] = export_recurrence(recurring)
+    if job.deadline_time is not None:
+        spec = "seconds" if job.deadline_time.second else "minutes"
+        data["deadline"] = {"at": job.deadline_time.isoformat(timespec=spec)}
+    elif job.deadline_minutes is not None:
+        data["deadline"] = {"within_minutes": job.deadline_minutes}
     data["tasks"] = []
     for t in tasks:
         item: dict[str, Any] = {
@@ -675,10 +835,32 @@ def export_recurrence(r: BatchRecurrence) -> dict[str, Any]:
                 pattern |= {"nth": r.nth, "weekday": r.weekday}
             else:
                 pattern["day"] = r.day
-    return {
+    data: dict[str, Any] = {
         "start": r.start().isoformat(),
         "timezone": r.time_zone,
         "end": end,
         "pattern": pattern,
         "missed": r.missed,
     }
+    if r.calendar is not None:
+        data |= {"calendar": r.calendar.code, "on_calendar_date": r.on_calendar_date}
+    return data
+
+
+def export_calendar(calendar: Calendar) -> dict[str, Any]:
+    return {
+        "code": calendar.code,
+        "description": calendar.description,
+        "dates": [d.isoformat() for d in calendar.dates.values_list("date", flat=True)],
+    }
+
+
+def export_file(job: BatchJob) -> dict[str, Any]:
+    """What `batch export` prints: the job, with the calendar its recurrence uses, so that the
+    file imports on its own elsewhere ({"calendars": [...], "jobs": [job]}); a job without a
+    calendar is the job alone, as before calendars existed."""
+    data = export_job(job)
+    recurring = job.get_recurrence()
+    if recurring is None or recurring.calendar is None:
+        return data
+    return {"calendars": [export_calendar(recurring.calendar)], "jobs": [data]}

@@ -11,7 +11,7 @@ from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
-from batchadmin.lib import clock, durations, recurrence
+from batchadmin.lib import clock, deadlines, durations, recurrence
 from batchadmin.servers.models import CODE_VALIDATOR, BatchGroup, BatchServer
 from batchadmin.servers.models import Priority as Priority  # re-exported: long imported from here
 
@@ -136,6 +136,56 @@ class ActivePeriod(models.Model):
         return f"{start} to {end}{tail} {zone}"
 
 
+CALENDAR_DATES_LIMIT = 5000  # dates in one calendar: decades of holidays, not every day
+
+
+class Calendar(models.Model):
+    """Beyond D365: a named set of dates (holidays, month-end freezes) that a recurrence skips
+    or moves to the next working day (docs/calendars.md)."""
+
+    code = models.CharField(
+        "calendar",
+        max_length=50,
+        unique=True,
+        validators=[CODE_VALIDATOR],
+        help_text="Identifier, e.g. NO-HOLIDAYS.",
+    )
+    description = models.CharField("description", max_length=200, blank=True)
+    created = models.DateTimeField(default=now)
+    modified = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name = "calendar"
+
+    def __str__(self) -> str:
+        return self.code
+
+    def date_set(self) -> frozenset[dt.date]:
+        return frozenset(self.dates.values_list("date", flat=True))
+
+
+class CalendarDate(models.Model):
+    calendar = models.ForeignKey(Calendar, models.CASCADE, related_name="dates")
+    date = models.DateField("date")
+    description = models.CharField(
+        "description", max_length=200, blank=True, help_text="What the date is, e.g. Christmas."
+    )
+
+    class Meta:
+        ordering = ["calendar", "date"]
+        verbose_name = "calendar date"
+        constraints = [
+            models.UniqueConstraint(fields=["calendar", "date"], name="calendar_date_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.calendar_id}: {self.date:%Y-%m-%d}"
+
+
+HAS_DEADLINE = Q(deadline_time__isnull=False) | Q(deadline_minutes__isnull=False)
+
+
 class BatchJobQuerySet(models.QuerySet["BatchJob"]):
     def due(self, at: dt.datetime) -> BatchJobQuerySet:
         return self.filter(status=BatchStatus.WAITING, scheduled_start__lte=at)
@@ -255,6 +305,22 @@ class BatchJob(models.Model):
     current_run = models.ForeignKey(
         "BatchJobRun", models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # Beyond D365: a deadline, a time of day or a duration after the scheduled start (one of
+    # the two). The tick's check raises "at risk" and "missed" alerts (alerts/deadlines.py).
+    deadline_time = models.TimeField(
+        "must have ended by",
+        null=True,
+        blank=True,
+        help_text="A time of day in the job's zone (its recurrence's, else the server's): each "
+        "run must have ended by the first such time after its scheduled start.",
+    )
+    deadline_minutes = models.PositiveIntegerField(
+        "must have ended within (minutes)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(deadlines.MAX_WITHIN_MINUTES)],
+        help_text="Each run must have ended this many minutes after its scheduled start.",
+    )
     created = models.DateTimeField(default=now)
     modified = models.DateTimeField(auto_now=True)
 
@@ -278,6 +344,24 @@ class BatchJob(models.Model):
             # workspace's counts by status, with 100,000 jobs (bench/pages.py).
             models.Index(fields=["scheduled_start"], name="job_scheduled_idx"),
             models.Index(fields=["status"], name="job_status_idx"),
+            # alerts.deadlines.watched(): the waiting and running jobs that have a deadline,
+            # for the tick's check and the workspace's "late or at risk" tile.
+            models.Index(
+                fields=["scheduled_start"],
+                name="job_deadline_idx",
+                condition=HAS_DEADLINE & Q(status__in=["waiting", *RUNNING_STATUSES]),
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(deadline_time=None) | Q(deadline_minutes=None),
+                name="job_one_deadline",
+            ),
+            models.CheckConstraint(
+                condition=Q(deadline_minutes=None)
+                | Q(deadline_minutes__gte=1, deadline_minutes__lte=deadlines.MAX_WITHIN_MINUTES),
+                name="job_deadline_minutes_range",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -309,6 +393,70 @@ class BatchJob(models.Model):
         if self.active_period.is_open(due):
             return self.next_run
         return self.active_period.next_opening(due)
+
+    def next_starts(self, n: int, at: dt.datetime | None = None) -> list[dt.datetime]:
+        """The next ``n`` times the job starts, as the engine will start it (``batch next``).
+
+        1. A Waiting job next starts at its scheduled start (when its active period opens, if
+           that is closed then); a running one at the first occurrence after now. A job in any
+           other status (Withhold, or over) starts nothing by itself.
+        2. Then its recurrence's occurrences, as far as End after and End by allow, each held
+           to its active period's opening; occurrences folded into one opening start once.
+        Times are in the recurrence's zone, or the server's for a job without one.
+        """
+        at = at or now()
+        recurring = self.get_recurrence()
+        tz = recurring.rule().tz if recurring is not None else recurrence.zone(settings.TIME_ZONE)
+        starts: list[dt.datetime] = []
+        runs_done = recurring.runs if recurring is not None else 0
+        if self.status == BatchStatus.WAITING:
+            first = self.next_start(at)
+            if first is None:
+                return []
+            starts.append(first)
+            after = self.scheduled_start
+            runs_done += 1  # the scheduled run counts for End after
+        elif self.is_running() and recurring is not None:
+            after = max(at, self.scheduled_start)
+        else:
+            return []
+        if recurring is not None:
+            rule = recurring.rule()
+            left = rule.runs_left(runs_done)
+            for t in rule.occurrences(after):
+                if len(starts) >= n or (left is not None and left <= 0):
+                    break
+                if self.active_period is not None and not self.active_period.is_open(t):
+                    t = self.active_period.next_opening(t)
+                if starts and t <= starts[-1]:
+                    continue  # folded into the start before it
+                starts.append(t)
+                if left is not None:
+                    left -= 1
+        return [t.astimezone(tz) for t in starts[:n]]
+
+    def deadline(self) -> deadlines.Deadline | None:
+        if self.deadline_time is not None:
+            return deadlines.Deadline(at=self.deadline_time)
+        if self.deadline_minutes is not None:
+            return deadlines.Deadline(within=dt.timedelta(minutes=self.deadline_minutes))
+        return None
+
+    def zone(self) -> str:
+        """The job's time zone: its recurrence's, else the server's (deadlines are read in it)."""
+        recurring = self.get_recurrence()
+        return recurring.time_zone if recurring is not None else settings.TIME_ZONE
+
+    def deadline_due(self, scheduled: dt.datetime) -> dt.datetime | None:
+        """When the run scheduled at ``scheduled`` must have ended; None without a deadline."""
+        deadline = self.deadline()
+        if deadline is None:
+            return None
+        try:
+            tz = recurrence.zone(self.zone())
+        except recurrence.RuleError:  # a row edited by hand
+            tz = recurrence.zone("UTC")
+        return deadline.due(scheduled, tz)
 
     def get_recurrence(self) -> BatchRecurrence | None:
         try:
@@ -373,6 +521,11 @@ class BatchRecurrence(models.Model):
     class Missed(models.TextChoices):
         RUN_ONCE = "run_once", "Run once now"
         SKIP = "skip", "Skip to the next occurrence"
+
+    class OnCalendarDate(models.TextChoices):
+        # The values are batchadmin.lib.recurrence's SKIP and NEXT_DAY.
+        SKIP = "skip", "Skip it"
+        NEXT_DAY = "next_day", "Run on the next working day"
 
     job = models.OneToOneField(BatchJob, models.CASCADE, related_name="recurrence")
     start_date = models.DateField("start date")
@@ -448,8 +601,26 @@ class BatchRecurrence(models.Model):
         help_text="When the job could not start on time (servers down): run it once as soon "
         "as possible, or skip to the next occurrence. Missed runs are never replayed one by one.",
     )
+    calendar = models.ForeignKey(
+        Calendar,
+        models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="recurrences",
+        verbose_name="calendar",
+        help_text="Dates on which the job does not run as the pattern says (holidays).",
+    )
+    on_calendar_date = models.CharField(
+        "on a calendar date",
+        max_length=8,
+        choices=OnCalendarDate.choices,
+        default=OnCalendarDate.SKIP,
+        help_text="Skip the run, or run it on the next working day (the next date not in the "
+        "calendar) at the same time.",
+    )
     # Runs started under this recurrence; End after counts them. Saving the dialog restarts it.
     runs = models.PositiveIntegerField(default=0)
+    _calendar_dates: tuple[int, frozenset[dt.date]] | None = None  # see calendar_dates()
     created = models.DateTimeField(default=now)
     modified = models.DateTimeField(auto_now=True)
 
@@ -494,7 +665,22 @@ class BatchRecurrence(models.Model):
             cron=self.cron,
             end_after=self.end_after,
             end_by=self.end_by,
+            calendar=self.calendar_dates(),
+            on_calendar_date=self.on_calendar_date,
+            calendar_name=self.calendar.code if self.calendar_id and self.calendar else "",
         )
+
+    def calendar_dates(self) -> frozenset[dt.date]:
+        """The dates of the calendar, read once per instance (the engine asks for the rule a
+        few times while it settles one run)."""
+        if self.calendar_id is None:
+            return frozenset()
+        cached = self._calendar_dates
+        if cached is None or cached[0] != self.calendar_id:
+            dates = CalendarDate.objects.filter(calendar_id=self.calendar_id)
+            cached = (self.calendar_id, frozenset(dates.values_list("date", flat=True)))
+            self._calendar_dates = cached
+        return cached[1]
 
     def next_occurrence(self, after: dt.datetime, *, inclusive: bool = False) -> dt.datetime | None:
         """The next run after ``after``; None once End after or End by is reached."""

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils.timezone import now
 
 from batchadmin.engine import transitions
-from batchadmin.jobs.models import ActivePeriod, BatchJob, BatchRecurrence
+from batchadmin.jobs.models import ActivePeriod, BatchJob, BatchRecurrence, Calendar, CalendarDate
 from batchadmin.lib import clock, recurrence
 
 Unit = BatchRecurrence.Unit
@@ -29,10 +29,40 @@ PREVIEW_RUNS = 5
 
 @dataclass(frozen=True)
 class RunTime:
-    """One upcoming run, in the recurrence's zone and in the viewer's."""
+    """One upcoming run, in the recurrence's zone and in the viewer's.
+
+    With a calendar the preview also lists the occurrences it skips (``skipped``: the times
+    are the occurrence's) and says where it moved one (``moved_from``, in the recurrence's
+    zone; ``merged`` when that time runs anyway). ``number`` counts runs only; ``note`` is what
+    the calendar says of the date ("Christmas").
+    """
 
     local: dt.datetime
     viewer: dt.datetime
+    number: int | None = None
+    skipped: bool = False
+    moved_from: dt.datetime | None = None
+    merged: bool = False
+    note: str = ""
+
+
+class OnCalendarDateField(forms.TypedChoiceField):
+    """Skip or next working day; not posted (no calendar chosen, an older client) means skip,
+    and is no change."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        model_field = BatchRecurrence._meta.get_field("on_calendar_date")
+        kwargs.setdefault("label", model_field.verbose_name.capitalize())
+        kwargs.setdefault("help_text", model_field.help_text)
+        super().__init__(
+            choices=BatchRecurrence.OnCalendarDate.choices,
+            required=False,
+            initial=BatchRecurrence.OnCalendarDate.SKIP,
+            **kwargs,
+        )
+
+    def to_python(self, value: Any) -> str:
+        return str(super().to_python(value) or BatchRecurrence.OnCalendarDate.SKIP)
 
 
 class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
@@ -59,6 +89,7 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
         widget=forms.CheckboxSelectMultiple,
         help_text="Weeks: the days of the week it runs on.",
     )
+    on_calendar_date = OnCalendarDateField(widget=forms.RadioSelect)
     on = forms.ChoiceField(
         label="Months and years",
         choices=[(ON_DAY, "Day of the month"), (ON_WEEKDAY, "The first ... last weekday")],
@@ -83,13 +114,18 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
             "month",
             "cron",
             "missed",
+            "calendar",
+            "on_calendar_date",
         ]
         field_classes = {
             "start_date": clock.DateField,
             "start_time": clock.TimeField,
             "end_by": clock.DateField,
         }
-        widgets = {"unit": forms.RadioSelect, "missed": forms.RadioSelect}
+        widgets = {
+            "unit": forms.RadioSelect,
+            "missed": forms.RadioSelect,
+        }
 
     def __init__(
         self,
@@ -129,6 +165,9 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
         super().__init__(*args, **kwargs)
         for name in ("every", "end", "on"):
             self.fields[name].required = False  # a cron pattern has no count; radios default
+        calendar = self.fields["calendar"]
+        assert isinstance(calendar, forms.ModelChoiceField)
+        calendar.empty_label = "(none): every date of the pattern"
         # The dialog shows these selects without labels of their own: their empty choice says
         # what they are for.
         for name, empty, choices in (
@@ -149,6 +188,9 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
         if self.errors or data.get("start_date") is None or data.get("start_time") is None:
             return data
         weekday = data.get("weekday") or None
+        calendar: Calendar | None = data.get("calendar")
+        if calendar is None:
+            data["on_calendar_date"] = BatchRecurrence.OnCalendarDate.SKIP  # it means nothing
         rule = recurrence.Rule(
             start=dt.datetime.combine(data["start_date"], data["start_time"]),
             time_zone=data["time_zone"],
@@ -162,6 +204,9 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
             cron=data.get("cron", ""),
             end_after=data.get("end_after"),
             end_by=data.get("end_by"),
+            calendar=calendar.date_set() if calendar is not None else frozenset(),
+            on_calendar_date=data["on_calendar_date"],
+            calendar_name=calendar.code if calendar is not None else "",
         )
         try:
             rule.check()
@@ -216,15 +261,40 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
             data["month"] = None
 
     def next_runs(self, n: int = PREVIEW_RUNS) -> list[RunTime]:
-        """The next ``n`` runs from now, as saving would schedule them (empty while invalid)."""
+        """The next ``n`` runs from now, as saving would schedule them (empty while invalid),
+        with the occurrences a calendar skips or moves among them."""
         if not self.is_valid() or self.rule is None:
             return []
+        rule = self.rule
         viewer = recurrence.zone(self.viewer_zone)
         # Saving restarts the count of End after, so the preview does too.
-        return [
-            RunTime(local=t.astimezone(self.rule.tz), viewer=t.astimezone(viewer))
-            for t in self.rule.next_runs(self.at, n)
-        ]
+        plan = rule.plan(self.at, n)
+        calendar: Calendar | None = self.cleaned_data.get("calendar")
+        notes: dict[dt.date, str] = {}
+        if calendar is not None:
+            days = {p.original.astimezone(rule.tz).date() for p in plan if p.skipped or p.moved}
+            notes = dict(
+                CalendarDate.objects.filter(calendar=calendar, date__in=days).values_list(
+                    "date", "description"
+                )
+            )
+        rows, number = [], 0
+        for p in plan:
+            if not p.skipped and not p.merged:
+                number += 1
+            original = p.original.astimezone(rule.tz)
+            rows.append(
+                RunTime(
+                    local=p.when.astimezone(rule.tz),
+                    viewer=p.when.astimezone(viewer),
+                    number=None if p.skipped or p.merged else number,
+                    skipped=p.skipped,
+                    moved_from=original if p.moved else None,
+                    merged=p.merged,
+                    note=notes.get(original.date(), ""),
+                )
+            )
+        return rows
 
     def describe(self) -> str:
         """The rule in words as the job list will show it once saved ("" while invalid)."""

@@ -617,12 +617,14 @@ def _with_preview(context: dict[str, Any]) -> dict[str, Any]:
     period = job.active_period if runs else None
     held = [
         period.next_opening(run.viewer).astimezone(run.viewer.tzinfo)
-        if period is not None and not period.is_open(run.viewer)
+        if period is not None and not run.skipped and not period.is_open(run.viewer)
         else None
         for run in runs
     ]
     return context | {
         "runs": list(zip(runs, held, strict=True)),
+        "run_count": sum(1 for run in runs if run.number is not None),
+        "calendar_rows": any(run.skipped or run.moved_from for run in runs),
         "held": any(held),
         "words": form.describe() if form.is_bound else "",
         "preview_size": recurrence_forms.PREVIEW_RUNS,

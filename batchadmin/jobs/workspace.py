@@ -27,6 +27,7 @@ from django.urls import reverse
 from django.utils.timezone import localtime, now
 from django.views.decorators.http import require_GET
 
+from batchadmin.alerts import deadlines
 from batchadmin.alerts.outbox import first_line
 from batchadmin.engine import explain
 from batchadmin.engine.world import load_world
@@ -50,6 +51,7 @@ UTC = dt.UTC
 LIVE_SECONDS = 5
 FAILURES_SHOWN = 10
 STUCK_SHOWN = 10  # per list: due jobs, and lines of ready tasks
+LATE_READ = 500  # runs with a deadline judged for the "late or at risk" tile
 # Ready tasks read for the panel, oldest first; those of one job held back for the same
 # reason share a line, so a job of 1,000 tasks in an unserved group takes one line.
 STUCK_TASKS_READ = 200
@@ -200,6 +202,12 @@ def _context(request: AuthedRequest) -> dict[str, Any]:
         for job in due_jobs[:STUCK_SHOWN]
     ]
     stuck_tasks = _group_stuck(ready_tasks[:STUCK_TASKS_READ], world)
+    late = deadlines.watched(BatchJob.objects.all(), at, limit=LATE_READ)
+    if not view_all:
+        mine = set(visible.filter(pk__in=[w.job.pk for w in late]).values_list("pk", flat=True))
+        late_shown = [w for w in late if w.job.pk in mine]
+    else:
+        late_shown = late
     per_minute, per_hour = _charts(at)
     has_run = bool(counts.running_jobs or BatchJobRun.objects.exists())
     # Before anything has run, say what will: someone's first job (demo data schedules some),
@@ -231,6 +239,10 @@ def _context(request: AuthedRequest) -> dict[str, Any]:
         "more_stuck_tasks": len(ready_tasks) > STUCK_TASKS_READ or len(stuck_tasks) > STUCK_SHOWN,
         "ready_long_minutes": int(READY_LONG.total_seconds() // 60),
         "failures": _failures(visible, view_all),
+        # Counted over every job, listed for those the user may see, late ones first.
+        "late_count": sum(1 for w in late if w.late),
+        "at_risk_count": sum(1 for w in late if not w.late),
+        "late_jobs": sorted(late_shown, key=lambda w: (not w.late, w.judgement.due))[:STUCK_SHOWN],
         "per_minute": per_minute,
         "per_hour": per_hour,
         "heartbeat": int(settings.BATCH_HEARTBEAT_SECONDS),

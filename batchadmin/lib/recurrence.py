@@ -13,6 +13,10 @@ time zone), a pattern, and an end (after N runs, or by a date). Its occurrences:
    ambiguous one (the hour repeated when the clocks go back) runs once, at its first instant;
 4. end by a date: the last local date on which an occurrence may fall. End after N: N runs;
    the caller passes the runs done, because a missed occurrence is not a run.
+5. with a calendar (a set of local dates: holidays, month-end freezes), an occurrence whose
+   local date is in it is either skipped, or moved to the next working day (the next date not
+   in the calendar) at the same local time of day, placed on the time line as in 3. A moved
+   occurrence that lands on another one runs once; one that lands after End by is dropped.
 
 ``Window`` is an active period: a time-of-day window in a zone, possibly crossing midnight.
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import heapq
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,6 +67,12 @@ _RRULE_FREQ: dict[str, Literal[0, 1, 2, 3, 4, 5, 6]] = {
     YEARS: rrule.YEARLY,
 }
 _RRULE_WEEKDAYS = (rrule.MO, rrule.TU, rrule.WE, rrule.TH, rrule.FR, rrule.SA, rrule.SU)
+# What an occurrence on a calendar date does: it is skipped, or runs on the next working day.
+SKIP, NEXT_DAY = "skip", "next_day"
+ON_CALENDAR_DATE = (SKIP, NEXT_DAY)
+# Rule.plan() looks at no more of the pattern's occurrences than this for one preview (an
+# every-minute rule on a long run of calendar dates must not list them all).
+PLAN_SCAN_LIMIT = 5000
 
 
 class RuleError(ValueError):
@@ -138,6 +150,33 @@ class Span:
 
 
 @dataclass(frozen=True)
+class Planned:
+    """One occurrence of the pattern and what became of it, for the Recurrence preview.
+
+    ``at`` is when it runs: the occurrence itself, a later time when a calendar moved it to the
+    next working day, or None when the calendar skips it. ``merged``: moved onto a time that
+    runs anyway, so it adds no run of its own.
+    """
+
+    original: dt.datetime
+    at: dt.datetime | None
+    merged: bool = False
+
+    @property
+    def skipped(self) -> bool:
+        return self.at is None
+
+    @property
+    def moved(self) -> bool:
+        return self.at is not None and self.at != self.original
+
+    @property
+    def when(self) -> dt.datetime:
+        """The time the preview lists it at."""
+        return self.original if self.at is None else self.at
+
+
+@dataclass(frozen=True)
 class Rule:
     start: dt.datetime  # naive: the local date and time in ``time_zone``
     time_zone: str
@@ -151,6 +190,9 @@ class Rule:
     cron: str = ""
     end_after: int | None = None  # runs
     end_by: dt.date | None = None  # local date, inclusive
+    calendar: frozenset[dt.date] = frozenset()  # local dates: see ``on_calendar_date``
+    on_calendar_date: str = SKIP  # SKIP them, or move to the NEXT_DAY not in the calendar
+    calendar_name: str = ""  # for the words only
 
     # --- validation -----------------------------------------------------------------------
 
@@ -179,6 +221,12 @@ class Rule:
             raise RuleError("The day of the month is 1 to 31.", field="day")
         if self.month is not None and not 1 <= self.month <= 12:
             raise RuleError("The month is 1 to 12.", field="month")
+        if self.on_calendar_date not in ON_CALENDAR_DATE:
+            raise RuleError(
+                f"On a calendar date: {' or '.join(ON_CALENDAR_DATE)}, not "
+                f"{self.on_calendar_date!r}.",
+                field="on_calendar_date",
+            )
         if self.nth is not None and self.nth not in NTH_WORDS:
             raise RuleError("Which weekday: first to fourth, or last.", field="nth")
         if self.unit in (MONTHS, YEARS):
@@ -191,6 +239,12 @@ class Rule:
             if self.day > (29 if month == 2 else 30 if month in (4, 6, 9, 11) else 31):
                 raise RuleError(f"{MONTH_ABBR[month - 1]} has no day {self.day}.", field="day")
         if self.next_after(self.anchor(), inclusive=True) is None:
+            if self.calendar and self.next_after_plain(self.anchor(), inclusive=True):
+                raise RuleError(
+                    "Every occurrence falls on a date of the calendar"
+                    + (" before the end date." if self.end_by is not None else "."),
+                    field="calendar",
+                )
             if self.end_by is not None:
                 raise RuleError("This pattern does not occur before the end date.", field="end_by")
             raise RuleError(
@@ -215,8 +269,78 @@ class Rule:
     def occurrences(self, after: dt.datetime | None = None) -> Iterator[dt.datetime]:
         """Occurrences (UTC) strictly after ``after`` (all of them when None), in order.
 
-        Bounded by End by, not by End after (that counts runs, see ``next_after``).
+        Bounded by End by, not by End after (that counts runs, see ``next_after``). With a
+        calendar, those on its dates are skipped or moved (rule 5 of the module docstring).
         """
+        if not self.calendar:
+            yield from self._plain(after)
+        elif self.on_calendar_date == SKIP:
+            for t in self._plain(after):
+                if self._local_date(t) not in self.calendar:
+                    yield t
+        else:
+            last: dt.datetime | None = None
+            for t in self._moved(self._plain(self._lookback(after))):
+                # Two occurrences moved onto one time, or onto one of the pattern: run it once.
+                if (after is None or t > after) and (last is None or t > last):
+                    last = t
+                    yield t
+
+    def _local_date(self, t: dt.datetime) -> dt.date:
+        return t.astimezone(self.tz).date()
+
+    def move(self, t: dt.datetime) -> dt.datetime:
+        """``t`` itself, or on a calendar date: the same local time on the next working day."""
+        local = t.astimezone(self.tz)
+        day = local.date()
+        if day not in self.calendar:
+            return t
+        while day in self.calendar:  # ends: the calendar is finite
+            day += dt.timedelta(days=1)
+        return localize(dt.datetime.combine(day, local.time().replace(tzinfo=None)), self.tz)
+
+    def _moved(self, times: Iterator[dt.datetime]) -> Iterator[dt.datetime]:
+        """The pattern's occurrences with those on calendar dates moved, back in time order.
+
+        A moved occurrence is later than the one it stands for, so it may have to wait behind
+        the pattern's next ones: it waits in a heap until the pattern has passed it. ``times``
+        is strictly increasing, so whatever in the heap is not after the current one is final.
+        """
+        heap: list[dt.datetime] = []
+        pending: set[dt.datetime] = set()  # what the heap holds: many may move to one time
+        for t in times:
+            moved = self.move(t)
+            if moved not in pending and not (
+                self.end_by is not None and self._local_date(moved) > self.end_by
+            ):
+                pending.add(moved)
+                heapq.heappush(heap, moved)
+            while heap and heap[0] <= t:
+                pending.discard(heap[0])
+                yield heapq.heappop(heap)
+        while heap:
+            yield heapq.heappop(heap)
+
+    def _lookback(self, after: dt.datetime | None) -> dt.datetime | None:
+        """Where the pattern must be read from so that no occurrence moved past ``after`` is
+        missed: from the start of the run of calendar dates just before ``after``'s date.
+
+        An occurrence on date x moves to date y when x ... y-1 are all calendar dates; for it to
+        land after ``after``, y is at least the day before ``after``'s local date (a zone that
+        turns its clocks back at midnight repeats part of a date), so x lies in the run of
+        calendar dates that reaches two days before it.
+        """
+        if after is None:
+            return None
+        day = after.astimezone(self.tz).date() - dt.timedelta(days=2)
+        while day - dt.timedelta(days=1) in self.calendar:
+            day -= dt.timedelta(days=1)
+        return min(
+            after, localize(dt.datetime.combine(day - dt.timedelta(days=1), dt.time()), self.tz)
+        )
+
+    def _plain(self, after: dt.datetime | None = None) -> Iterator[dt.datetime]:
+        """The pattern's occurrences strictly after ``after``, calendar or not."""
         if self.unit in ELAPSED_UNITS:
             times = self._elapsed(after)
         else:
@@ -288,6 +412,53 @@ class Rule:
             **options,  # type: ignore[arg-type]
         )
 
+    def next_after_plain(
+        self, after: dt.datetime, *, inclusive: bool = False
+    ) -> dt.datetime | None:
+        """The pattern's next occurrence as if it had no calendar (for messages)."""
+        return next(self._plain(after - TINY if inclusive else after), None)
+
+    def plan(self, after: dt.datetime, n: int = 5, *, runs_done: int = 0) -> list[Planned]:
+        """The next ``n`` runs at or after ``after``, with the occurrences the calendar skips
+        or moves among them, in time order (what the Recurrence dialog previews).
+
+        1. The runs are ``next_runs`` (so the preview and the engine agree); the last one is
+           the horizon.
+        2. The pattern's occurrences up to the horizon (from the lookback, for those moved
+           past ``after``) are each a run, skipped, or moved; a moved one landing on a time
+           that runs anyway is merged.
+        """
+        runs = self.next_runs(after, n, runs_done=runs_done)
+        if not self.calendar or not runs:
+            return [Planned(t, t) for t in runs]
+        horizon = runs[-1]
+        scanned = list(
+            itertools.takewhile(
+                lambda t: t <= horizon,
+                itertools.islice(self._plain(self._lookback(after - TINY)), PLAN_SCAN_LIMIT),
+            )
+        )
+        plain_runs = {t for t in scanned if self._local_date(t) not in self.calendar}
+        landed: set[dt.datetime] = set()
+        rows: list[Planned] = []
+        for t in scanned:
+            if t in plain_runs:
+                if t >= after:
+                    rows.append(Planned(t, t))
+                continue
+            moved = self.move(t)
+            if self.on_calendar_date == SKIP or (
+                self.end_by is not None and self._local_date(moved) > self.end_by
+            ):
+                if t >= after:
+                    rows.append(Planned(t, None))  # skipped, or moved past End by: dropped
+                continue
+            if not after <= moved <= horizon:
+                continue  # it ran before ``after``, or runs after the last run listed
+            rows.append(Planned(t, moved, merged=moved in plain_runs or moved in landed))
+            landed.add(moved)
+        return sorted(rows, key=lambda p: (p.when, p.original))
+
     def runs_left(self, runs_done: int) -> int | None:
         if self.end_after is None:
             return None
@@ -356,6 +527,11 @@ class Rule:
                 else:
                     words += f" on the {_ordinal(self.day or self.start.day)}"
             words += f" at {clock} {zone_words}"
+        if self.calendar_name:
+            if self.on_calendar_date == NEXT_DAY:
+                words += f", on dates of calendar {self.calendar_name} the next working day"
+            else:
+                words += f", except on dates of calendar {self.calendar_name}"
         left = self.runs_left(runs_done)
         if left is not None:
             words += (

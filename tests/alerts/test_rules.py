@@ -140,7 +140,7 @@ class AlertRulesTestCase(FormTestCase):
         )
         html = r.content.decode()
         assert "HX-Trigger" not in r.headers
-        assert "Choose at least one event: ended, error, canceled or stuck." in html
+        assert "Choose at least one event: ended, error, canceled, stuck or deadline." in html
         assert "Choose how to be alerted: popup, e-mail or both." in html
         r = self.client.post(URL + "new/", rule_data(group="999999", priority="7"))
         html = r.content.decode()

@@ -324,6 +324,7 @@ class TickTestCase(BaseTestCase):
             "settled": 0,
             "running_long": 0,
             "unserved": 0,
+            "deadlines": 0,
             "alerts_resent": 0,
         }
         assert statuses(job) == {"T1": S.READY}

@@ -23,6 +23,7 @@ from batchadmin.jobs.models import (
     BatchTaskRun,
     StatusChange,
 )
+from batchadmin.lib import recurrence
 from batchadmin.servers.models import BatchServer, BatchServerReplica
 
 STATUS_ARGS = {
@@ -31,6 +32,7 @@ STATUS_ARGS = {
     "cancel": BatchStatus.CANCELING,
 }
 WAIT_POLL_SECONDS = 0.2
+NEXT_DEFAULT, NEXT_MAX = 5, 1000
 
 
 class Command(BaseCommand):
@@ -61,6 +63,15 @@ class Command(BaseCommand):
         p.add_argument("job_id", type=int)
         p.add_argument("status", choices=sorted(STATUS_ARGS))
         p.add_argument("--user", help="Username recorded as the one who changed it.")
+        p = sub.add_parser(
+            "next",
+            help="Print the job's next start times, ISO 8601 with the offset of its recurrence's "
+            "zone, one per line.",
+        )
+        p.add_argument("job_id", type=int)
+        p.add_argument(
+            "--count", type=int, default=NEXT_DEFAULT, help=f"How many (default {NEXT_DEFAULT})."
+        )
         sub.add_parser(
             "servers",
             help="List batch servers, their groups, threads and replicas online.",
@@ -88,7 +99,7 @@ class Command(BaseCommand):
             self.stdout.write(str(job.pk))
 
     def do_export(self, *, job_id: int, **_: Any) -> None:
-        self.stdout.write(json.dumps(io.export_job(_job(job_id)), indent=2))
+        self.stdout.write(json.dumps(io.export_file(_job(job_id)), indent=2))
 
     def do_show(self, *, job_id: int, json: bool, **_: Any) -> None:
         job = _job(job_id)
@@ -138,6 +149,29 @@ class Command(BaseCommand):
         if not done:
             raise CommandError(f"Job {job_id} changed status meanwhile; try again.")
         self.stdout.write(BatchJob.objects.get(pk=job_id).status)
+
+    def do_next(self, *, job_id: int, count: int, **_: Any) -> None:
+        """Exactly one ISO 8601 time per line (a contract: scripts read it); nothing for a job
+        that starts no more by itself, with the reason on standard error."""
+        if not 1 <= count <= NEXT_MAX:
+            raise CommandError(f"--count must be from 1 to {NEXT_MAX}, got {count}.")
+        job = _job(job_id)
+        recurring = job.get_recurrence()
+        try:
+            starts = job.next_starts(count)
+        except recurrence.RuleError as exc:
+            raise CommandError(f"Job {job_id} has an invalid recurrence: {exc}") from None
+        for t in starts:
+            self.stdout.write(t.isoformat())
+        if not starts:
+            why = (
+                f"it is {job.get_status_display()}"
+                if job.status != BatchStatus.WAITING and not job.is_running()
+                else "its recurrence is over"
+                if recurring is not None
+                else "it runs once, now"
+            )
+            self.stderr.write(f"Job {job_id} has no next start: {why}.")
 
     def do_servers(self, **_: Any) -> None:
         at = now()
