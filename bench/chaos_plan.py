@@ -46,7 +46,8 @@ FAULTS = {
     "redis-slow": 4,  # Redis frozen (SIGSTOP) for a few seconds
     "pg-restart": 5,  # PostgreSQL fast shutdown and start
     "pg-outage": 4,  # PostgreSQL down for longer than the lease
-    "host-cut": 7,  # the host's link down for longer than the lease
+    "host-cut": 5,  # the host's link down for longer than the lease
+    "host-cut-in-tx": 3,  # the same, while its worker is inside a transaction
     "host-slow": 4,  # delay (netem) or a slow link (tbf) on the host
     "host-lossy": 4,  # packet loss (netem or nftables) on the host
     "host-no-broker": 4,  # the host loses its route to Redis only
@@ -167,7 +168,7 @@ def _fault_seconds(rng: random.Random, kind: str, lease: float) -> float:
         return rng.uniform(0, 2)
     if kind == "pg-outage":
         return rng.uniform(lease + 2, lease + 8)
-    if kind == "host-cut":
+    if kind in ("host-cut", "host-cut-in-tx"):
         return rng.uniform(lease + 2, lease + 10)
     if kind in ("host-slow", "host-lossy"):
         return rng.uniform(6, 15)

@@ -59,7 +59,7 @@ class PlanTestCase(SimpleTestCase):
 
     def test_faults_meant_to_outlast_the_lease_do(self):
         plan = chaos_plan.make_plan(seed=3, minutes=1, hosts=3, lease=5)
-        long = ("pg-outage", "host-cut", "worker-freeze-in-tx")
+        long = ("pg-outage", "host-cut", "host-cut-in-tx", "worker-freeze-in-tx")
         for fault in itertools.islice(plan.faults(), 300):
             if fault.kind in long:
                 assert fault.seconds > 5, fault
