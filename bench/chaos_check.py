@@ -305,6 +305,13 @@ def _check_bodies(
                 f"{where}: Ended (attempt {ended[0].attempt} on {ended[0].hostname}) but its"
                 " body never completed"
             )
+        else:
+            hosts = {m.hostname for m in marks if m.event == "done" and m.run_id == ended[0].id}
+            if hosts != {ended[0].hostname}:
+                v.contradictions.append(
+                    f"{where}: attempt {ended[0].attempt} recorded on {ended[0].hostname},"
+                    f" its body completed on {', '.join(sorted(hosts))}"
+                )
     for tr in rows:
         if tr.status in ("executing", "canceling"):
             v.contradictions.append(f"{where}: attempt {tr.attempt} row left {tr.status}")

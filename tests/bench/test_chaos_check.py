@@ -30,18 +30,18 @@ class Scenario:
             TaskRun(1000, 10, 100, 1, "ended", "", "c1@h1"),
             TaskRun(1001, 10, 101, 1, "ended", "", "c2@h2"),
         ]
-        self.marks = [*self.body(1000, 100), *self.body(1001, 101)]
+        self.marks = [*self.body(1000, 100), *self.body(1001, 101, host="c2@h2")]
         self.starts = {1: 1}
         self.events: list[tuple[int | None, str]] = [(10, "ended")]
         self.canceled: set[int] = set()
 
     @staticmethod
     def body(
-        run_id: int, task_id: int, *, attempt: int = 1, end: str = "done", job_run: int = 10
+        run_id: int, task_id: int, *, attempt: int = 1, end: str = "done", host: str = "c1@h1"
     ) -> list[Mark]:
         return [
-            Mark("start", task_id, run_id, job_run, attempt, "c1@h1", 42, 1.0),
-            Mark(end, task_id, run_id, job_run, attempt, "c1@h1", 42, 2.0),
+            Mark("start", task_id, run_id, 10, attempt, host, 42, 1.0),
+            Mark(end, task_id, run_id, 10, attempt, host, 42, 2.0),
         ]
 
     def verdict(self, **overrides: Any) -> chaos_check.Verdict:
@@ -81,7 +81,7 @@ class CleanRunTestCase(SimpleTestCase):
         s = Scenario()
         s.task_runs[0] = TaskRun(1000, 10, 100, 1, "error", LOST, "c1@h1")
         s.task_runs.append(TaskRun(1002, 10, 100, 2, "ended", "", "c3@h3"))
-        s.marks += s.body(1002, 100, attempt=2)
+        s.marks += s.body(1002, 100, attempt=2, host="c3@h3")
         v = s.verdict()
         assert findings(v) == {}
         assert v.reran_after_lost == 1
@@ -200,7 +200,7 @@ class ContradictionTestCase(SimpleTestCase):
         s = Scenario()
         s.tasks[1] = Task(101, 1, "B", "error", "all", False)
         s.task_runs[1] = TaskRun(1001, 10, 101, 1, "error", "RuntimeError: chaos", "c2@h2")
-        s.marks[3] = Mark("fail", 101, 1001, 10, 1, "c1@h1", 42, 2.0)
+        s.marks[3] = Mark("fail", 101, 1001, 10, 1, "c2@h2", 42, 2.0)
         assert s.verdict().contradictions == [
             "job 1 (chaos 7#1 chain) run 10: ended ended, its tasks say error"
         ]
@@ -211,6 +211,18 @@ class ContradictionTestCase(SimpleTestCase):
         assert s.verdict().contradictions == [
             "job 1 (chaos 7#1 chain) run 10 task B (101): ended although its conditions did not"
             " hold"
+        ]
+
+    def test_it_reports_an_attempt_recorded_on_another_host_than_its_body_ran_on(self):
+        s = Scenario()
+        s.task_runs[1] = TaskRun(1001, 10, 101, 1, "ended", "", "c1@h1")
+        s.marks[2:] = [
+            Mark("start", 101, 1001, 10, 1, "c2@h2", 43, 1.0),
+            Mark("done", 101, 1001, 10, 1, "c2@h2", 43, 2.0),
+        ]
+        assert s.verdict().contradictions == [
+            "job 1 (chaos 7#1 chain) run 10 task B (101): attempt 1 recorded on c1@h1, its body"
+            " completed on c2@h2"
         ]
 
     def test_it_reports_two_alert_events_for_one_run_and_none_for_another(self):
