@@ -1025,7 +1025,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Also SIGINT: a shell that starts the soak in the background ignores it by default.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     soak = Soak(seed=args.seed, minutes=args.minutes, hosts=args.hosts, only=args.faults)
     print(
         f"chaos soak {soak.run_id}: seed {args.seed} (repeat with --seed {args.seed}"
@@ -1035,6 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     verdict: chaos_check.Verdict | None = None
+    interrupted = False
     try:
         soak.setup()
         soak.run()
@@ -1043,12 +1046,13 @@ def main(argv: list[str] | None = None) -> int:
         soak.report(verdict)
     except KeyboardInterrupt:
         print("interrupted: cleaning up", flush=True)
+        interrupted = True
         return 130
     except SoakError as exc:
         print(f"chaos soak failed: {exc}", flush=True)
         return 2
     finally:
-        clean = verdict is not None and verdict.ok() and not verdict.contradictions
+        clean = interrupted or (verdict is not None and verdict.ok() and not verdict.contradictions)
         soak.cleanup(keep_dir=args.keep or not clean)
     assert verdict is not None
     print(soak.summary(verdict), flush=True)  # the last line, after the clean-up's own
