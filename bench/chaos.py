@@ -324,8 +324,10 @@ class Soak:
             check=False,
         )
         if result.returncode != 0:
+            # The command's own message (a CommandError, or a traceback's last line) first.
+            said = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()
             raise SoakError(
-                f"manage.py {' '.join(args)[:80]} failed:\n{result.stdout[-2000:]}"
+                f"manage.py {' '.join(args)[:80]}: {said[-1]}\n{result.stdout[-2000:]}"
                 f"{result.stderr[-2000:]}"
             )
         return result
