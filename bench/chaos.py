@@ -493,7 +493,8 @@ class Soak:
             thread.join(timeout=130)
 
     def revive(self) -> None:
-        """A process that died outside a fault is a finding; start it again."""
+        """A process that died outside a fault is a finding; start it again (between faults
+        and while draining, as a supervisor such as systemd would)."""
         for proc in [*self.workers, self.beats["beat"]]:
             if not proc.alive():
                 code = proc.popen.returncode if proc.popen else None
@@ -741,6 +742,9 @@ class Soak:
         deadline = time.monotonic() + DRAIN_SECONDS
         next_note = 0.0
         while time.monotonic() < deadline:
+            # As systemd's Restart=always would: a worker that exited after the heal (a broker
+            # error it could not recover from, on its way out for a while) is started again.
+            self.revive()
             for (job_id,) in self.try_rows(WAITING_RECURRING_SQL, self.like()) or []:
                 with contextlib.suppress(SoakError, subprocess.TimeoutExpired):
                     self.manage("batch", "status", str(job_id), "withhold", timeout=60)
