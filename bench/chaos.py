@@ -479,6 +479,8 @@ class Soak:
             kinds = {k: w for k, w in kinds.items() if k not in chaos_plan.NETWORK_FAULTS}
         elif not (self.net.netem or self.net.nft):
             kinds.pop("host-lossy", None)
+        if not kinds:
+            raise SoakError("no fault kind left to inflict here (host-lossy needs netem or nft)")
         end = self.minutes * 60
         for fault in self.plan.faults(kinds):
             if self.elapsed() + fault.gap >= end:
