@@ -468,12 +468,6 @@ class Soak:
     # --- the fault loop -------------------------------------------------------------------
 
     def run(self) -> None:
-        self.t0 = time.monotonic()
-        self.start_wall = dt.datetime.now(dt.UTC)
-        for target in (self.workload, self.monitor):
-            thread = threading.Thread(target=target, name=target.__name__, daemon=True)
-            thread.start()
-            self.threads.append(thread)
         kinds = {k: w for k, w in chaos_plan.FAULTS.items() if not self.only or k in self.only}
         if self.net is None:
             kinds = {k: w for k, w in kinds.items() if k not in chaos_plan.NETWORK_FAULTS}
@@ -481,6 +475,12 @@ class Soak:
             kinds.pop("host-lossy", None)
         if not kinds:
             raise SoakError("no fault kind left to inflict here (host-lossy needs netem or nft)")
+        self.t0 = time.monotonic()
+        self.start_wall = dt.datetime.now(dt.UTC)
+        for target in (self.workload, self.monitor):
+            thread = threading.Thread(target=target, name=target.__name__, daemon=True)
+            thread.start()
+            self.threads.append(thread)
         end = self.minutes * 60
         for fault in self.plan.faults(kinds):
             if self.elapsed() + fault.gap >= end:
