@@ -46,9 +46,11 @@ def pg_bin() -> Path:
 class PrivateRedis:
     """A redis-server of our own on a spare port, without persistence."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, bind: str = "127.0.0.1", port: int | None = None) -> None:
+        """``bind``: the addresses to listen on (space-separated); loopback is always first."""
         self.workdir = workdir
-        self.port = free_port()
+        self.bind = bind
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log = workdir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -57,7 +59,9 @@ class PrivateRedis:
         assert self.proc is None, "redis-server is running already"
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                ["redis-server", "--port", str(self.port), "--bind", self.bind,
+                 # Protected mode refuses every address but loopback when there is no password.
+                 "--protected-mode", "no" if self.bind != "127.0.0.1" else "yes",
                  "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -99,11 +103,15 @@ class PrivateRedis:
 class PrivatePostgres:
     """An initdb cluster of our own in a temporary folder, on a spare port."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, listen: str = "127.0.0.1", port: int | None = None, prefix: str = "ba-faults-pg-"
+    ) -> None:
+        """``listen``: PostgreSQL's listen_addresses (comma-separated), loopback first."""
         self.bin = pg_bin()
-        self.port = free_port()
+        self.listen = listen
+        self.port = port or free_port()
         # Not under pytest's tmp_path: that is root's and closed to the postgres user.
-        self.root = Path(tempfile.mkdtemp(prefix="ba-faults-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
         user = pwd.getpwnam(PG_USER)
@@ -128,7 +136,7 @@ class PrivatePostgres:
 
     def start(self) -> None:
         options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+            f"-p {self.port} -k {self.root} -c listen_addresses={self.listen}"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
         self._as_postgres(
