@@ -20,6 +20,7 @@ from django.db import close_old_connections
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
+from redis.exceptions import RedisError
 
 from batchadmin.engine import counters, dispatch, limits, priority, signals, transitions
 from batchadmin.jobs.models import (
@@ -211,12 +212,18 @@ def handle_lost_messages(at: dt.datetime) -> int:
     by_group: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
     for pk, code, eff, ready_at in rows:
         by_group[code].append((pk, code, priority.step(eff, priority.waited(at, ready_at))))
-    lost = [
-        row
-        for code, group_rows in by_group.items()
-        if broker.queue_length(QUEUE_PREFIX + code) == 0
-        for row in group_rows
-    ]
+    try:
+        lost = [
+            row
+            for code, group_rows in by_group.items()
+            if broker.queue_length(QUEUE_PREFIX + code) == 0
+            for row in group_rows
+        ]
+    except (RedisError, OSError) as exc:
+        # The broker is down: nothing could be re-sent anyway, and the handlers after this
+        # one (stranded tasks and jobs, the alerts' checks) must not wait for Redis.
+        log.warning("Could not read the queues to find lost messages: %s", exc)
+        return 0
     return _redispatch(lost, at)
 
 

@@ -88,16 +88,30 @@ def wanted_queues(server: BatchServer, threads: int | None = None) -> list[str]:
 
 @signals.celeryd_init.connect
 def on_worker_init(sender: str, instance: Any, **kwargs: Any) -> None:
-    """Choose the queues before the worker sets them up (an explicit -Q still wins)."""
-    server = register_server(server_name(sender))
-    # Outside every window the worker starts without its group queues (the ceiling does not
-    # matter for 0); otherwise it would take tasks before its first heartbeat.
-    threads = schedule.plan(list(server.schedule.all()), server.time_zone, now(), 1).threads
-    queues = wanted_queues(server, threads)
+    """Choose the queues before the worker sets them up (an explicit -Q still wins).
+
+    With the database away the server's groups are unknown: the worker starts with the
+    service queues only, not Celery's default queue (batch.default, which may be a group this
+    server does not serve), and its first heartbeat after the database is back adds the rest.
+    """
+    try:
+        server = register_server(server_name(sender))
+        # Outside every window the worker starts without its group queues (the ceiling does
+        # not matter for 0); otherwise it would take tasks before its first heartbeat.
+        threads = schedule.plan(list(server.schedule.all()), server.time_zone, now(), 1).threads
+        queues = wanted_queues(server, threads)
+        log.info("Batch server %s consumes %s", server.name, ", ".join(queues))
+    except db.BLIPS:
+        queues = list(settings.BATCH_SERVICE_QUEUES)
+        log.warning(
+            "Batch server %s: the database is unavailable, so its batch groups are unknown; "
+            "consuming %s until a heartbeat reaches the database",
+            server_name(sender),
+            ", ".join(queues),
+        )
     for queue in queues:
         instance.app.amqp.queues.select_add(queue)
     instance.app.amqp.queues.select(queues)
-    log.info("Batch server %s consumes %s", server.name, ", ".join(queues))
     # Do not hand an open connection to the forked pool children.
     connections.close_all()
 

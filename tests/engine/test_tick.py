@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from unittest import mock
 
+import redis
 import time_machine
 from django.conf import settings
 from django.test import override_settings
@@ -246,6 +247,24 @@ class HandleLostMessagesTestCase(BaseTestCase):
     def test_it_does_not_resend_while_the_queue_holds_messages(self):
         with mock.patch.object(broker, "queue_length", return_value=3):
             assert tick.handle_lost_messages(self.later) == 0
+        self.send.assert_not_called()
+
+    def test_a_broker_that_is_down_costs_a_warning_not_the_rest_of_the_tick(self):
+        # Found by the chaos soak: the queue read raised, and the tick stopped there, so
+        # stranded tasks and jobs waited for Redis too.
+        down = redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+        stranded = self.make_job(scheduled_start=NINE)
+        self.make_task(stranded, "T1")
+        assert transitions.start_job(job_id=stranded.pk, at=NINE)
+        BatchTask.objects.filter(job=stranded).update(status=S.ENDED)  # a worker died mid-way
+        with (
+            mock.patch.object(tick, "close_old_connections"),  # it would end the test's transaction
+            mock.patch.object(broker, "queue_length", side_effect=down),
+            self.assertLogs("batchadmin.engine.tick", "WARNING") as logs,
+        ):
+            counts = tick.tick(self.later)
+        assert counts["resent"] == 0 and counts["settled"] == 1
+        assert "Could not read the queues" in logs.output[0]
         self.send.assert_not_called()
 
     def test_it_does_not_resend_a_recent_message(self):

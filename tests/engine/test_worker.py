@@ -4,6 +4,7 @@ import datetime as dt
 from unittest import mock
 
 import time_machine
+from django.db import OperationalError
 from django.test import SimpleTestCase
 
 from batchadmin.engine import worker
@@ -104,6 +105,19 @@ class WorkerSignalsTestCase(BaseTestCase):
             mock.call(ALERT_QUEUE),
         ]
         instance.app.amqp.queues.select.assert_called_once_with(["batch.default", ALERT_QUEUE])
+
+    def test_it_starts_on_the_service_queues_only_while_the_database_is_away(self):
+        # Found by the chaos soak: the handler failed and the worker fell back to Celery's
+        # default queue, batch.default, a group the server may not serve.
+        instance = mock.Mock()
+        down = OperationalError("the database system is starting up")
+        with (
+            mock.patch.object(worker, "register_server", side_effect=down),
+            self.assertLogs("batchadmin.engine.worker", "WARNING") as logs,
+        ):
+            worker.on_worker_init(sender="aos4@host1", instance=instance)
+        instance.app.amqp.queues.select.assert_called_once_with([ALERT_QUEUE])
+        assert "the database is unavailable" in logs.output[0]
 
     def test_it_starts_the_heartbeat_when_the_worker_is_ready(self):
         consumer = mock.Mock(hostname="aos1@host1")
