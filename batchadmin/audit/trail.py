@@ -68,7 +68,7 @@ def snapshot(obj: models.Model, fields: Iterable[str]) -> dict[str, Any]:
         field = obj._meta.get_field(name)
         label = str(getattr(field, "verbose_name", name))
         label = label[:1].upper() + label[1:]
-        if isinstance(field, models.ManyToManyField):
+        if field.many_to_many:  # a ManyToManyField, or the reverse side (a group's servers)
             value: Any = sorted(str(o) for o in getattr(obj, name).all()) if obj.pk else []
         elif isinstance(field, models.ForeignKey):
             value = str(getattr(obj, name)) if getattr(obj, field.attname) is not None else None
@@ -116,3 +116,21 @@ def _json(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+def record_edit(
+    action: Action,
+    *,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    user: Any = None,
+    job: BatchJob | int | None = None,
+    target: str = "",
+    via: str = Via.WEB,
+) -> AuditEntry | None:
+    """Record an edit as what changed between two snapshots; nothing when nothing did (a
+    form saved unchanged is not an action anyone needs to read about)."""
+    changes = changed(before, after)
+    if not changes:
+        return None
+    return record(action, user=user, job=job, target=target, changes=changes, via=via)
