@@ -64,7 +64,9 @@ def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJ
 
 def _get_run(job: BatchJob, run_pk: int) -> BatchJobRun:
     return get_object_or_404(
-        BatchJobRun.objects.select_related("run_by", "canceled_by", "started_by"), job=job, pk=run_pk
+        BatchJobRun.objects.select_related("run_by", "canceled_by", "started_by"),
+        job=job,
+        pk=run_pk,
     )
 
 

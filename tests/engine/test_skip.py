@@ -18,6 +18,7 @@ from batchadmin.alerts.models import AlertEvent
 from batchadmin.audit.models import AuditEntry
 from batchadmin.engine import tick, transitions
 from batchadmin.engine.transitions import Refused
+from batchadmin.jobs import task_grid
 from batchadmin.jobs.models import (
     BatchJob,
     BatchJobRun,
@@ -329,3 +330,26 @@ class SkipInARecurringJobTestCase(BaseTestCase):
         assert (second.trigger, second.status) == (Trigger.RESUME, S.ENDED)
         assert tick.handle_due_jobs(tomorrow - dt.timedelta(seconds=1)) == 0
         assert tick.handle_due_jobs(tomorrow) == 1
+
+
+class SkippedShowsWhereStatusesShowTestCase(BaseTestCase):
+    def test_the_task_line_says_who_skipped_it_and_why(self):
+        job, tasks = make_walkthrough(self, status=S.WITHHOLD)
+        assert skip(tasks["T2"], "not tonight", by_id=self.alice.pk)
+        rows = {row.task.key: row for row in task_grid.load(job).rows}
+        assert [r.text for r in rows["T2"].why] == ["Skipped by alice: not tonight"]
+        assert rows["T3"].task.status == S.WAITING
+
+    def test_the_job_page_and_the_diagram_show_the_skipped_badge(self):
+        job, tasks = make_walkthrough(self, status=S.WITHHOLD)
+        assert skip(tasks["T2"], "not tonight")
+        self.client.force_login(self.bob)
+        html = self.client.get(f"/jobs/{job.pk}/").content.decode()
+        assert '<span class="badge status-skipped">Skipped</span>' in html
+        assert 'class="node n-skipped"' in html
+
+    def test_metrics_count_skipped_tasks(self):
+        job, tasks = make_walkthrough(self, status=S.WITHHOLD)
+        assert skip(tasks["T2"], "not tonight")
+        body = self.client.get("/metrics").content.decode()
+        assert 'batchadmin_tasks{status="skipped"} 1.0' in body
