@@ -105,7 +105,13 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any
 
 
 def _json(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date | dt.time):
+    # Times as people read them, in one zone for everyone: the entry is text, not a field.
+    if isinstance(value, dt.datetime):
+        at = value.astimezone(dt.UTC) if value.tzinfo else value
+        return at.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if value.tzinfo else "")
+    if isinstance(value, dt.time):
+        return value.strftime("%H:%M:%S" if value.second else "%H:%M")
+    if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
         return str(value)

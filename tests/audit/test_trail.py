@@ -47,6 +47,7 @@ class RecordedFromPagesTestCase(BaseTestCase):
         e = entry()
         assert (e.action, e.username, e.job_id, e.target) == ("job_edit", "alice", job.pk, "header")
         assert e.changes["Job description"] == ["Old words", "New words"]
+        assert e.changes["Scheduled start date/time"][1] == "2030-01-01 02:00:00 UTC"
         # Saved unchanged: nothing to record.
         self.client.post(f"/jobs/{job.pk}/", data)
         assert AuditEntry.objects.filter(action="job_edit").count() == 1
@@ -105,7 +106,7 @@ class RecordedFromPagesTestCase(BaseTestCase):
         assert (entry().action, entry().target) == ("period_add", "active period Night")
         night = ActivePeriod.objects.get(code="Night")
         self.client.post(f"/active-periods/{night.pk}/edit/", period | {"end_time": "07:00"})
-        assert entry().changes == {"To time": ["08:00:00", "07:00:00"]}
+        assert entry().changes == {"To time": ["08:00", "07:00"]}
         server = BatchServer.objects.create(name="aos9")
         self.client.post(f"/servers/{server.pk}/delete/")
         assert (entry().action, entry().target) == ("server_delete", "batch server aos9")
