@@ -162,3 +162,41 @@ def test_a_viewer_sees_no_skip_control_and_a_post_is_refused(cluster, web, page)
     assert cluster.show(job_id)["status"] == "error"
     audit = json.loads(cluster.cli("audit", str(job_id), "--json").stdout)
     assert [e["action"] for e in audit] == ["job_import"]  # nothing the viewer tried
+
+
+def test_the_new_pages_and_dialogs_are_accessible_and_fit_a_phone(cluster, browser, web):
+    """axe-core finds nothing serious on the audit page, the Skip and Run now dialogs, in
+    light and dark; the audit page does not scroll sideways at phone width."""
+    from tests.e2e.test_ui import PHONE, violations
+
+    cluster.start_worker(unique("a11y-"))
+    [job_id] = cluster.import_jobs(chain("Accessible actions", fail="B"))
+    ended_in(cluster, job_id, "error")
+    found: list[str] = []
+    for scheme in ("light", "dark"):
+        ctx = browser.new_context(viewport={"width": 1440, "height": 900}, color_scheme=scheme)
+        page = ctx.new_page()
+        sign_in(page, web, "manager")
+        page.goto(f"{web}/audit/")
+        found += [f"{scheme} audit: {v}" for v in violations(page)]
+        page.goto(f"{web}/jobs/{job_id}/")
+        page.locator("#job-audit table").wait_for()
+        for opener, name in (("text=Skip…", "skip"), ("text=Run now…", "run now")):
+            page.locator(opener).first.click()
+            page.wait_for_selector("#dialog[open]")
+            found += [f"{scheme} {name}: {v}" for v in violations(page)]
+            page.keyboard.press("Escape")
+            page.wait_for_selector("#dialog[open]", state="detached")
+        ctx.close()
+    assert found == []
+    ctx = browser.new_context(viewport=PHONE)
+    page = ctx.new_page()
+    sign_in(page, web, "manager")
+    for path in ("/audit/", f"/jobs/{job_id}/"):
+        page.goto(web + path)
+        page.wait_for_load_state("networkidle")
+        width, room = page.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert width <= room, f"{path} is {width} px wide on a {room} px screen"
+    ctx.close()
