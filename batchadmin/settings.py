@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     "batchadmin.jobs",
     "batchadmin.processes",
     "batchadmin.alerts",
+    "batchadmin.audit",
     "batchadmin.engine",
 ]
 

@@ -39,6 +39,7 @@ from batchadmin.alerts.models import (
     AlertRule,
     Notification,
 )
+from batchadmin.audit import trail
 from batchadmin.jobs import access
 from batchadmin.lib import durations
 from batchadmin.lib.http import AuthedRequest, HtmxHttpRequest, close_dialog, render_dialog
@@ -305,6 +306,10 @@ def notification_read_all(request: AuthedRequest) -> HttpResponse:
 # --- Alert rules (Batch job managers) -------------------------------------------------------
 
 
+# What the audit trail compares of an alert rule (the form's fields).
+RULE_AUDIT_FIELDS = ["group", "priority", "ended", "error", "canceled", "stuck", "popup", "email"]
+
+
 def _require_manager(request: AuthedRequest) -> None:
     if not access.is_manager(request.user):
         raise PermissionDenied("Only a Batch job manager can set up alert rules.")
@@ -341,9 +346,18 @@ def rule_edit(request: AuthedRequest, pk: int) -> HttpResponse:
 
 def _rule_form(request: AuthedRequest, rule: AlertRule | None) -> HttpResponse:
     _require_manager(request)
+    before = trail.snapshot(rule, RULE_AUDIT_FIELDS) if rule else {}
     form = AlertRuleForm(request.POST or None, instance=rule, user=request.user)
     if request.method == "POST" and form.is_valid():
-        saved = form.save()
+        with transaction.atomic():
+            saved = form.save()
+            trail.record_edit(
+                trail.Action.RULE_EDIT if rule else trail.Action.RULE_ADD,
+                before=before,
+                after=trail.snapshot(saved, RULE_AUDIT_FIELDS),
+                user=request.user,
+                target=f"alert rule for {describe_scope(saved)}",
+            )
         verb = "Saved" if rule else "Created"
         messages.success(request, f"{verb} the alert rule for {describe_scope(saved)}.")
         return close_dialog(request, "rules-changed", "alerts:rules")
@@ -358,7 +372,15 @@ def rule_delete(request: AuthedRequest, pk: int) -> HttpResponse:
     rule = get_object_or_404(AlertRule.objects.select_related("group"), pk=pk, user=request.user)
     if request.method == "POST":
         scope = describe_scope(rule)
-        rule.delete()
+        with transaction.atomic():
+            before = trail.snapshot(rule, RULE_AUDIT_FIELDS)
+            rule.delete()
+            trail.record(
+                trail.Action.RULE_DELETE,
+                user=request.user,
+                target=f"alert rule for {scope}",
+                changes=trail.changed(before, {}),
+            )
         messages.success(request, f"Deleted the alert rule for {scope}.")
         return close_dialog(request, "rules-changed", "alerts:rules")
     return render_dialog(

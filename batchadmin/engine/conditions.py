@@ -14,15 +14,19 @@ S = BatchStatus
 Expected = BatchTaskCondition.ExpectedStatus
 
 
+# A skipped task counts as Ended for its dependents (transitions.skip_task).
+ENDED_LIKE = (S.ENDED, S.SKIPPED)
+
+
 def condition_state(expected: str, parent_status: str) -> bool | None:
     """True: met. False: can never be met. None: not decided yet (parent still open)."""
     if parent_status in OPEN_TASK_STATUSES:
         return None
     if expected == Expected.ENDED:
-        return parent_status == S.ENDED
+        return parent_status in ENDED_LIKE
     if expected == Expected.ERROR:
         return parent_status == S.ERROR
-    return parent_status in (S.ENDED, S.ERROR)  # Ended or error
+    return parent_status in (*ENDED_LIKE, S.ERROR)  # Ended or error
 
 
 def decide(condition_type: str, states: list[bool | None]) -> BatchStatus | None:

@@ -569,7 +569,11 @@ def queued(view: TaskView, world: World) -> Reason:
 
 
 def explain_task(view: TaskView, world: World) -> list[Reason]:
-    """Why a Waiting or Ready task is not executing; [] for any other status."""
+    """Why a Waiting or Ready task is not executing, or who skipped a Skipped one and why;
+    [] for any other status."""
+    if view.task.status == S.SKIPPED:
+        # skip_task keeps "Skipped by alice: <reason>" on the task while it is Skipped.
+        return [Reason("skipped", view.task.skip_note or "Skipped by an operator")]
     if view.task.status not in (S.WAITING, S.READY):
         return []
     reasons = [r for rule in TASK_RULES if (r := rule(view, world)) is not None]

@@ -51,7 +51,8 @@ CLAIM = f"""
     WHERE id = %s AND status = %s AND (ready_at IS NULL OR ready_at <= %s)
         AND (%s OR (SELECT max_concurrency = {NO_LIMIT} AND reserved_capacity = 0
                     FROM {_G} WHERE id = group_id))
-    RETURNING job_id, attempt, key, process, parameters, company_id
+    RETURNING job_id, attempt, key, process,
+        COALESCE(run_parameters, parameters) AS parameters, company_id
 """
 # The attempt's history row, in the job's current run (SQLite: after CLAIM).
 RUN = f"""

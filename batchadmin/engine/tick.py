@@ -35,7 +35,7 @@ from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
 log = logging.getLogger(__name__)
 S = BatchStatus
-TERMINAL_TASK_STATUSES = (S.ENDED, S.ERROR, S.NOT_RUN, S.CANCELED)
+TERMINAL_TASK_STATUSES = (S.ENDED, S.ERROR, S.NOT_RUN, S.SKIPPED, S.CANCELED)
 
 
 # Until this time.monotonic(), no lease is failed: the tick could not reach the database a

@@ -17,10 +17,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Max
 from django.utils.timezone import now
 
+from batchadmin.audit import trail
 from batchadmin.engine import conditions, dispatch, limits, priority, signals, sql
 from batchadmin.jobs import history
 from batchadmin.jobs.models import (
@@ -39,6 +41,7 @@ from batchadmin.jobs.models import (
     StatusChange,
 )
 from batchadmin.lib import clock, durations, recurrence
+from batchadmin.processes import registry
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
 log = logging.getLogger(__name__)
@@ -46,25 +49,31 @@ S = BatchStatus
 Expected = BatchTaskCondition.ExpectedStatus
 
 # Every move the engine or a user may make, job and task alike (docs/architecture.md, section 2).
+# Executing from anything but Waiting: a manual run (Run now, Rerun, a skip that resumes).
 JOB_ALLOWED: dict[BatchStatus, frozenset[BatchStatus]] = {
-    S.WITHHOLD: frozenset({S.WAITING}),
+    S.WITHHOLD: frozenset({S.WAITING, S.EXECUTING}),
     S.WAITING: frozenset({S.WITHHOLD, S.EXECUTING}),
     S.EXECUTING: frozenset({S.ENDED, S.ERROR, S.CANCELING}),
     S.CANCELING: frozenset({S.CANCELED}),
-    S.ENDED: frozenset({S.WAITING, S.WITHHOLD}),
-    S.ERROR: frozenset({S.WAITING, S.WITHHOLD}),
-    S.CANCELED: frozenset({S.WAITING, S.WITHHOLD}),
+    S.ENDED: frozenset({S.WAITING, S.WITHHOLD, S.EXECUTING}),
+    S.ERROR: frozenset({S.WAITING, S.WITHHOLD, S.EXECUTING}),
+    S.CANCELED: frozenset({S.WAITING, S.WITHHOLD, S.EXECUTING}),
     S.READY: frozenset(),
     S.NOT_RUN: frozenset(),
+    S.SKIPPED: frozenset(),
 }
+# Skipped is an operator's move (skip_task); a new run puts a skipped task back to Waiting.
+# Restoring a recurring job's last run from its history (last_run_results) writes back what
+# the tasks were, and is no move.
 TASK_ALLOWED: dict[BatchStatus, frozenset[BatchStatus]] = {
-    S.WAITING: frozenset({S.READY, S.NOT_RUN}),
-    S.READY: frozenset({S.EXECUTING, S.NOT_RUN}),
+    S.WAITING: frozenset({S.READY, S.NOT_RUN, S.SKIPPED}),
+    S.READY: frozenset({S.EXECUTING, S.NOT_RUN, S.SKIPPED}),
     S.EXECUTING: frozenset({S.ENDED, S.READY, S.ERROR, S.CANCELING}),
     S.CANCELING: frozenset({S.ENDED, S.ERROR, S.CANCELED}),
     S.ENDED: frozenset({S.WAITING}),
-    S.ERROR: frozenset({S.WAITING}),
+    S.ERROR: frozenset({S.WAITING, S.SKIPPED}),
     S.NOT_RUN: frozenset({S.WAITING}),
+    S.SKIPPED: frozenset({S.WAITING}),
     S.CANCELED: frozenset({S.WAITING}),
     S.WITHHOLD: frozenset(),
 }
@@ -78,15 +87,22 @@ USER_MOVES: dict[BatchStatus, tuple[BatchStatus, ...]] = {
     S.CANCELED: (S.WAITING, S.WITHHOLD),
 }
 TERMINAL_JOB_STATUSES = (S.ENDED, S.ERROR, S.CANCELED)
-DECIDED_TASK_STATUSES = (S.ENDED, S.ERROR, S.NOT_RUN, S.CANCELED)
-# Rerun "only failed": these tasks run again; Ended tasks keep their result.
+DECIDED_TASK_STATUSES = (S.ENDED, S.ERROR, S.NOT_RUN, S.SKIPPED, S.CANCELED)
+# Rerun "only failed": these tasks run again; Ended and Skipped tasks keep their result.
 RERUN_TASK_STATUSES = (S.ERROR, S.NOT_RUN, S.CANCELED)
+# Skip: a task in Error, or one that has not started (docs/operator-actions.md).
+SKIPPABLE_TASK_STATUSES = (S.ERROR, S.WAITING, S.READY)
 _TINY = dt.timedelta(microseconds=1)
 SERVER_LOST = "Batch server lost: the task's lease expired without a heartbeat from its worker."
 
 
 class IllegalMove(ValueError):
     pass
+
+
+class Refused(Exception):
+    """An operator's action (skip, rerun, run now) can't be done: the message says why and
+    names the culprit. Nothing was changed."""
 
 
 class ChangeRefused(Exception):
@@ -139,11 +155,14 @@ def _record(
 # --- Change status (the user's moves) -----------------------------------------------------
 
 
-def change_status(*, job_id: int, to: BatchStatus, by_id: int | None) -> bool:
+def change_status(
+    *, job_id: int, to: BatchStatus, by_id: int | None, via: str = trail.Via.WEB
+) -> bool:
     """The Change status dialog: Waiting, Withhold or Cancel (to=CANCELING).
 
     Raises IllegalMove when ``to`` is not offered from the job's current status; returns False
-    when the job changed status between reading and writing (try again).
+    when the job changed status between reading and writing (try again). A change that is
+    made is written to the audit trail in its transaction.
     """
     current = BatchJob.objects.values_list("status", flat=True).get(pk=job_id)
     allowed = USER_MOVES.get(BatchStatus(current), ())
@@ -153,11 +172,23 @@ def change_status(*, job_id: int, to: BatchStatus, by_id: int | None) -> bool:
             f"A job in status {BatchStatus(current).label} can't be changed to {to.label}; "
             f"allowed: {names}."
         )
-    if to == S.CANCELING:
-        return cancel_job(job_id=job_id, by_id=by_id)
-    if to == S.WAITING:
-        return release_job(job_id=job_id, by_id=by_id)
-    return hold_job(job_id=job_id, by_id=by_id)
+    with transaction.atomic():
+        if to == S.CANCELING:
+            moved = cancel_job(job_id=job_id, by_id=by_id)
+        elif to == S.WAITING:
+            moved = release_job(job_id=job_id, by_id=by_id)
+        else:
+            moved = hold_job(job_id=job_id, by_id=by_id)
+        if moved:
+            trail.record(
+                trail.Action.STATUS,
+                user=by_id,
+                job=job_id,
+                target="job",
+                changes={"Status": [str(BatchStatus(current).label), str(to.label)]},
+                via=via,
+            )
+        return moved
 
 
 def hold_job(*, job_id: int, by_id: int | None) -> bool:
@@ -185,12 +216,19 @@ def _set_idle_status(*, job_id: int, to: BatchStatus, by_id: int | None) -> bool
         return True
 
 
-def _reset_tasks(job_id: int, *, statuses: tuple[str, ...] | None = None) -> None:
-    """Tasks start from scratch: Waiting, actual retries 0 (all of them, or those in ``statuses``)."""
+def _reset_tasks(
+    job_id: int, *, statuses: tuple[str, ...] | None = None, pks: Iterable[int] | None = None
+) -> None:
+    """Tasks start from scratch: Waiting, actual retries 0 (all of them, or those in
+    ``statuses``, or those in ``pks``); a skip and a run's parameter overrides are over."""
     tasks = BatchTask.objects.filter(job_id=job_id)
     if statuses is not None:
         tasks = tasks.filter(status__in=statuses)
+    if pks is not None:
+        tasks = tasks.filter(pk__in=list(pks))
     tasks.update(
+        skip_note="",
+        run_parameters=None,
         status=S.WAITING,
         retries=0,
         attempt=0,
@@ -329,33 +367,522 @@ def abort_task(*, task_id: int, attempt: int, at: dt.datetime | None = None) -> 
     return finish_task(task_id=task_id, attempt=attempt, outcome=outcome, at=at)
 
 
-def rerun_job(*, job_id: int, by_id: int | None, only_failed: bool) -> bool:
-    """Batch job history > Rerun: a finished job (Ended, Error, Canceled) goes back to Waiting.
+# --- Operator actions: skip, rerun, run now (docs/operator-actions.md) ---------------------
 
-    Whole job: every task starts from scratch, as Change status to Waiting does.
-    Only failed: tasks in Error, Didn't run or Canceled start again with actual retries at 0;
-    Ended tasks keep their result and do not run again, and start_job releases the tasks that
-    wait on them. Returns False when the job is not finished (any more), or when only_failed
-    finds nothing to run again.
+Trigger = BatchJobRun.Trigger
+# A manual run starts from a job that is not running: finished, Waiting or Withhold.
+MANUAL_RUN_FROM = (*TERMINAL_JOB_STATUSES, S.WAITING, S.WITHHOLD)
+
+
+def _lock_job(job_id: int) -> BatchJob:
+    """Lock the job row (the order finish_task uses: the job first, then its tasks)."""
+    job = BatchJob.objects.select_for_update().filter(pk=job_id).first()
+    if job is None:
+        raise Refused(f"There is no batch job {job_id}.")
+    return job
+
+
+def _skip_note(by_id: int | None, reason: str) -> str:
+    """ "Skipped by alice: <reason>", kept on the task and in the run's history."""
+    who = None
+    if by_id is not None:
+        who = get_user_model().objects.filter(pk=by_id).values_list("username", flat=True).first()
+    return (f"Skipped by {who}: {reason}" if who else f"Skipped: {reason}")[:300]
+
+
+def skip_task(
+    *,
+    task_id: int,
+    reason: str,
+    by_id: int | None,
+    via: str = trail.Via.WEB,
+    at: dt.datetime | None = None,
+) -> bool:
+    """Skip a task, with a reason: it becomes Skipped, which counts as Ended for the
+    conditions of its dependents and never makes the job fail.
+
+    1. The job is executing: a task in Error, Waiting or Ready is skipped in this run. Its
+       dependents that had not run wait again and are decided with it Skipped; the job
+       settles when nothing is left open.
+    2. The job is over (Ended, Error, Canceled), or a recurring job went back to Waiting after
+       a run in which this task ended in Error: the job resumes now, in a new run
+       (_start_manual_run): the task is Skipped, the tasks downstream of it that had not run
+       are released, and every other task keeps its result.
+    3. The job has not started (Waiting or Withhold) and the task is Waiting: it is skipped in
+       the job's next run only; the run after that starts from scratch again.
+
+    Raises Refused (nothing changed) for anything else; False when another request changed the
+    task or the job first.
     """
+    reason = reason.strip()
+    if not reason:
+        raise Refused("Give a reason to skip a task: it goes into the audit trail.")
+    at = at or now()
     with transaction.atomic():
-        old = BatchJob.objects.values_list("status", flat=True).get(pk=job_id)
-        if old not in TERMINAL_JOB_STATUSES:
-            return False
-        again = BatchTask.objects.filter(job_id=job_id, status__in=RERUN_TASK_STATUSES)
-        if only_failed and not again.exists():
-            return False
-        n = BatchJob.objects.filter(pk=job_id, status=old).update(status=S.WAITING)
-        if n != 1:
-            return False  # another request changed it first
-        if only_failed:
-            _reset_tasks(job_id, statuses=RERUN_TASK_STATUSES)
+        job_id = BatchTask.objects.filter(pk=task_id).values_list("job_id", flat=True).first()
+        if job_id is None:
+            raise Refused("This task does not exist (any more).")
+        job = _lock_job(job_id)
+        task = BatchTask.objects.select_related("group").get(pk=task_id)
+        status = BatchStatus(task.status)
+        note = _skip_note(by_id, reason)
+
+        def audit(before: str, after: str) -> None:
+            trail.record(
+                trail.Action.SKIP,
+                user=by_id,
+                job=job.pk,
+                target=f"task {task.key}",
+                changes={"Status": [before, after]},
+                reason=reason,
+                via=via,
+                at=at,
+            )
+
+        effect, results = _skip_effect(job, task)
+        if effect == SKIP_IN_RUN:
+            n = BatchTask.objects.filter(pk=task_id, status=status).update(
+                status=S.SKIPPED,
+                ended_at=at,
+                ready_at=None,
+                dispatched_at=None,
+                lease_expires_at=None,
+                skip_note=note,
+            )
+            if n != 1:
+                return False  # it started or finished meanwhile
+            _record_skip(task, run_id=job.current_run_id, note=note, at=at)
+            if status == S.READY and task.group.max_concurrency > 0:
+                # A Ready task with a message out held a slot of its group's limit.
+                limits.release_held(
+                    job_id=job.pk,
+                    group_id=task.group_id,
+                    limit=task.group.max_concurrency,
+                    at=at,
+                )
+            not_run = BatchTask.objects.filter(
+                pk__in=downstream_of(job.pk, [task_id]), status=S.NOT_RUN
+            ).values_list("pk", flat=True)
+            _reset_tasks(job.pk, pks=list(not_run))
+            _release_decided(job.pk, at=at)
+            audit(str(status.label), "Skipped")
+            _settle_job_if_done(job.pk, at=at)
+            return True
+        if effect == SKIP_RESUMES:
+            assert results is not None
+            down = downstream_of(job.pk, [task_id])
+            started = _start_manual_run(
+                job,
+                trigger=Trigger.RESUME,
+                results=results,
+                again={pk for pk in down if results.get(pk) == S.NOT_RUN},
+                skip={task_id: note},
+                by_id=by_id,
+                note=f"Resumed after task {task.key} was skipped: {reason}",
+                at=at,
+            )
+            if started:
+                audit("Error", "Skipped")
+            return started
+        # 3. Not started yet: skipped in the next run (start_job leaves it Skipped and
+        # releases what waits for it).
+        n = BatchTask.objects.filter(pk=task_id, status=S.WAITING).update(
+            status=S.SKIPPED, skip_note=note
+        )
+        if n == 1:
+            audit("Waiting", "Skipped (next run)")
+        return n == 1
+
+
+# What a skip does (skip_task's three cases).
+SKIP_IN_RUN, SKIP_RESUMES, SKIP_NEXT_RUN = "in_run", "resumes", "next_run"
+
+
+def skip_effect(job: BatchJob, task: BatchTask) -> str:
+    """What skipping ``task`` would do now: SKIP_IN_RUN, SKIP_RESUMES or SKIP_NEXT_RUN; or
+    Refused with the reason it can't be skipped. The Skip dialog says it before asking."""
+    return _skip_effect(job, task)[0]
+
+
+def _skip_effect(job: BatchJob, task: BatchTask) -> tuple[str, dict[int, str] | None]:
+    status = BatchStatus(task.status)
+    if job.status == S.CANCELING:
+        raise Refused(f"Job {job.pk} is being canceled: its tasks can't be skipped now.")
+    if job.status == S.EXECUTING:
+        if status not in SKIPPABLE_TASK_STATUSES:
+            raise Refused(
+                f"Task {task.key} is {status.label}: only a task in Error, Waiting or Ready "
+                "can be skipped."
+            )
+        return SKIP_IN_RUN, None
+    results = last_run_results(job)
+    if results is not None and results.get(task.pk) == S.ERROR:
+        return SKIP_RESUMES, results
+    if job.status in TERMINAL_JOB_STATUSES:
+        label = BatchStatus(results[task.pk]).label if results else status.label
+        raise Refused(
+            f"Task {task.key} is {label} in the job's last run: in a finished run only a task "
+            "in Error can be skipped."
+        )
+    if status != S.WAITING:
+        raise Refused(
+            f"Task {task.key} is {status.label}: before the job starts only a Waiting task can "
+            "be skipped."
+        )
+    return SKIP_NEXT_RUN, results
+
+
+def _record_skip(task: BatchTask, *, run_id: int | None, note: str, at: dt.datetime) -> None:
+    """The skip as a row of the run's history, after the task's attempts in it (attempt 0 when
+    it had none, as a task that did not run)."""
+    if run_id is None:
+        return
+    last = BatchTaskRun.objects.filter(job_run_id=run_id, task_id=task.pk).aggregate(
+        n=Max("attempt")
+    )["n"]
+    BatchTaskRun.objects.create(
+        job_run_id=run_id,
+        task_id=task.pk,
+        attempt=0 if last is None else last + 1,
+        status=S.SKIPPED,
+        ended_at=at,
+        error_message=note,
+    )
+
+
+def downstream_of(job_id: int, roots: list[int]) -> set[int]:
+    """Every task that waits, directly or through others, for one of ``roots`` (one query)."""
+    children: dict[int, list[int]] = {}
+    edges = BatchTaskCondition.objects.filter(task__job_id=job_id).values_list(
+        "depends_on_id", "task_id"
+    )
+    for parent, child in edges:
+        children.setdefault(parent, []).append(child)
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return seen - set(roots)
+
+
+def _release_decided(job_id: int, *, at: dt.datetime) -> None:
+    """Decide the waiting tasks whose parents are decided (Ended, Skipped, Error ...)."""
+    decided = BatchTask.objects.filter(job_id=job_id, status__in=DECIDED_TASK_STATUSES)
+    _release_dependents(list(decided.values_list("pk", flat=True)), at=at)
+
+
+def last_run_results(job: BatchJob) -> dict[int, str] | None:
+    """Task id -> how it ended the job's last run; None when that is not known.
+
+    A finished job's tasks still hold it. A recurring job went back to Waiting after its run
+    and its tasks with it, so there it is read back from that run's history: each task's last
+    row (attempt 0: it did not run). A task added since counts as Waiting. None: the job has
+    not run, or the history of its last run was not saved (Save job to history) or cleaned up.
+    """
+    tasks = dict(BatchTask.objects.filter(job_id=job.pk).values_list("pk", "status"))
+    if job.status in TERMINAL_JOB_STATUSES:
+        return tasks
+    if job.status not in (S.WAITING, S.WITHHOLD) or job.current_run_id is None:
+        return None
+    rows = BatchTaskRun.objects.filter(
+        job_run_id=job.current_run_id, job_run__ended_at__isnull=False
+    ).order_by("task_id", "attempt", "pk")
+    last = dict(rows.values_list("task_id", "status"))  # the later attempt wins
+    if not last:
+        return None
+    results: dict[int, str] = {}
+    for pk in tasks:
+        status = last.get(pk, S.WAITING)  # a task added since the run: not run yet
+        # An open status in a finished run's history (a crash mid-settle): it did not run.
+        results[pk] = S.NOT_RUN if pk in last and status in OPEN_TASK_STATUSES else status
+    return results
+
+
+def _start_manual_run(
+    job: BatchJob,
+    *,
+    trigger: str,
+    results: dict[int, str] | None,
+    again: set[int],
+    by_id: int | None,
+    note: str,
+    at: dt.datetime,
+    skip: dict[int, str] | None = None,
+    start_first: int | None = None,
+    overrides: dict[int, dict[str, object]] | None = None,
+    shown_overrides: dict[str, dict[str, object]] | None = None,
+) -> bool:
+    """Start a run now, for an operator (the caller holds the job lock).
+
+    1. The job becomes Executing at once, whatever its scheduled start. A recurring job that
+       was Waiting or Withhold keeps that state and its start in ``return_status`` and
+       ``return_start`` and goes back to them when the run ends (_end_manual_run); its
+       recurrence's run count does not change. Any other job keeps the run's final status.
+    2. The tasks are what ``results`` says (a recurring job's last run, read back from its
+       history), then ``again`` start from scratch and ``skip`` are Skipped; every other task
+       keeps its result.
+    3. A new BatchJobRun records why (``trigger``, ``note``) and the parameter overrides.
+    4. ``start_first`` (Rerun from a task) is made Ready whatever its conditions, then the
+       tasks without conditions, then the dependents of every decided task, as start_job does.
+
+    A new run and not the old one reopened: a run's history row stays the record of what
+    happened (the Error run stays an Error run), its alert stays one event per final status,
+    and the old run may be gone (Save job to history, the clean-up).
+    """
+    old = job.status
+    if old not in MANUAL_RUN_FROM:
+        raise Refused(f"Job {job.pk} is {BatchStatus(old).label}: wait until this run is over.")
+    back = old in (S.WAITING, S.WITHHOLD) and job.get_recurrence() is not None
+    n = BatchJob.objects.filter(pk=job.pk, status=old).update(
+        status=S.EXECUTING,
+        scheduled_start=at,
+        started_at=at,
+        ended_at=None,
+        canceled_by=None,
+        manual_run=True,
+        return_status=old if back else "",
+        return_start=job.scheduled_start if back else None,
+    )
+    if n != 1:
+        return False  # another request or beat changed it first
+    if results is not None and old not in TERMINAL_JOB_STATUSES:
+        by_status: dict[str, list[int]] = {}
+        for pk, status in results.items():
+            by_status.setdefault(status, []).append(pk)
+        for status, pks in by_status.items():
+            BatchTask.objects.filter(pk__in=pks).update(
+                status=status, ready_at=None, dispatched_at=None, lease_expires_at=None
+            )
+    if again:
+        _reset_tasks(job.pk, pks=again)
+    for pk, skip_note in (skip or {}).items():
+        BatchTask.objects.filter(pk=pk).update(
+            status=S.SKIPPED, ended_at=at, ready_at=None, dispatched_at=None, skip_note=skip_note
+        )
+    run = BatchJobRun.objects.create(
+        job=job,
+        status=S.EXECUTING,
+        scheduled_start=at,
+        started_at=at,
+        run_by_id=job.effective_run_as_id(),
+        trigger=trigger,
+        started_by_id=by_id,
+        note=note[:300],
+        parameters=shown_overrides or {},
+    )
+    BatchJob.objects.filter(pk=job.pk).update(current_run=run)
+    for pk, params in (overrides or {}).items():
+        BatchTask.objects.filter(pk=pk).update(run_parameters=params)
+    _record(job.pk, old, S.EXECUTING, run_id=run.pk, by_id=by_id, reason=note[:200], at=at)
+    waiting = BatchTask.objects.filter(job_id=job.pk, status=S.WAITING)
+    first = []
+    if start_first is not None:
+        first = list(waiting.filter(pk=start_first).values_list("pk", "group__code"))
+    roots = waiting.filter(conditions__isnull=True).exclude(pk=start_first or 0)
+    _make_ready(
+        [
+            (pk, code, priority.task_step(code, job.priority, job.priority_overridden))
+            for pk, code in first + list(roots.values_list("pk", "group__code"))
+        ],
+        at=at,
+    )
+    _release_decided(job.pk, at=at)
+    _settle_job_if_done(job.pk, at=at)  # nothing left to run: it ends at once
+    return True
+
+
+def rerun_job(
+    *,
+    job_id: int,
+    by_id: int | None,
+    only_failed: bool = False,
+    from_task_id: int | None = None,
+    via: str = trail.Via.WEB,
+    at: dt.datetime | None = None,
+) -> bool:
+    """Rerun the job's last run now (Batch job history > Rerun, task line > Rerun from here).
+
+    - Whole job: every task starts from scratch.
+    - ``only_failed``: the tasks in Error, Didn't run or Canceled run again; Ended and Skipped
+      tasks keep their result and release what waits for them.
+    - ``from_task_id``: that task and everything downstream of it run again; the others keep
+      their result. The task itself starts at once (it is where the operator starts).
+
+    It starts at once (not at a scheduled start) and, on a recurring job, neither waits for
+    nor uses up an occurrence (_start_manual_run). Raises Refused when the job is running or
+    has no last run to rerun; False when another request changed the job first.
+    """
+    at = at or now()
+    with transaction.atomic():
+        job = _lock_job(job_id)
+        if job.status in RUNNING_STATUSES:
+            raise Refused(
+                f"Job {job_id} is {job.get_status_display()}: it can be rerun once this run "
+                "is over."
+            )
+        results = last_run_results(job)
+        if results is None:
+            note = history.not_saved_note(job)
+            raise Refused(
+                f"Job {job_id} has no finished run to rerun"
+                + (f" in its history ({note})" if note and job.started_at else "")
+                + ": use Run now."
+            )
+        start_first = None
+        target = "job"
+        if from_task_id is not None:
+            key = BatchTask.objects.filter(pk=from_task_id, job_id=job_id).values_list(
+                "key", flat=True
+            )
+            if not key:
+                raise Refused(f"Job {job_id} has no such task.")
+            again = {from_task_id} | downstream_of(job_id, [from_task_id])
+            trigger, action, start_first = Trigger.RERUN_FROM, trail.Action.RERUN_FROM, from_task_id
+            target = f"task {key[0]}"
+            reason = f"Rerun from task {key[0]}"
+        elif only_failed:
+            again = {pk for pk, status in results.items() if status in RERUN_TASK_STATUSES}
+            if not again:
+                raise Refused(
+                    f"No task failed or did not run in the last run of job {job_id}: "
+                    "use Run now to run it all again."
+                )
+            trigger, action = Trigger.RERUN_FAILED, trail.Action.RERUN_FAILED
             reason = "Rerun of the tasks that failed or did not run"
         else:
-            _reset_tasks(job_id)
+            again = set(results)
+            trigger, action = Trigger.RERUN_ALL, trail.Action.RERUN_ALL
             reason = "Rerun of the whole job"
-        _record(job_id, old, S.WAITING, by_id=by_id, reason=reason)
-        return True
+        started = _start_manual_run(
+            job,
+            trigger=trigger,
+            results=results,
+            again=again,
+            by_id=by_id,
+            note=reason,
+            at=at,
+            start_first=start_first,
+        )
+        if started:
+            trail.record(action, user=by_id, job=job_id, target=target, via=via, at=at)
+        return started
+
+
+def run_job_now(
+    *,
+    job_id: int,
+    by_id: int | None,
+    overrides: dict[str, dict[str, object]] | None = None,
+    via: str = trail.Via.WEB,
+    at: dt.datetime | None = None,
+) -> bool:
+    """Run now: the job runs at once, whatever its status but running.
+
+    ``overrides`` ({task key: {parameter: value}}) are for this run only: each task's
+    parameters with them must pass its process's parameter form; the stored parameters do not
+    change, the run records what it ran with, and its attempts use them (the claim reads
+    ``run_parameters``). A finished job runs from scratch; a Waiting or Withhold job runs its
+    tasks as they are (one skipped for the next run stays skipped). A recurring job keeps its
+    next occurrence and its remaining runs; for a one-off job this is its run.
+    Raises Refused (nothing changed); False when another request changed the job first.
+    """
+    at = at or now()
+    with transaction.atomic():
+        job = _lock_job(job_id)
+        if job.status in RUNNING_STATUSES:
+            raise Refused(f"Job {job_id} is {job.get_status_display()}: it is running already.")
+        tasks = {t.key: t for t in BatchTask.objects.filter(job_id=job_id)}
+        if not tasks:
+            raise Refused(f"Job {job_id} has no tasks: there is nothing to run.")
+        params, shown, changes = _clean_overrides(job_id, tasks, overrides or {})
+        if job.status in TERMINAL_JOB_STATUSES:
+            again = {t.pk for t in tasks.values()}
+        else:
+            again = {t.pk for t in tasks.values() if t.status not in (S.WAITING, S.SKIPPED)}
+        started = _start_manual_run(
+            job,
+            trigger=Trigger.RUN_NOW,
+            results=None,
+            again=again,
+            by_id=by_id,
+            note="Run now" + (" with parameter overrides" if shown else ""),
+            at=at,
+            overrides=params,
+            shown_overrides=shown,
+        )
+        if started:
+            trail.record(
+                trail.Action.RUN_NOW,
+                user=by_id,
+                job=job_id,
+                target="job",
+                changes=changes,
+                via=via,
+                at=at,
+            )
+        return started
+
+
+def _clean_overrides(
+    job_id: int, tasks: dict[str, BatchTask], overrides: dict[str, dict[str, object]]
+) -> tuple[dict[int, dict[str, object]], dict[str, dict[str, object]], dict[str, list[object]]]:
+    """Validate Run now's overrides with each task's parameter form.
+
+    Returns the parameters each overridden task runs with (by task id), the overrides as
+    cleaned (by key, only values that differ from the stored ones) and the audit's changes.
+    """
+    params: dict[int, dict[str, object]] = {}
+    shown: dict[str, dict[str, object]] = {}
+    changes: dict[str, list[object]] = {}
+    for key, values in overrides.items():
+        task = tasks.get(key)
+        if task is None:
+            raise Refused(f"Job {job_id} has no task {key!r}.")
+        if not values:
+            continue
+        try:
+            process = registry.get(task.process)
+            cleaned = process.clean_parameters({**(task.parameters or {}), **values})
+        except (registry.UnknownProcess, registry.ParameterError) as exc:
+            raise Refused(f"Task {key}: {exc}") from None
+        differ = {n: cleaned[n] for n in values if cleaned.get(n) != (task.parameters or {}).get(n)}
+        if differ:
+            params[task.pk] = cleaned
+            shown[key] = differ
+            for name, value in differ.items():
+                changes[f"{key}.{name}"] = [(task.parameters or {}).get(name), value]
+    return params, shown, changes
+
+
+def _end_manual_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) -> None:
+    """A manual run ended: its parameter overrides are over, and a recurring job goes back to
+    the schedule it interrupted (Waiting at the same next start, or Withhold): no occurrence
+    missed or used up. If that start passed meanwhile, the tick starts it as any late start
+    (the job's missed-runs policy decides). Any other job keeps the run's final status."""
+    BatchTask.objects.filter(job_id=job.pk).exclude(run_parameters=None).update(run_parameters=None)
+    done = {"manual_run": False, "return_status": "", "return_start": None}
+    back = job.return_status
+    if back not in (S.WAITING, S.WITHHOLD):
+        BatchJob.objects.filter(pk=job.pk).update(**done)
+        return
+    start = job.return_start or at
+    n = BatchJob.objects.filter(pk=job.pk, status=final).update(
+        status=back, scheduled_start=start, **done
+    )
+    if n != 1:
+        return
+    _reset_tasks(job.pk)
+    if back == S.WAITING:
+        recurring = job.get_recurrence()
+        zone = recurring.rule().tz if recurring is not None else dt.UTC
+        when = clock.format_when(start.astimezone(zone), "tz")
+        reason = f"Back to its schedule after the manual run: next run {when}"
+    else:
+        reason = "Back to Withhold, as before the manual run"
+    _record(job.pk, final, BatchStatus(back), run_id=job.current_run_id, reason=reason, at=at)
 
 
 # --- The engine's moves -------------------------------------------------------------------
@@ -419,8 +946,8 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
             ],
             at=at,
         )
-        # A rerun of only the failed tasks (rerun_job) keeps Ended tasks Ended: their waiting
-        # dependents are decided now, as if those parents had just finished.
+        # A task skipped for this run before it started (skip_task) is decided already: its
+        # waiting dependents are decided now, as if it had just ended.
         decided = BatchTask.objects.filter(job_id=job_id, status__in=DECIDED_TASK_STATUSES)
         _release_dependents(list(decided.values_list("pk", flat=True)), at=at)
         _settle_job_if_done(job_id, at=at)  # a job without tasks ends at once
@@ -496,11 +1023,17 @@ def reschedule_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
     with transaction.atomic():
         job = BatchJob.objects.select_related("recurrence").get(pk=job_id)
         recurring = job.get_recurrence()
-        if recurring is None or job.is_running():
+        if recurring is None:
             return False
         following = recurring.next_occurrence(at, inclusive=True)
         if following is None:
             return False
+        if job.is_running():
+            # A manual run goes back to the schedule it interrupted: the new one, then.
+            n = BatchJob.objects.filter(pk=job_id, manual_run=True, return_status=S.WAITING).update(
+                return_start=following
+            )
+            return n == 1
         n = BatchJob.objects.filter(pk=job_id, status=job.status).update(scheduled_start=following)
         return n == 1
 
@@ -873,7 +1406,9 @@ def _settle_job_if_done(job_id: int, *, at: dt.datetime) -> bool:
     # in this transaction, before the history may go.
     signals.job_settled.send(BatchJob, job=job, run_id=job.current_run_id, final=final, at=at)
     history.apply_save_policy(job, run_id=job.current_run_id, final=final)
-    if final != S.CANCELED:
+    if job.manual_run:
+        _end_manual_run(job, final=final, at=at)
+    elif final != S.CANCELED:
         _schedule_next_run(job, final=final, at=at)
     return True
 
@@ -927,8 +1462,9 @@ def _record_unattempted_tasks(job_id: int, run_id: int) -> None:
             attempt=0,
             status=t.status,
             ended_at=t.ended_at,
+            error_message=t.skip_note,  # a skipped task: who skipped it and why
         )
-        for t in untouched.only("pk", "status", "ended_at")
+        for t in untouched.only("pk", "status", "ended_at", "skip_note")
     )
 
 

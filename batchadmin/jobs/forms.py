@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.urls import reverse
 
+from batchadmin.audit import trail
 from batchadmin.engine import transitions
 from batchadmin.jobs import access
 from batchadmin.jobs.models import (
@@ -156,12 +157,22 @@ class JobForm(forms.ModelForm[BatchJob]):
             self.instance.priority = chosen
         return cleaned
 
-    def save_header(self) -> BatchJob:
-        """Write the header fields only (never status), under the job lock."""
+    def save_header(self, *, by: User | None = None) -> BatchJob:
+        """Write the header fields only (never status), under the job lock; the audit trail
+        gets what changed."""
         job = self.save(commit=False)
         with transaction.atomic():
-            transitions.lock_editable_job(job.pk)
+            saved = transitions.lock_editable_job(job.pk)
+            before = trail.snapshot(saved, HEADER_FIELDS)
             job.save(update_fields=[*HEADER_FIELDS, "modified"])
+            trail.record_edit(
+                trail.Action.JOB_EDIT,
+                before=before,
+                after=trail.snapshot(job, HEADER_FIELDS),
+                user=by,
+                job=job,
+                target="header",
+            )
         return job
 
 
@@ -469,12 +480,17 @@ class TaskEditor:
             return False
         return valid
 
-    def save(self) -> BatchTask:
-        """Create or update the task and replace its conditions, under the job lock."""
+    def save(self, *, by: User | None = None) -> BatchTask:
+        """Create or update the task and replace its conditions, under the job lock; the
+        audit trail gets what changed."""
         task = self.form.save(commit=False)
         task.parameters = self.parameters
         with transaction.atomic():
             transitions.lock_editable_job(self.job.pk)
+            before: dict[str, Any] = {}
+            if self.task is not None:
+                stored = BatchTask.objects.filter(pk=self.task.pk, job=self.job).first()
+                before = trail.task_snapshot(stored, TASK_FIELDS) if stored else {}
             parents = {parent for _, parent, _ in self.conditions.chosen()}
             if BatchTask.objects.filter(job=self.job, pk__in=parents).count() != len(parents):
                 raise transitions.ChangeRefused(
@@ -502,6 +518,14 @@ class TaskEditor:
             BatchTaskCondition.objects.bulk_create(
                 BatchTaskCondition(task=task, depends_on_id=parent, expected_status=expected)
                 for _, parent, expected in self.conditions.chosen()
+            )
+            trail.record_edit(
+                trail.Action.TASK_EDIT if self.task is not None else trail.Action.TASK_ADD,
+                before=before,
+                after=trail.task_snapshot(task, TASK_FIELDS),
+                user=by,
+                job=self.job,
+                target=f"task {task.key}",
             )
         return task
 

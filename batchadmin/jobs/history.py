@@ -15,6 +15,7 @@ from django.db import models, transaction
 from django.db.models import Count, F, Q
 
 from batchadmin.alerts.models import AlertEvent, Notification
+from batchadmin.audit.models import AuditEntry
 from batchadmin.jobs.models import (
     RUNNING_STATUSES,
     BatchJob,
@@ -186,6 +187,17 @@ def clean_up(
                 return result
     progress(100)
     return result
+
+
+def clean_up_audit(*, before: dt.datetime, should_stop: Callable[[], bool] = lambda: False) -> int:
+    """Delete audit entries older than ``before``, ROWS_PER_CHUNK per transaction.
+
+    The only way an audit entry is ever deleted: by the clean-up job, when the managers gave
+    it an audit limit (its "Audit trail limit (days)"; empty keeps the trail for good).
+    """
+    result = CleanupResult(before=before)
+    _delete_in_chunks(AuditEntry.objects.filter(at__lt=before), result, should_stop)
+    return result.deleted.get(AuditEntry._meta.label, 0)
 
 
 def _within_budget(ids: list[int]) -> list[int]:

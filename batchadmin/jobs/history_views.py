@@ -64,7 +64,9 @@ def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJ
 
 def _get_run(job: BatchJob, run_pk: int) -> BatchJobRun:
     return get_object_or_404(
-        BatchJobRun.objects.select_related("run_by", "canceled_by"), job=job, pk=run_pk
+        BatchJobRun.objects.select_related("run_by", "canceled_by", "started_by"),
+        job=job,
+        pk=run_pk,
     )
 
 
@@ -79,6 +81,7 @@ class Attempt:
     warnings: int = 0
     errors: int = 0
     retried: bool = False  # a later attempt of the same task exists in this run
+    then_skipped: bool = False  # the later row is an operator's skip, not a retry
 
     @property
     def lines_not_shown(self) -> int:
@@ -194,8 +197,11 @@ def _attempts(
 ) -> list[Attempt]:
     rows = list(rows)
     last_attempt: dict[int, int] = {}
+    skipped: dict[int, int] = {}  # task -> the attempt number of its skip row (transitions)
     for row in rows:
         last_attempt[row.task_id] = max(last_attempt.get(row.task_id, 0), row.attempt)
+        if row.status == S.SKIPPED:
+            skipped[row.task_id] = row.attempt
     attempts = []
     for row in rows:
         by_level = counts.get(row.pk, {})
@@ -206,6 +212,7 @@ def _attempts(
                 warnings=by_level.get(Level.WARNING, 0),
                 errors=by_level.get(Level.ERROR, 0),
                 retried=row.attempt < last_attempt[row.task_id],
+                then_skipped=row.attempt + 1 == skipped.get(row.task_id),
             )
         )
     return attempts
@@ -266,7 +273,7 @@ def _run_views(job: BatchJob, runs: list[BatchJobRun], first_number: int) -> lis
 
 
 def _history_context(request: AuthedRequest, job: BatchJob) -> dict[str, Any]:
-    runs = BatchJobRun.objects.filter(job=job).select_related("run_by", "canceled_by")
+    runs = BatchJobRun.objects.filter(job=job).select_related("run_by", "canceled_by", "started_by")
     page: Page[BatchJobRun] = Paginator(
         runs.order_by("-started_at", "-pk"), RUNS_PER_PAGE
     ).get_page(request.GET.get("page"))
@@ -302,7 +309,10 @@ def _head_context(
         "status_changes": list(changes),
         "live": job.is_live(),
         "may_change": may_change,
-        "can_rerun": may_change and job.status in transitions.TERMINAL_JOB_STATUSES,
+        # A last run to rerun: a finished job's, or a recurring job's back to Waiting.
+        "can_rerun": may_change
+        and not job.is_running()
+        and (job.status in transitions.TERMINAL_JOB_STATUSES or job.current_run_id is not None),
         "not_saved": history.not_saved_note(job),
     }
 
@@ -472,49 +482,51 @@ class RerunForm(forms.Form):
 
 @require_http_methods(["GET", "POST"])
 def job_rerun(request: AuthedRequest, pk: int) -> HttpResponse:
-    """The Rerun dialog on the history page (managers, and batch users on their own jobs)."""
+    """Rerun now, from the history and the job page (managers, and batch users on their own
+    jobs): the failed tasks of the last run or the whole job, at once (transitions.rerun_job)."""
     job = _get_job(request, pk, change=True)
-    again = list(
-        BatchTask.objects.filter(job=job, status__in=transitions.RERUN_TASK_STATUSES).only(
-            "key", "description", "status"
-        )
-    )
+    results = None if job.is_running() else transitions.last_run_results(job)
+    failed = {pk: st for pk, st in (results or {}).items() if st in transitions.RERUN_TASK_STATUSES}
+    again = list(BatchTask.objects.filter(pk__in=failed).only("key", "description", "status"))
+    for task in again:
+        task.status = failed[task.pk]  # as the last run left it (a recurring job's were reset)
     initial = {"what": "failed" if again else "all"}
     form = RerunForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         only_failed = form.cleaned_data["what"] == "failed"
         if only_failed and not again:
-            form.add_error("what", "No task failed or was skipped: rerun the whole job instead.")
-        elif transitions.rerun_job(job_id=job.pk, by_id=request.user.pk, only_failed=only_failed):
-            what = "the tasks that failed or did not run" if only_failed else "the whole job"
-            notice = f"Job {job.pk} is Waiting: {what} will run again."
-            if not request.htmx:
-                messages.success(request, notice)
-                return redirect("jobs:history", pk=job.pk)
-            job.refresh_from_db()
-            context = {**_head_context(request, job), "notice": notice}
-            response = render(request, "jobs/job_history.html#history-head", context)
-            return trigger_client_event(response, "dialog-close")
+            form.add_error("what", "No task failed or did not run: rerun the whole job instead.")
         else:
-            job.refresh_from_db()
-            form.add_error(
-                None,
-                f"The job is {job.get_status_display()} now; only Ended, Error or Canceled "
-                "jobs can be rerun.",
-            )
+            try:
+                started = transitions.rerun_job(
+                    job_id=job.pk, by_id=request.user.pk, only_failed=only_failed
+                )
+            except transitions.Refused as exc:
+                form.add_error(None, str(exc))
+            else:
+                if started:
+                    what = (
+                        "the tasks that failed or did not run" if only_failed else "the whole job"
+                    )
+                    if not request.htmx:
+                        messages.success(request, f"Job {job.pk} is running again now: {what}.")
+                        return redirect("jobs:history", pk=job.pk)
+                    response = HttpResponse()
+                    for event in ("dialog-close", "job-changed", "history-changed"):
+                        trigger_client_event(response, event)
+                    return response
+                form.add_error(None, "The job changed meanwhile. Look again.")
+        job.refresh_from_db()
     context = {
         "nav": "jobs",
         "job": job,
         "form": form,
         "again": again,
         "task_count": BatchTask.objects.filter(job=job).count(),
-        "finished": job.status in transitions.TERMINAL_JOB_STATUSES,
+        "running": job.is_running(),
+        "finished": results is not None,
+        "recurring": job.get_recurrence() is not None,
     }
     if request.htmx:
-        response = render(request, "jobs/job_history.html#rerun-dialog", context)
-        if request.method == "POST":
-            # The form posts to #history-head; an invalid form goes back into the dialog.
-            response["HX-Retarget"] = "#dialog"
-            response["HX-Reswap"] = "innerHTML"
-        return response
+        return render(request, "jobs/job_history.html#rerun-dialog", context)
     return render(request, "jobs/job_rerun.html", context)

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils.dateparse import parse_date, parse_datetime, parse_time
 from django.utils.timezone import is_naive, make_aware, now
 
+from batchadmin.audit import trail
 from batchadmin.jobs import calendar_forms
 from batchadmin.jobs.models import (
     CALENDAR_DATES_LIMIT,
@@ -47,6 +48,19 @@ from batchadmin.servers.models import (
 )
 
 PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
+# The header fields an imported job's audit entry lists (as the job form's).
+JOB_AUDIT_FIELDS = [
+    "description",
+    "status",
+    "scheduled_start",
+    "run_as",
+    "priority",
+    "priority_overridden",
+    "company",
+    "active_period",
+    "save_history",
+    "critical",
+]
 # A job's "priority": one of the names overrides the batch groups' priority for all its tasks
 # (files written before groups had a priority keep their meaning); "group", or no key, leaves
 # each task its group's. Export writes the key only when the job overrides.
@@ -179,7 +193,7 @@ def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
     jobs = [_parse_job(j, i, known_groups, calendar_dates) for i, j in enumerate(raw_jobs, 1)]
     with transaction.atomic():
         for group in groups:
-            _save_group(group)
+            _save_group(group, user)
         for calendar in calendars:
             _save_calendar(calendar)
         return [_save_job(job, user) for job in jobs]
@@ -670,7 +684,20 @@ def _choice(value: Any, options: dict[str, Any], where: str) -> Any:
     return options[value]
 
 
-def _save_group(group: _Group) -> None:
+# What the audit trail compares of a group an import creates or changes.
+GROUP_AUDIT_FIELDS = [
+    "code",
+    "description",
+    "default_priority",
+    "max_concurrency",
+    "reserved_capacity",
+    "servers",
+]
+
+
+def _save_group(group: _Group, user: Any) -> None:
+    existing = BatchGroup.objects.filter(code=group.code).first()
+    before = trail.snapshot(existing, GROUP_AUDIT_FIELDS) if existing else {}
     # A key left out leaves that part of an existing group as it is.
     defaults: dict[str, Any] = {}
     if group.description is not None:
@@ -683,6 +710,7 @@ def _save_group(group: _Group) -> None:
         defaults["reserved_capacity"] = group.reserved_capacity
     obj, _ = BatchGroup.objects.update_or_create(code=group.code, defaults=defaults)
     if group.servers is None:
+        _audit_group(obj, existing, before, user)
         return
     servers = []
     for name in group.servers:
@@ -691,6 +719,20 @@ def _save_group(group: _Group) -> None:
         server, _ = BatchServer.objects.get_or_create(name=name)
         servers.append(server)
     obj.servers.set(servers)
+    _audit_group(obj, existing, before, user)
+
+
+def _audit_group(
+    obj: BatchGroup, existing: BatchGroup | None, before: dict[str, Any], user: Any
+) -> None:
+    trail.record_edit(
+        trail.Action.GROUP_EDIT if existing else trail.Action.GROUP_ADD,
+        before=before,
+        after=trail.snapshot(obj, GROUP_AUDIT_FIELDS),
+        user=user,
+        target=f"batch group {obj.code}",
+        via=trail.Via.IMPORT,
+    )
 
 
 def _save_calendar(parsed: _Calendar) -> None:
@@ -751,6 +793,18 @@ def _save_job(parsed: _Job, user: Any) -> BatchJob:
         BatchTaskCondition(task=by_key[t.key], depends_on=by_key[parent], expected_status=status)
         for t in parsed.tasks
         for parent, status in t.conditions
+    )
+    after = trail.snapshot(job, JOB_AUDIT_FIELDS)
+    after["Tasks"] = [t.key for t in parsed.tasks]
+    if parsed.recurrence is not None:
+        after["Recurrence"] = job.recurrence.describe()
+    trail.record(
+        trail.Action.JOB_IMPORT,
+        user=user,
+        job=job,
+        target="job",
+        changes=trail.changed({}, after),
+        via=trail.Via.IMPORT,
     )
     return job
 

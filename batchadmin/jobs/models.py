@@ -30,6 +30,9 @@ class BatchStatus(models.TextChoices):
     ERROR = "error", "Error"
     ENDED = "ended", "Ended"
     NOT_RUN = "not_run", "Didn't run"
+    # An operator skipped the task (transitions.skip_task): it counts as Ended for the
+    # conditions of its dependents and never makes the job fail.
+    SKIPPED = "skipped", "Skipped"
     CANCELING = "canceling", "Canceling"
     CANCELED = "canceled", "Canceled"
 
@@ -321,6 +324,13 @@ class BatchJob(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(deadlines.MAX_WITHIN_MINUTES)],
         help_text="Each run must have ended this many minutes after its scheduled start.",
     )
+    # The run in progress was started by an operator (Run now, Rerun, a skip that resumed the
+    # job; transitions._start_manual_run): it neither waits for nor uses up an occurrence.
+    # When it ends, a recurring job goes back to ``return_status`` (Waiting or Withhold) with
+    # ``return_start``, the schedule it interrupted; without one it keeps the run's status.
+    manual_run = models.BooleanField(default=False)
+    return_status = models.CharField(max_length=10, choices=BatchStatus.choices, blank=True)
+    return_start = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=now)
     modified = models.DateTimeField(auto_now=True)
 
@@ -854,6 +864,12 @@ class BatchTask(models.Model):
     deadline_at = models.DateTimeField(null=True, blank=True)
     # The running attempt passed its time limit and was asked to stop; reset by the claim.
     timed_out = models.BooleanField(default=False)
+    # Run now with parameter overrides: what this run's attempts use instead of
+    # ``parameters`` (the claim reads COALESCE(run_parameters, parameters)); cleared when the
+    # run ends, so the stored parameters never change.
+    run_parameters = models.JSONField(null=True, blank=True)
+    # Who skipped the task and why ("Skipped by alice: <reason>"), while it is Skipped.
+    skip_note = models.CharField(max_length=300, blank=True)
 
     objects = BatchTaskQuerySet.as_manager()
 
@@ -938,7 +954,29 @@ class BatchJobRun(models.Model):
 
     Status = BatchStatus
 
+    class Trigger(models.TextChoices):
+        SCHEDULED = "scheduled", "Scheduled"
+        RUN_NOW = "run_now", "Run now"
+        RERUN_ALL = "rerun_all", "Rerun of the whole job"
+        RERUN_FAILED = "rerun_failed", "Rerun of the failed tasks"
+        RERUN_FROM = "rerun_from", "Rerun from a task"
+        RESUME = "resume", "Resumed after a skip"
+
     job = models.ForeignKey(BatchJob, models.CASCADE, related_name="runs")
+    trigger = models.CharField(
+        "started by", max_length=12, choices=Trigger.choices, default=Trigger.SCHEDULED
+    )
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name="operator",
+    )
+    note = models.CharField("note", max_length=300, blank=True)
+    # Run now's parameter overrides for this run only: {task key: {parameter: value}}.
+    parameters = models.JSONField("parameter overrides", default=dict, blank=True)
     status = models.CharField(max_length=10, choices=BatchStatus.choices)
     scheduled_start = models.DateTimeField("scheduled start date/time")
     started_at = models.DateTimeField("actual start date/time", default=now)

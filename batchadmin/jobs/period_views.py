@@ -6,16 +6,21 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Count, ProtectedError
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.timezone import now
 from django.views.decorators.http import require_GET, require_http_methods
 
+from batchadmin.audit import trail
 from batchadmin.jobs import access
 from batchadmin.jobs.models import ActivePeriod
 from batchadmin.jobs.recurrence_forms import ActivePeriodForm
 from batchadmin.lib.http import AuthedRequest, close_dialog, render_dialog
+
+# What the audit trail compares of an active period (the form's fields).
+PERIOD_AUDIT_FIELDS = ["code", "name", "start_time", "end_time", "time_zone"]
 
 
 def _require_manager(request: AuthedRequest) -> None:
@@ -47,9 +52,18 @@ def period_edit(request: AuthedRequest, pk: int) -> HttpResponse:
 
 def _period_form(request: AuthedRequest, period: ActivePeriod | None) -> HttpResponse:
     _require_manager(request)
+    before = trail.snapshot(period, PERIOD_AUDIT_FIELDS) if period else {}
     form = ActivePeriodForm(request.POST or None, instance=period)
     if request.method == "POST" and form.is_valid():
-        saved = form.save()
+        with transaction.atomic():
+            saved = form.save()
+            trail.record_edit(
+                trail.Action.PERIOD_EDIT if period else trail.Action.PERIOD_ADD,
+                before=before,
+                after=trail.snapshot(saved, PERIOD_AUDIT_FIELDS),
+                user=request.user,
+                target=f"active period {saved.code}",
+            )
         verb = "Saved" if period else "Created"
         messages.success(request, f"{verb} active period {saved.code}: {saved.describe()}.")
         return close_dialog(request, "periods-changed", "periods:list")
@@ -70,8 +84,16 @@ def period_delete(request: AuthedRequest, pk: int) -> HttpResponse:
     used = period.jobs.count()
     if request.method == "POST" and not used:
         code = period.code
+        before = trail.snapshot(period, PERIOD_AUDIT_FIELDS)
         try:
-            period.delete()
+            with transaction.atomic():
+                period.delete()
+                trail.record(
+                    trail.Action.PERIOD_DELETE,
+                    user=request.user,
+                    target=f"active period {code}",
+                    changes=trail.changed(before, {}),
+                )
         except ProtectedError:
             # A job header picked it between the count and the delete (the FK protects it).
             used = period.jobs.count()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from batchadmin.jobs import history_views, views
+from batchadmin.jobs import history_views, ops_views, views
 
 app_name = "jobs"
 
@@ -25,6 +25,9 @@ job_urls = [
     path("history/<int:run_pk>/", history_views.history_run, name="history-run"),
     path("history/<int:run_pk>/log/", history_views.run_log, name="log"),
     path("rerun/", history_views.job_rerun, name="rerun"),
+    path("run-now/", ops_views.job_run_now, name="run-now"),
+    path("tasks/<int:task_pk>/skip/", ops_views.task_skip, name="task-skip"),
+    path("tasks/<int:task_pk>/rerun-from/", ops_views.task_rerun_from, name="task-rerun-from"),
 ]
 
 urlpatterns = [

@@ -21,6 +21,7 @@ from django_htmx.http import (
 
 from batchadmin.alerts import forms as alert_forms
 from batchadmin.alerts.models import BatchJobAlert
+from batchadmin.audit import trail
 from batchadmin.engine import transitions
 from batchadmin.jobs import access, copying, forms, recurrence_forms, task_grid
 from batchadmin.jobs.filters import JobFilter
@@ -272,7 +273,7 @@ def _save_header(request: AuthedRequest, pk: int) -> HttpResponse:
     error = ""
     if form.is_valid():
         try:
-            form.save_header()
+            form.save_header(by=request.user)
         except transitions.ChangeRefused as exc:
             error = str(exc)
         else:
@@ -328,7 +329,16 @@ def job_create(request: AuthedRequest) -> HttpResponse:
         job = form.save(commit=False)
         job.created_by = request.user
         job.status = BatchStatus.WITHHOLD  # docs/architecture.md: jobs made in the form start held
-        job.save()
+        with transaction.atomic():
+            job.save()
+            trail.record_edit(
+                trail.Action.JOB_CREATE,
+                before={},
+                after=trail.snapshot(job, forms.HEADER_FIELDS),
+                user=request.user,
+                job=job,
+                target="job",
+            )
         messages.success(
             request,
             f"Created batch job {job.pk} in Withhold. Add its tasks, then set it to Waiting "
@@ -374,7 +384,7 @@ def _task_editor(request: AuthedRequest, job: BatchJob, task: BatchTask | None) 
         editor = forms.task_editor(job, task, data=request.POST, add_condition=add)
         if not add and editor.is_valid():
             try:
-                saved = editor.save()
+                saved = editor.save(by=request.user)
             except transitions.ChangeRefused as exc:
                 editor.error = str(exc)
             else:
@@ -460,7 +470,15 @@ def task_delete(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
         with transaction.atomic():
             transitions.lock_editable_job(job.pk)
             dependents = list(task.dependents.values_list("task_id", flat=True))
+            before = trail.task_snapshot(task, forms.TASK_FIELDS)
             task.delete()
+            trail.record(
+                trail.Action.TASK_DELETE,
+                user=request.user,
+                job=job,
+                target=f"task {task.key}",
+                changes=trail.changed(before, {}),
+            )
     except transitions.ChangeRefused as exc:
         if not request.htmx:
             messages.error(request, str(exc))
@@ -540,13 +558,23 @@ def job_alerts(request: AuthedRequest, pk: int) -> HttpResponse:
     """Alerts: which ends of this job the signed-in user hears about, by popup and/or e-mail."""
     job = _get_job(request, pk, change=True)
     alert = BatchJobAlert.objects.filter(job=job, user=request.user).first()
+    before = alert.describe() if alert else ""  # read first: the form writes onto the row
     form = alert_forms.AlertForm(
         request.POST or None,
         instance=alert or BatchJobAlert(job=job, user=request.user),
         user=request.user,
     )
     if request.method == "POST" and form.is_valid():
-        form.save_or_delete()
+        with transaction.atomic():
+            form.save_or_delete()
+            trail.record_edit(
+                trail.Action.ALERTS_EDIT,
+                before={"Alerts": before},
+                after={"Alerts": form.instance.describe()},
+                user=request.user,
+                job=job,
+                target=f"alerts of {request.user.get_username()}",
+            )
         if not request.htmx:
             messages.success(request, "Saved your alerts for this job.")
         return close_dialog(request, "alerts-changed", "jobs:detail", job.pk)
@@ -560,14 +588,22 @@ def job_copy(request: AuthedRequest, pk: int) -> HttpResponse:
     form = forms.CopyJobForm(request.POST or None, user=request.user, source=job)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        new = copying.copy_job(
-            job,
-            by=request.user,
-            description=data["description"],
-            company=data["company"],
-            scheduled_start=data["scheduled_start"],
-            run_as=data["run_as"],
-        )
+        with transaction.atomic():
+            new = copying.copy_job(
+                job,
+                by=request.user,
+                description=data["description"],
+                company=data["company"],
+                scheduled_start=data["scheduled_start"],
+                run_as=data["run_as"],
+            )
+            trail.record(
+                trail.Action.JOB_COPY,
+                user=request.user,
+                job=new,
+                target=f"copy of job {job.pk}",
+                changes=trail.changed({}, trail.snapshot(new, forms.HEADER_FIELDS)),
+            )
         messages.success(
             request,
             f"Copied job {job.pk} to job {new.pk}, which is in Withhold: set it to Waiting "
@@ -639,7 +675,16 @@ def job_recurrence(request: AuthedRequest, pk: int) -> HttpResponse:
     context = _recurrence_dialog(job, request.POST or None)
     form: recurrence_forms.RecurrenceForm = context["form"]
     if request.method == "POST" and form.is_valid():
-        form.save()
+        with transaction.atomic():
+            form.save()
+            trail.record_edit(
+                trail.Action.RECURRENCE_EDIT,
+                before={"Recurrence": context["current"]},
+                after={"Recurrence": form.describe()},
+                user=request.user,
+                job=job,
+                target="recurrence",
+            )
         if not request.htmx:
             messages.success(request, f"Saved the recurrence: {form.describe()}.")
         return close_dialog(request, "job-changed", "jobs:detail", job.pk)
@@ -666,7 +711,17 @@ def recurrence_preview(request: AuthedRequest, pk: int) -> HttpResponse:
 def recurrence_remove(request: AuthedRequest, pk: int) -> HttpResponse:
     """Remove recurrence: the job keeps its scheduled start and runs once more."""
     job = _get_job_to_change(request, pk)
-    removed, _ = BatchRecurrence.objects.filter(job=job).delete()
+    with transaction.atomic():
+        words = job.recurrence_words
+        removed, _ = BatchRecurrence.objects.filter(job=job).delete()
+        if removed:
+            trail.record(
+                trail.Action.RECURRENCE_REMOVE,
+                user=request.user,
+                job=job,
+                target="recurrence",
+                changes={"Recurrence": [words, None]},
+            )
     if not request.htmx:
         if removed:
             messages.success(request, "Removed the recurrence: the job runs once.")

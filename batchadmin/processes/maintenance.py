@@ -37,6 +37,14 @@ class HistoryCleanupForm(forms.Form):
         required=False,
         help_text="Only jobs whose description contains this (any case). Empty: all jobs.",
     )
+    audit_keep_days = forms.IntegerField(
+        label="Audit trail limit (days)",
+        min_value=1,
+        max_value=36_500,
+        required=False,
+        help_text="Audit entries (who did what, and why) older than this many days are deleted "
+        "too, whatever the filters above. Empty: the audit trail is kept for good.",
+    )
     other_records = forms.BooleanField(
         label="Include other records",
         required=False,
@@ -55,7 +63,13 @@ class HistoryCleanupForm(forms.Form):
     form=HistoryCleanupForm,
 )
 def history_cleanup(
-    ctx: Context, *, keep_days: int, statuses: list[str], description: str, other_records: bool
+    ctx: Context,
+    *,
+    keep_days: int,
+    statuses: list[str],
+    description: str,
+    other_records: bool,
+    audit_keep_days: int | None = None,
 ) -> None:
     before = now() - dt.timedelta(days=keep_days)
     scope = []
@@ -78,5 +92,13 @@ def history_cleanup(
     )
     if result.canceled:
         ctx.warning(f"Canceled. {result.describe()} The rest is left for the next run.")
+        return
+    if audit_keep_days:
+        limit = now() - dt.timedelta(days=audit_keep_days)
+        deleted = history.clean_up_audit(before=limit, should_stop=ctx.cancel_requested)
+        ctx.info(
+            f"Deleted {deleted:,} audit entr{'y' if deleted == 1 else 'ies'} older than "
+            f"{limit.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC."
+        )
     else:
         ctx.info(result.describe())

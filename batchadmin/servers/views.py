@@ -26,6 +26,7 @@ from django_htmx.http import (
     trigger_client_event,
 )
 
+from batchadmin.audit import trail
 from batchadmin.jobs import access
 from batchadmin.jobs.models import RUNNING_STATUSES, BatchTask
 from batchadmin.lib.http import AuthedRequest
@@ -37,6 +38,25 @@ from batchadmin.servers.models import (
 )
 
 GROUP_TARGETS = ("group-table", "group-detail")
+
+
+# What the audit trail compares of a batch group and of a batch server.
+GROUP_AUDIT_FIELDS = [
+    "code",
+    "description",
+    "default_priority",
+    "max_concurrency",
+    "reserved_capacity",
+]
+SERVER_AUDIT_FIELDS = ["name", "description", "enabled", "time_zone", "groups"]
+
+
+def _server_snapshot(server: BatchServer) -> dict[str, Any]:
+    """The server's fields, and its schedule as "08:00-18:00 x4" rows, as they are saved."""
+    out = trail.snapshot(server, SERVER_AUDIT_FIELDS)
+    rows = server.schedule.order_by("start_time") if server.pk else []
+    out["Schedule"] = [f"{r.start_time:%H:%M}-{r.end_time:%H:%M} x{r.max_threads}" for r in rows]
+    return out
 
 
 def _require_viewer(request: AuthedRequest) -> None:
@@ -139,7 +159,15 @@ def group_servers(request: AuthedRequest, pk: int) -> HttpResponse:
             chosen = set(group.servers.all())
         elif action == "save":
             with transaction.atomic():
+                before = trail.snapshot(group, ["servers"])
                 group.servers.set(chosen)
+                trail.record_edit(
+                    trail.Action.GROUP_EDIT,
+                    before=before,
+                    after=trail.snapshot(group, ["servers"]),
+                    user=request.user,
+                    target=f"batch group {group.code}",
+                )
             names = ", ".join(sorted(s.name for s in chosen)) or "no server"
             notice = (
                 f"Group {group.code} is now served by {names}. Running workers follow within "
@@ -182,9 +210,18 @@ def group_edit(request: AuthedRequest, pk: int) -> HttpResponse:
 
 def _group_form(request: AuthedRequest, group: BatchGroup | None) -> HttpResponse:
     _require_manager(request)
+    before = trail.snapshot(group, GROUP_AUDIT_FIELDS) if group else {}
     form = forms.GroupForm(request.POST or None, instance=group)
     if request.method == "POST" and form.is_valid():
-        saved = form.save()
+        with transaction.atomic():
+            saved = form.save()
+            trail.record_edit(
+                trail.Action.GROUP_EDIT if group else trail.Action.GROUP_ADD,
+                before=before,
+                after=trail.snapshot(saved, GROUP_AUDIT_FIELDS),
+                user=request.user,
+                target=f"batch group {saved.code}",
+            )
         verb = "Saved" if group else "Created"
         notice = f"{verb} batch group {saved.code}."
         if saved.is_paused():
@@ -214,7 +251,15 @@ def group_delete(request: AuthedRequest, pk: int) -> HttpResponse:
         )
     if request.method == "POST" and not problem:
         code = group.code
-        group.delete()
+        with transaction.atomic():
+            before = trail.snapshot(group, GROUP_AUDIT_FIELDS)
+            group.delete()
+            trail.record(
+                trail.Action.GROUP_DELETE,
+                user=request.user,
+                target=f"batch group {code}",
+                changes=trail.changed(before, {}),
+            )
         return _groups_done(request, None, f"Deleted batch group {code}.", dialog=True)
     context = {"group": group, "problem": problem, "used": used, "nav": "groups"}
     if request.htmx:
@@ -309,6 +354,8 @@ def _server_page(
 ) -> HttpResponse:
     manager = access.is_manager(request.user)
     data = request.POST if request.method == "POST" else None
+    adding = server._state.adding
+    before = {} if adding else _server_snapshot(server)
     form = forms.ServerForm(data, instance=server)
     formset = forms.ScheduleFormSet(data, instance=server, prefix="schedule")
     if data is not None and form.is_valid() and formset.is_valid():
@@ -316,6 +363,13 @@ def _server_page(
             saved = form.save()
             formset.instance = saved
             formset.save()
+            trail.record_edit(
+                trail.Action.SERVER_ADD if adding else trail.Action.SERVER_EDIT,
+                before=before,
+                after=_server_snapshot(saved),
+                user=request.user,
+                target=f"batch server {saved.name}",
+            )
         messages.success(
             request,
             f"Saved batch server {saved.name}. Running workers follow within "
@@ -364,7 +418,15 @@ def server_delete(request: AuthedRequest, pk: int) -> HttpResponse:
         )
     if request.method == "POST" and not problem:
         name = server.name
-        server.delete()
+        with transaction.atomic():
+            before = _server_snapshot(server)
+            server.delete()
+            trail.record(
+                trail.Action.SERVER_DELETE,
+                user=request.user,
+                target=f"batch server {name}",
+                changes=trail.changed(before, {}),
+            )
         messages.success(request, f"Deleted batch server {name}.")
         if request.htmx:
             return HttpResponseClientRedirect(reverse("servers:servers"))

@@ -1,4 +1,5 @@
-"""Rerun from the Batch job history: transitions.rerun_job and the Rerun dialog.
+"""Rerun now (transitions.rerun_job): the failed tasks, the whole job, or from a task; and the
+Rerun dialog.
 
 The walkthrough shape of batch-processing-overview, with T2 failing:
 
@@ -10,14 +11,18 @@ T1 ──ended or error──> T2 ──ended──> T3 ──ended──┐
 
 from __future__ import annotations
 
-import re
+import datetime as dt
 
+import time_machine
 from django.test import override_settings
 
+from batchadmin.audit.models import AuditEntry
 from batchadmin.engine import transitions
+from batchadmin.engine.transitions import Refused
 from batchadmin.jobs.models import (
     BatchJob,
     BatchJobRun,
+    BatchRecurrence,
     BatchStatus,
     BatchTask,
     BatchTaskRun,
@@ -71,16 +76,17 @@ class RerunTestCase(BaseTestCase):
 
     # --- the transition --------------------------------------------------------------------
 
-    def test_it_reruns_only_the_failed_tasks_and_keeps_ended_ones(self):
+    def test_it_reruns_only_the_failed_tasks_now_and_keeps_ended_ones(self):
         job, tasks = self.failed_walkthrough()
         first_t1_end = BatchTask.objects.get(pk=tasks["T1"].pk).ended_at
         self.fix_t2(tasks)
         assert transitions.rerun_job(job_id=job.pk, by_id=self.alice.pk, only_failed=True)
         job.refresh_from_db()
-        assert job.status == S.WAITING
+        assert job.status == S.EXECUTING  # at once, not back to Waiting
+        # T1 Ended before: its dependent T2 (Ended or error) is released at once, T1 is not.
         assert statuses(job) == {
             "T1": S.ENDED,
-            "T2": S.WAITING,
+            "T2": S.READY,
             "T3": S.WAITING,
             "T4": S.WAITING,
             "T5": S.ENDED,
@@ -88,12 +94,7 @@ class RerunTestCase(BaseTestCase):
             "T7": S.WAITING,
         }
         t2 = BatchTask.objects.get(pk=tasks["T2"].pk)
-        assert (t2.retries, t2.attempt, t2.started_at, t2.server_id) == (0, 0, None, None)
-
-        start(job)
-        # T1 Ended before: its dependent T2 (Ended or error) is released at once, T1 is not.
-        assert statuses(job)["T1"] == S.ENDED
-        assert statuses(job)["T2"] == S.READY
+        assert (t2.retries, t2.started_at, t2.server_id) == (0, None, None)
         drain(job)
         assert job.status == S.ENDED
         assert statuses(job) == {
@@ -107,6 +108,7 @@ class RerunTestCase(BaseTestCase):
         }
         second = BatchJobRun.objects.filter(job=job).order_by("-started_at").first()
         assert second is not None and second.status == S.ENDED
+        assert second.trigger == BatchJobRun.Trigger.RERUN_FAILED
         rows = {r.task.key: (r.attempt, r.status) for r in second.task_runs.select_related("task")}
         assert rows["T1"] == (0, S.ENDED)  # not run again: a history row, attempt 0
         assert rows["T2"] == (1, S.ENDED)
@@ -117,7 +119,6 @@ class RerunTestCase(BaseTestCase):
     def test_it_evaluates_dependents_of_kept_tasks_when_the_failed_task_fails_again(self):
         job, tasks = self.failed_walkthrough()
         assert transitions.rerun_job(job_id=job.pk, by_id=self.alice.pk, only_failed=True)
-        start(job)
         drain(job)
         assert job.status == S.ERROR
         assert statuses(job)["T2"] == S.ERROR
@@ -128,9 +129,8 @@ class RerunTestCase(BaseTestCase):
         job, tasks = self.failed_walkthrough()
         self.fix_t2(tasks)
         assert transitions.rerun_job(job_id=job.pk, by_id=self.alice.pk, only_failed=False)
-        assert set(statuses(job).values()) == {S.WAITING}
-        start(job)
         assert statuses(job)["T1"] == S.READY
+        assert {statuses(job)[k] for k in ("T2", "T3", "T5", "T7")} == {S.WAITING}
         drain(job)
         assert job.status == S.ENDED
         assert statuses(job)["T5"] == S.NOT_RUN  # decided afresh: T2 Ended this time
@@ -139,16 +139,20 @@ class RerunTestCase(BaseTestCase):
     def test_it_records_who_asked(self):
         job, _ = self.failed_walkthrough()
         assert transitions.rerun_job(job_id=job.pk, by_id=self.bob.pk, only_failed=True)
-        change = StatusChange.objects.filter(job=job).latest("at")
-        assert (change.old_status, change.new_status, change.by) == (S.ERROR, S.WAITING, self.bob)
+        change = StatusChange.objects.filter(job=job).latest("pk")
+        assert (change.old_status, change.new_status, change.by) == (S.ERROR, S.EXECUTING, self.bob)
         assert "failed" in change.reason
+        entry = AuditEntry.objects.get(job_id=job.pk)
+        assert (entry.action, entry.username) == ("rerun_failed", "bob")
 
-    def test_it_refuses_a_job_that_is_not_finished(self):
+    def test_it_refuses_a_job_that_is_running_or_has_not_run(self):
         job = self.make_job()
         self.make_task(job, "T1")
-        assert not transitions.rerun_job(job_id=job.pk, by_id=None, only_failed=False)
+        with self.assertRaisesMessage(Refused, "no finished run"):
+            transitions.rerun_job(job_id=job.pk, by_id=None)
         start(job)
-        assert not transitions.rerun_job(job_id=job.pk, by_id=None, only_failed=False)
+        with self.assertRaisesMessage(Refused, "once this run is over"):
+            transitions.rerun_job(job_id=job.pk, by_id=None)
         job.refresh_from_db()
         assert job.status == S.EXECUTING
 
@@ -158,7 +162,8 @@ class RerunTestCase(BaseTestCase):
         start(job)
         drain(job)
         assert job.status == S.ENDED
-        assert not transitions.rerun_job(job_id=job.pk, by_id=None, only_failed=True)
+        with self.assertRaisesMessage(Refused, "No task failed or did not run"):
+            transitions.rerun_job(job_id=job.pk, by_id=None, only_failed=True)
         job.refresh_from_db()
         assert job.status == S.ENDED
 
@@ -171,11 +176,98 @@ class RerunTestCase(BaseTestCase):
         job.refresh_from_db()
         assert job.status == S.CANCELED
         assert transitions.rerun_job(job_id=job.pk, by_id=self.alice.pk, only_failed=True)
-        start(job)
         drain(job)
         assert job.status == S.ENDED
 
-    # --- the dialog ------------------------------------------------------------------------
+    # --- rerun from a task -----------------------------------------------------------------
+
+    def test_it_reruns_from_a_task_and_everything_downstream_of_it(self):
+        job, tasks = self.make_walkthrough()
+        self.fix_t2(tasks)
+        start(job)
+        drain(job)
+        assert job.status == S.ENDED
+        assert transitions.rerun_job(job_id=job.pk, by_id=None, from_task_id=tasks["T3"].pk)
+        assert statuses(job) == {
+            "T1": S.ENDED,
+            "T2": S.ENDED,
+            "T3": S.READY,
+            "T4": S.ENDED,  # not downstream of T3: keeps its result
+            "T5": S.NOT_RUN,
+            "T6": S.WAITING,
+            "T7": S.WAITING,
+        }
+        drain(job)
+        assert job.status == S.ENDED
+        again = BatchTaskRun.objects.filter(attempt=1, job_run=job.current_run)
+        assert sorted(again.values_list("task__key", flat=True)) == ["T3", "T7"]
+        assert statuses(job)["T6"] == S.NOT_RUN  # decided afresh: T3 Ended again
+
+    def test_it_starts_the_chosen_task_even_if_its_conditions_did_not_hold(self):
+        # T5 runs only when T2 fails; T2 ended, so it did not run. Rerun from T5 runs it.
+        job, tasks = self.make_walkthrough()
+        self.fix_t2(tasks)
+        start(job)
+        drain(job)
+        assert statuses(job)["T5"] == S.NOT_RUN
+        assert transitions.rerun_job(job_id=job.pk, by_id=None, from_task_id=tasks["T5"].pk)
+        assert statuses(job)["T5"] == S.READY
+        drain(job)
+        assert (job.status, statuses(job)["T5"]) == (S.ENDED, S.ENDED)
+
+    def test_it_reruns_from_a_task_under_an_any_condition(self):
+        job, tasks = self.failed_walkthrough()
+        BatchTask.objects.filter(pk=tasks["T7"].pk).update(condition_type="any")
+        self.fix_t2(tasks)
+        assert transitions.rerun_job(job_id=job.pk, by_id=None, from_task_id=tasks["T4"].pk)
+        drain(job)
+        # T4 ran; T7 (Any of T3, T4 Ended) ran on T4 alone; T3 was not downstream of T4.
+        assert statuses(job)["T3"] == S.NOT_RUN
+        assert statuses(job)["T7"] == S.ENDED
+        assert job.status == S.ERROR  # T2 kept its Error: it was not rerun
+
+    def test_it_refuses_a_task_of_another_job(self):
+        job, _ = self.failed_walkthrough()
+        other = self.make_task(self.make_job(), "X")
+        with self.assertRaisesMessage(Refused, "no such task"):
+            transitions.rerun_job(job_id=job.pk, by_id=None, from_task_id=other.pk)
+
+    # --- recurring jobs --------------------------------------------------------------------
+
+    def test_it_reruns_a_recurring_job_now_without_using_an_occurrence(self):
+        nine = dt.datetime(2025, 3, 3, 9, 0, tzinfo=dt.UTC)
+        tomorrow = nine + dt.timedelta(days=1)
+        job, tasks = self.make_walkthrough()
+        BatchJob.objects.filter(pk=job.pk).update(scheduled_start=nine)
+        BatchRecurrence.objects.create(
+            job=job, start_date=nine.date(), start_time=nine.time(), time_zone="UTC", end_after=2
+        )
+        with time_machine.travel(nine, tick=True):
+            start(job)
+            drain(job)
+        assert (job.status, job.scheduled_start) == (S.WAITING, tomorrow)
+        assert BatchJobRun.objects.get(job=job).status == S.ERROR
+        self.fix_t2(tasks)
+        with time_machine.travel(nine + dt.timedelta(hours=1), tick=True):
+            assert transitions.rerun_job(job_id=job.pk, by_id=None, only_failed=True)
+            job.refresh_from_db()
+            assert job.status == S.EXECUTING  # now, not at tomorrow's occurrence
+            assert statuses(job)["T1"] == S.ENDED  # kept, read back from the run's history
+            drain(job)
+        assert (job.status, job.scheduled_start) == (S.WAITING, tomorrow)
+        job.recurrence.refresh_from_db()
+        assert job.recurrence.runs == 1  # "end after 2": tomorrow's run is still to come
+        assert [r.status for r in BatchJobRun.objects.filter(job=job).order_by("pk")] == [
+            S.ERROR,
+            S.ENDED,
+        ]
+        back = StatusChange.objects.filter(job=job).latest("pk")
+        assert (back.new_status, back.reason) == (
+            S.WAITING,
+            "Back to its schedule after the manual run: next run 2025-03-04 09:00 UTC",
+        )
+
+    # --- the dialog (more in tests/jobs/test_operator_pages.py) ---------------------------
 
     def test_it_serves_the_dialog_to_htmx_and_a_page_otherwise(self):
         job, _ = self.failed_walkthrough()
@@ -185,22 +277,9 @@ class RerunTestCase(BaseTestCase):
         assert "<html" not in html
         assert 'id="rerun-dialog"' in html
         assert "hx-post" in html
-        assert re.search(r'<input[^>]*value="failed"[^>]*checked', html)  # the default
         r = self.client.get(f"/jobs/{job.pk}/rerun/")
         assert "<html" in r.content.decode()
         assert "hx-post" not in r.content.decode()
-
-    def test_it_reruns_from_the_dialog_and_closes_it(self):
-        job, _ = self.failed_walkthrough()
-        self.client.force_login(self.alice)
-        r = self.client.post(f"/jobs/{job.pk}/rerun/", {"what": "failed"}, headers=HTMX)
-        assert r.status_code == 200
-        assert "dialog-close" in r.headers["HX-Trigger"]
-        assert 'id="history-head"' in r.content.decode()
-        job.refresh_from_db()
-        assert job.status == S.WAITING
-        assert statuses(job)["T1"] == S.ENDED
-        assert StatusChange.objects.filter(job=job).latest("at").by == self.alice
 
     def test_it_redirects_a_plain_post_to_the_history(self):
         job, _ = self.failed_walkthrough()
@@ -208,24 +287,15 @@ class RerunTestCase(BaseTestCase):
         r = self.client.post(f"/jobs/{job.pk}/rerun/", {"what": "all"})
         assert r.status_code == 302
         assert r.headers["Location"] == f"/jobs/{job.pk}/history/"
-        assert set(statuses(job).values()) == {S.WAITING}
+        assert statuses(job)["T1"] == S.READY
 
     def test_it_rejects_a_bad_choice_at_the_field(self):
         job, _ = self.failed_walkthrough()
         self.client.force_login(self.alice)
         r = self.client.post(f"/jobs/{job.pk}/rerun/", {"what": "everything"}, headers=HTMX)
-        html = r.content.decode()
-        assert r.headers["HX-Retarget"] == "#dialog"
-        assert "Select a valid choice" in html
+        assert "Select a valid choice" in r.content.decode()
         job.refresh_from_db()
         assert job.status == S.ERROR
-
-    def test_it_explains_a_job_that_is_running_again(self):
-        job, _ = self.failed_walkthrough()
-        self.client.force_login(self.alice)
-        assert transitions.rerun_job(job_id=job.pk, by_id=None, only_failed=True)
-        r = self.client.post(f"/jobs/{job.pk}/rerun/", {"what": "failed"}, headers=HTMX)
-        assert "Only Ended, Error or Canceled jobs can be rerun" in r.content.decode()
 
     def test_it_lets_only_those_who_may_change_the_job_rerun(self):
         job, _ = self.failed_walkthrough()

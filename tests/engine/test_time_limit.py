@@ -158,9 +158,8 @@ class TimeLimitTestCase(BaseTestCase):
     def test_the_next_attempt_starts_with_a_fresh_deadline(self):
         assert tick.handle_overdue_tasks(self.limit_at + SECOND) == 1
         assert tick.handle_overdue_tasks(self.limit_at + GRACE * 2) == 1
-        assert transitions.rerun_job(job_id=self.job.pk, by_id=None, only_failed=True)
         later = self.limit_at + dt.timedelta(hours=1)
-        assert transitions.start_job(job_id=self.job.pk, at=later)
+        assert transitions.rerun_job(job_id=self.job.pk, by_id=None, only_failed=True, at=later)
         assert transitions.claim_task(task_id=self.t1.pk, server_id=None, hostname="", at=later)
         task = self.task()
         assert (task.timed_out, task.deadline_at) == (False, later + dt.timedelta(hours=1))

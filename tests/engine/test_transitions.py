@@ -53,7 +53,8 @@ class AllowedMovesTestCase(SimpleTestCase):
 
     def test_it_lets_terminal_jobs_only_run_again_or_be_withheld(self):
         for old in transitions.TERMINAL_JOB_STATUSES:
-            assert JOB_ALLOWED[old] == {S.WAITING, S.WITHHOLD}, old
+            # Executing: a manual run (Run now, Rerun, a skip that resumes the job).
+            assert JOB_ALLOWED[old] == {S.WAITING, S.WITHHOLD, S.EXECUTING}, old
             assert set(USER_MOVES[old]) == {S.WAITING, S.WITHHOLD}, old
 
     def test_it_ends_canceling_only_as_canceled(self):
@@ -63,11 +64,18 @@ class AllowedMovesTestCase(SimpleTestCase):
         targets = set().union(*JOB_ALLOWED.values())
         assert S.READY not in targets
         assert S.NOT_RUN not in targets
+        assert S.SKIPPED not in targets
         assert JOB_ALLOWED[S.READY] == JOB_ALLOWED[S.NOT_RUN] == frozenset()
+        assert JOB_ALLOWED[S.SKIPPED] == frozenset()
 
     def test_it_moves_terminal_tasks_only_back_to_waiting(self):
-        for old in (S.ENDED, S.ERROR, S.NOT_RUN, S.CANCELED):
+        for old in (S.ENDED, S.NOT_RUN, S.SKIPPED, S.CANCELED):
             assert TASK_ALLOWED[old] == {S.WAITING}, old
+        assert TASK_ALLOWED[S.ERROR] == {S.WAITING, S.SKIPPED}  # an operator skips a failure
+
+    def test_it_lets_operators_skip_only_failed_and_unstarted_tasks(self):
+        skippable = {old for old, targets in TASK_ALLOWED.items() if S.SKIPPED in targets}
+        assert skippable == set(transitions.SKIPPABLE_TASK_STATUSES)
 
     def test_it_never_withholds_a_task(self):
         assert S.WITHHOLD not in set().union(*TASK_ALLOWED.values())

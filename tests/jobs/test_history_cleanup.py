@@ -259,12 +259,14 @@ class ProcessTestCase(CleanupTestCase):
             "statuses": [],
             "description": "",
             "other_records": True,
+            "audit_keep_days": None,
         }
         assert process.clean_parameters({"keep_days": "7", "statuses": ["error"]}) == {
             "keep_days": 7,
             "statuses": ["error"],
             "description": "",
             "other_records": True,
+            "audit_keep_days": None,
         }
 
     def test_it_refuses_bad_parameters(self):
@@ -308,6 +310,7 @@ class ProcessTestCase(CleanupTestCase):
             "statuses": ["ended", "canceled"],
             "description": "invoice",
             "other_records": False,
+            "audit_keep_days": None,  # the audit trail is kept unless the managers say
         }
 
     def test_it_runs_as_a_batch_job_and_logs_what_it_deleted(self):
@@ -388,7 +391,10 @@ class SeedTestCase(BaseTestCase):
         assert task.group == BatchGroup.objects.default()
         # What the parameter form would store: the task runs as it is.
         process = registry.get(task.process)
-        assert process.clean_parameters(task.parameters) == task.parameters
+        # (The audit limit came later: left out, it is empty and the audit trail is kept.)
+        assert process.clean_parameters(task.parameters) == task.parameters | {
+            "audit_keep_days": None
+        }
         recurrence = job.recurrence
         assert recurrence.describe().startswith("Every day at 02:00")
         assert recurrence.next_occurrence(job.scheduled_start) == dt.datetime(

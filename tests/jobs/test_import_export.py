@@ -502,7 +502,7 @@ class ShowTestCase(CommandTestCase):
         start(job)
         drain(job)
         data = json.loads(self.batch("show", job.pk, "--json"))
-        assert set(data) == {"id", "description", "status", "tasks"}
+        assert set(data) == {"id", "description", "status", "runs", "last_run", "tasks"}
         assert (data["id"], data["description"], data["status"]) == (job.pk, "Show me", "error")
         assert [t["key"] for t in data["tasks"]] == ["T1", "T3", "T2"]  # by position
         t1 = data["tasks"][0]
@@ -514,6 +514,7 @@ class ShowTestCase(CommandTestCase):
             "retries",
             "started_at",
             "ended_at",
+            "log_lines",
         }
         assert (t1["description"], t1["status"], t1["server"], t1["retries"]) == (
             "First",
@@ -531,6 +532,7 @@ class ShowTestCase(CommandTestCase):
         self.make_task(job, "T1")
         data = json.loads(self.batch("show", job.pk, "--json"))
         assert data["status"] == "waiting"
+        assert (data["runs"], data["last_run"]) == (0, None)
         assert data["tasks"] == [
             {
                 "key": "T1",
@@ -540,6 +542,7 @@ class ShowTestCase(CommandTestCase):
                 "retries": 0,
                 "started_at": None,
                 "ended_at": None,
+                "log_lines": 0,
             }
         ]
 

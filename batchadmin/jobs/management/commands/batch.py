@@ -6,20 +6,27 @@ import json
 import sys
 import time
 from argparse import ArgumentParser
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import Prefetch
+from django.db.models import Count, OuterRef, Prefetch, Subquery
+from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
+from batchadmin.audit import trail
+from batchadmin.audit.models import AuditEntry
 from batchadmin.engine import transitions
-from batchadmin.jobs import io
+from batchadmin.jobs import access, io
 from batchadmin.jobs.models import (
     RUNNING_STATUSES,
     BatchJob,
+    BatchJobRun,
+    BatchLogEntry,
     BatchStatus,
+    BatchTask,
     BatchTaskRun,
     StatusChange,
 )
@@ -33,6 +40,8 @@ STATUS_ARGS = {
 }
 WAIT_POLL_SECONDS = 0.2
 NEXT_DEFAULT, NEXT_MAX = 5, 1000
+CLI = trail.Via.CLI
+USER_HELP = "The user who acts: checked against their role as the pages are, and recorded."
 
 
 class Command(BaseCommand):
@@ -59,6 +68,11 @@ class Command(BaseCommand):
             default=None,
             help="Give up (exit 1) after this many seconds.",
         )
+        p.add_argument(
+            "--check",
+            action="store_true",
+            help="Exit 2 when the final status is not Ended (scripts: fail on Error, Canceled).",
+        )
         p = sub.add_parser("status", help="Change status: waiting, withhold or cancel.")
         p.add_argument("job_id", type=int)
         p.add_argument("status", choices=sorted(STATUS_ARGS))
@@ -72,6 +86,41 @@ class Command(BaseCommand):
         p.add_argument(
             "--count", type=int, default=NEXT_DEFAULT, help=f"How many (default {NEXT_DEFAULT})."
         )
+        p = sub.add_parser(
+            "skip",
+            help="Skip a task with a reason: it counts as Ended; a finished job resumes.",
+        )
+        p.add_argument("job_id", type=int)
+        p.add_argument("task_key", help="The task ID (key) within the job, e.g. T2.")
+        p.add_argument("--reason", required=True, help="Why: kept in the audit trail.")
+        p.add_argument("--user", required=True, help=USER_HELP)
+        p = sub.add_parser(
+            "rerun", help="Run the job's last run again now: from a task, or its failed tasks."
+        )
+        p.add_argument("job_id", type=int)
+        what = p.add_mutually_exclusive_group(required=True)
+        what.add_argument(
+            "--from", dest="from_task", metavar="TASK_KEY", help="That task and all after it."
+        )
+        what.add_argument(
+            "--failed", action="store_true", help="The tasks that failed or did not run."
+        )
+        p.add_argument("--user", required=True, help=USER_HELP)
+        p = sub.add_parser("run", help="Run the job now, optionally with parameter overrides.")
+        p.add_argument("job_id", type=int)
+        p.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="TASK_KEY.NAME=VALUE",
+            help="A parameter for this run only; VALUE is read as JSON when it is (7, true, "
+            '["a","b"]), else as text. Repeat for more.',
+        )
+        p.add_argument("--user", required=True, help=USER_HELP)
+        p = sub.add_parser("audit", help="The job's audit trail, oldest first.")
+        p.add_argument("job_id", type=int)
+        p.add_argument("--json", action="store_true", help="Machine-readable output.")
+        p.add_argument("--user", help="Show it only if this user may see the job.")
         sub.add_parser(
             "servers",
             help="List batch servers, their groups, threads and replicas online.",
@@ -113,7 +162,14 @@ class Command(BaseCommand):
                 f"  {t['key']:<12} {t['status']:<10} retries={t['retries']} server={t['server'] or '-'}  {t['description']}"
             )
 
-    def do_wait(self, *, job_id: int, timeout: float | None, **_: Any) -> None:
+    def do_wait(self, *, job_id: int, timeout: float | None, check: bool, **_: Any) -> None:
+        final = self._wait(job_id, timeout)
+        self.stdout.write(final)
+        if check and final != BatchStatus.ENDED:
+            self.stdout.flush()
+            sys.exit(2)
+
+    def _wait(self, job_id: int, timeout: float | None) -> str:
         # The end of the run is read from the job's status changes, not from its runs: a job
         # that does not save its history (Save job to history) drops the run as it ends.
         changes = StatusChange.objects.filter(job_id=job_id)
@@ -121,15 +177,13 @@ class Command(BaseCommand):
         # Read after ``seen``: a run that ends from here on writes a change past it.
         job = _job(job_id)
         if job.status not in (*RUNNING_STATUSES, BatchStatus.WAITING):
-            self.stdout.write(job.status)  # Withhold, or over already: nothing to wait for
-            return
+            return job.status  # Withhold, or over already: nothing to wait for
         ends = changes.filter(pk__gt=seen, new_status__in=transitions.TERMINAL_JOB_STATUSES)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             final = ends.order_by("pk").values_list("new_status", flat=True).first()
             if final is not None:
-                self.stdout.write(final)
-                return
+                return final
             if deadline is not None and time.monotonic() >= deadline:
                 self.stderr.write(
                     f"Timed out after {timeout:g}s; job {job_id} is {BatchJob.objects.get(pk=job_id).status}."
@@ -139,10 +193,12 @@ class Command(BaseCommand):
 
     def do_status(self, *, job_id: int, status: str, user: str | None, **_: Any) -> None:
         _job(job_id)
+        # Its --user is recorded, not checked: the command's contract from before the roles
+        # were checked here (scripts name service users without a batch role).
         by = _user(user)
         try:
             done = transitions.change_status(
-                job_id=job_id, to=STATUS_ARGS[status], by_id=by.pk if by else None
+                job_id=job_id, to=STATUS_ARGS[status], by_id=by.pk if by else None, via=CLI
             )
         except transitions.IllegalMove as exc:
             raise CommandError(str(exc)) from None
@@ -172,6 +228,76 @@ class Command(BaseCommand):
                 else "it runs once, now"
             )
             self.stderr.write(f"Job {job_id} has no next start: {why}.")
+
+    def do_skip(self, *, job_id: int, task_key: str, reason: str, user: str, **_: Any) -> None:
+        by = _operator(user, job_id)
+        task = _task(job_id, task_key)
+        self._act(
+            job_id,
+            lambda: transitions.skip_task(task_id=task.pk, reason=reason, by_id=by.pk, via=CLI),
+        )
+
+    def do_rerun(
+        self, *, job_id: int, from_task: str | None, failed: bool, user: str, **_: Any
+    ) -> None:
+        by = _operator(user, job_id)
+        start = _task(job_id, from_task).pk if from_task else None
+        self._act(
+            job_id,
+            lambda: transitions.rerun_job(
+                job_id=job_id, by_id=by.pk, only_failed=failed, from_task_id=start, via=CLI
+            ),
+        )
+
+    def do_run(self, *, job_id: int, param: list[str], user: str, **_: Any) -> None:
+        by = _operator(user, job_id)
+        overrides = _overrides(param)
+        self._act(
+            job_id,
+            lambda: transitions.run_job_now(
+                job_id=job_id, by_id=by.pk, overrides=overrides, via=CLI
+            ),
+        )
+
+    def _act(self, job_id: int, action: Callable[[], bool]) -> None:
+        """Run an operator action; print the job's status after it, or say why not."""
+        try:
+            done = action()
+        except transitions.Refused as exc:
+            raise CommandError(f"Nothing was changed. {exc}") from None
+        if not done:
+            raise CommandError(f"Job {job_id} changed meanwhile; nothing was changed. Try again.")
+        self.stdout.write(BatchJob.objects.get(pk=job_id).status)
+
+    def do_audit(self, *, job_id: int, json: bool, user: str | None, **_: Any) -> None:
+        if user:
+            _viewer(user, job_id)
+        elif not BatchJob.objects.filter(pk=job_id).exists() and not (
+            AuditEntry.objects.of_job(job_id).exists()
+        ):
+            raise CommandError(f"There is no batch job {job_id}.")
+        entries = [
+            {
+                "at": e.at,
+                "user": e.username,
+                "action": e.action,
+                "reason": e.reason,
+                "target": e.target,
+                "changes": e.changes,
+                "via": e.via,
+            }
+            for e in AuditEntry.objects.of_job(job_id).order_by("at", "pk")
+        ]
+        if json:
+            self.stdout.write(_json_dumps(entries))
+            return
+        labels = dict(trail.Action.choices)
+        for e in entries:
+            reason = f": {e['reason']}" if e["reason"] else ""
+            self.stdout.write(
+                f"{e['at']:%Y-%m-%d %H:%M:%S} {e['user'] or 'system':<12} "
+                f"{labels.get(str(e['action']), e['action'])} {e['target']}{reason}"
+            )
 
     def do_servers(self, **_: Any) -> None:
         at = now()
@@ -206,10 +332,31 @@ def show_job(job: BatchJob) -> dict[str, Any]:
         "server"
     )
     last_server = {r.task_id: r.server.name if r.server else None for r in runs.order_by("attempt")}
+    # Log lines of each task's last attempt (a skip's row is no attempt), whichever run it was.
+    last_attempt = (
+        BatchTaskRun.objects.filter(task=OuterRef(OuterRef("pk")), attempt__gt=0)
+        .exclude(status=BatchStatus.SKIPPED)
+        .order_by("-pk")
+        .values("pk")[:1]
+    )
+    lines = (
+        BatchLogEntry.objects.filter(task_run=Subquery(last_attempt))
+        .order_by()
+        .values("task_run")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    # Any: django-stubs does not see the annotation (BatchTaskQuerySet says why).
+    tasks: Any = job.tasks.annotate(log_lines=Coalesce(Subquery(lines), 0))
+    tasks = tasks.order_by("position", "pk")
+    job_runs = BatchJobRun.objects.filter(job=job)
+    last = job_runs.order_by("-started_at", "-pk").values("status", "ended_at").first()
     return {
         "id": job.pk,
         "description": job.description,
         "status": job.status,
+        "runs": job_runs.count(),
+        "last_run": last,
         "tasks": [
             {
                 "key": t.key,
@@ -219,8 +366,9 @@ def show_job(job: BatchJob) -> dict[str, Any]:
                 "retries": t.retries,
                 "started_at": t.started_at,
                 "ended_at": t.ended_at,
+                "log_lines": t.log_lines,
             }
-            for t in job.tasks.order_by("position", "pk")
+            for t in tasks
         ],
     }
 
@@ -234,6 +382,65 @@ def _job(job_id: int) -> BatchJob:
         return BatchJob.objects.get(pk=job_id)
     except BatchJob.DoesNotExist:
         raise CommandError(f"There is no batch job {job_id}.") from None
+
+
+def _task(job_id: int, key: str) -> BatchTask:
+    task = BatchTask.objects.filter(job_id=job_id, key=key).first()
+    if task is None:
+        keys = list(
+            BatchTask.objects.filter(job_id=job_id)
+            .order_by("position", "pk")
+            .values_list("key", flat=True)[:20]
+        )
+        known = f"; its tasks: {', '.join(keys)}" if keys else "; it has no tasks"
+        raise CommandError(f"Job {job_id} has no task {key!r}{known}.")
+    return task
+
+
+def _viewer(username: str, job_id: int) -> Any:
+    """The user, if they may see the job, as the pages decide."""
+    user = _user(username)
+    if not access.visible_jobs(user).filter(pk=job_id).exists():
+        if not BatchJob.objects.filter(pk=job_id).exists():
+            raise CommandError(f"There is no batch job {job_id}.")
+        raise CommandError(f"User {username} may not see batch job {job_id}{_role(user)}.")
+    return user
+
+
+def _operator(username: str, job_id: int) -> Any:
+    """The user, if they may act on the job, as the pages decide (a viewer changes nothing; a
+    batch user only the jobs they created or run as)."""
+    user = _viewer(username, job_id)
+    if not access.can_change(user, BatchJob.objects.get(pk=job_id)):
+        raise CommandError(
+            f"User {username} may see batch job {job_id} but not act on it{_role(user)}."
+        )
+    return user
+
+
+def _role(user: Any) -> str:
+    if user.is_superuser:
+        return ""
+    names = sorted(access.roles(user))
+    return f" (role: {', '.join(names)})" if names else " (no batch role)"
+
+
+def _overrides(params: list[str]) -> dict[str, dict[str, Any]]:
+    """--param TASK_KEY.NAME=VALUE ...: {task key: {name: value}}; VALUE is JSON when it parses."""
+    out: dict[str, dict[str, Any]] = {}
+    for raw in params:
+        target, sep, text = raw.partition("=")
+        key, dot, name = target.partition(".")
+        if not sep or not dot or not key or not name:
+            raise CommandError(
+                f"--param {raw!r}: write it as TASK_KEY.NAME=VALUE, e.g. T2.lines=5."
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out.setdefault(key, {})[name] = value
+    return out
 
 
 def _user(username: str | None) -> Any:
