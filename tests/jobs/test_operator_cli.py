@@ -120,6 +120,7 @@ class OperatorCommandsTestCase(BaseTestCase):
         )
         assert "not act on it" in refused("run", job.pk, "--user", "bob")
         assert "not act on it" in refused("rerun", job.pk, "--failed", "--user", "bob")
+        assert "not act on it" in refused("status", job.pk, "waiting", "--user", "bob")
         # dave is a Batch user: another user's job is not his to see.
         assert refused("skip", job.pk, "T2", "--reason", "x", "--user", "dave") == (
             f"User dave may not see batch job {job.pk} (role: Batch user)."

@@ -76,7 +76,10 @@ class Command(BaseCommand):
         p = sub.add_parser("status", help="Change status: waiting, withhold or cancel.")
         p.add_argument("job_id", type=int)
         p.add_argument("status", choices=sorted(STATUS_ARGS))
-        p.add_argument("--user", help="Username recorded as the one who changed it.")
+        p.add_argument(
+            "--user",
+            help="Username recorded as the one who changed it; checked against its role.",
+        )
         p = sub.add_parser(
             "next",
             help="Print the job's next start times, ISO 8601 with the offset of its recurrence's "
@@ -193,9 +196,7 @@ class Command(BaseCommand):
 
     def do_status(self, *, job_id: int, status: str, user: str | None, **_: Any) -> None:
         _job(job_id)
-        # Its --user is recorded, not checked: the command's contract from before the roles
-        # were checked here (scripts name service users without a batch role).
-        by = _user(user)
+        by = _operator(user, job_id) if user else None
         try:
             done = transitions.change_status(
                 job_id=job_id, to=STATUS_ARGS[status], by_id=by.pk if by else None, via=CLI
