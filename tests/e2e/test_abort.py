@@ -36,7 +36,9 @@ def test_a_process_that_ignores_the_cancel_is_aborted_after_the_grace_period(clu
     cluster.manage(
         "shell",
         "-c",
-        "from django.contrib.auth.models import User; User.objects.create(username='ops')",
+        # A batch job manager: `batch status --user` checks the role as the pages do.
+        "from django.contrib.auth.models import Group, User; "
+        "User.objects.create(username='ops').groups.add(Group.objects.get(name='Batch job manager'))",
     )
     [job_id] = cluster.import_jobs(
         {"description": "hangs", "tasks": [
