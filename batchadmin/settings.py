@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -111,6 +112,10 @@ INSTALLED_APPS = [
     "batchadmin.alerts",
     "batchadmin.audit",
     "batchadmin.engine",
+    "batchadmin.api",
+    "batchadmin.djangotasks",
+    # django.tasks is part of Django from 6.0; on 5.2 the django-tasks backport provides it.
+    *([] if find_spec("django.tasks") else ["django_tasks"]),
 ]
 
 MIDDLEWARE = [
@@ -130,10 +135,16 @@ MIDDLEWARE = [
 ROOT_URLCONF = "batchadmin.urls"
 WSGI_APPLICATION = "batchadmin.wsgi.application"
 
+# django-ninja's templates and static files: the API docs page's Swagger UI, served from here
+# rather than a CDN. Found without importing the package: listed in INSTALLED_APPS, it would
+# import ninja and Pydantic in every process at start-up (a worker, beat, each manage.py run),
+# which only the web needs, and only when the API is called.
+NINJA_DIR = Path(find_spec("ninja").origin or "").parent  # type: ignore[union-attr]
+
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [BASE_DIR / "templates", NINJA_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -166,7 +177,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [BASE_DIR / "static", NINJA_DIR / "static"]
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "media"))
 MEDIA_URL = "media/"
 
@@ -210,6 +221,45 @@ BATCH_STUCK_CHECK_SECONDS = env_float("BATCH_STUCK_CHECK_SECONDS", 30)
 # not started this long after its scheduled start is at risk whatever its usual duration.
 BATCH_DEADLINE_CHECK_SECONDS = env_float("BATCH_DEADLINE_CHECK_SECONDS", 30)
 BATCH_DEADLINE_LATE_START_SECONDS = env_float("BATCH_DEADLINE_LATE_START_SECONDS", 300)
+
+# Webhooks (alerts/webhooks.py): each request may take this long; a failed one is retried like
+# an e-mail (BATCH_ALERT_RETRY_*) up to BATCH_WEBHOOK_ATTEMPTS times. Private and loopback
+# addresses are refused unless allowed here (a receiver inside the company network).
+BATCH_WEBHOOK_TIMEOUT_SECONDS = env_float("BATCH_WEBHOOK_TIMEOUT_SECONDS", 10)
+BATCH_WEBHOOK_ATTEMPTS = env_int("BATCH_WEBHOOK_ATTEMPTS", 10)
+BATCH_WEBHOOK_ALLOW_PRIVATE = env_bool("BATCH_WEBHOOK_ALLOW_PRIVATE", False)
+
+# --- REST API (docs/api.md) -----------------------------------------------------------
+# Requests per token in each window of BATCH_API_RATE_WINDOW seconds (0: no limit), counted
+# in the cache below, which every web process shares.
+BATCH_API_RATE_LIMIT = env_int("BATCH_API_RATE_LIMIT", 600)
+BATCH_API_RATE_WINDOW = env_int("BATCH_API_RATE_WINDOW", 60)
+BATCH_API_CACHE = "default"
+# GET /api/v1/jobs/ID/wait answers after this many seconds at most. Below gunicorn's default
+# worker timeout (30 s), so a long poll never looks like a hung worker.
+BATCH_API_WAIT_MAX_SECONDS = env_float("BATCH_API_WAIT_MAX_SECONDS", 25)
+CACHES = {
+    "default": {
+        # Redis, so every web process counts the same requests; the broker's by default.
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": os.environ.get(
+            "CACHE_URL", os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
+        ),
+        "KEY_PREFIX": "batchadmin",
+        # Give up within a second, as lib/broker.py does: a slow cache must not hang the API.
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+}
+
+# --- django.tasks (docs/django-tasks.md) ---------------------------------------------------
+# batchadmin is the default backend: task.enqueue() makes a one-task batch job. A task's
+# queue_name is a batch group; MAX_RETRIES (0-5) and TIME_LIMIT (seconds) apply to its task.
+TASKS = {
+    "default": {
+        "BACKEND": "batchadmin.djangotasks.backend.BatchadminBackend",
+        "OPTIONS": {"MAX_RETRIES": env_int("BATCH_TASKS_MAX_RETRIES", 0)},
+    }
+}
 
 # --- Celery ---------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
@@ -282,6 +332,7 @@ BATCH_PROCESS_MODULES = [
     "batchadmin.processes.builtin",
     "batchadmin.processes.business",
     "batchadmin.processes.maintenance",
+    "batchadmin.djangotasks.process",
     *[m for m in os.environ.get("BATCH_PROCESS_MODULES", "").split(",") if m],
 ]
 # A recurring job whose missed-runs policy is "skip" still starts for an occurrence that passed

@@ -19,6 +19,7 @@ urlpatterns = [
     path("account/", include("batchadmin.accounts.urls")),
     path("alerts/", include("batchadmin.alerts.urls")),
     path("audit/", include("batchadmin.audit.urls")),
+    path("api/", include("batchadmin.api.urls")),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 from unittest import mock
 
@@ -19,6 +20,7 @@ from batchadmin.jobs.models import (
 )
 from batchadmin.servers.models import BatchGroup, BatchServer
 
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the repository
 HOSTNAME = "aos1@test"
 SERVER_NAME = "aos1"
 

@@ -15,6 +15,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # A Redis db of the tests' own: code that runs on-commit callbacks (metrics counters, queue
 # lengths) must not write into the development broker's db 0.
 CELERY_BROKER_URL = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/7")
+CACHES = {"default": {**CACHES["default"], "LOCATION": CELERY_BROKER_URL}}  # noqa: F405
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 BATCH_RETRY_BACKOFF_SECONDS = 0.1
 # Static files come from the finders in tests; no collectstatic needed.

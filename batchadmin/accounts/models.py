@@ -5,6 +5,7 @@ from zoneinfo import available_timezones
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils.timezone import now
 
 from batchadmin.lib.clock import CLOCK_24, CLOCK_CHOICES
 
@@ -58,3 +59,32 @@ class UserPreference(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user}: {self.time_zone}, {self.clock} h, {self.theme}"
+
+
+class ApiToken(models.Model):
+    """A personal API token: ``Authorization: Bearer <token>`` acts as ``user`` on /api/v1/.
+
+    Only the SHA-256 digest of the token is kept, so it is shown once, when it is made. A token
+    is 32 random bytes, so a fast hash is enough (no salt or stretching, as for passwords), and
+    finding it is one lookup on the unique digest. Revoking deletes the row.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_tokens")
+    name = models.CharField(
+        "name", max_length=100, help_text="What the token is for, e.g. nightly ETL or CI."
+    )
+    # The token's first characters, to tell tokens apart in a list without showing them.
+    prefix = models.CharField(max_length=12)
+    digest = models.CharField(max_length=64, unique=True)
+    created = models.DateTimeField(default=now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API token"
+        ordering = ["user", "-created"]
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.name} ({self.prefix}...)"

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db import models
 from django.http import HttpRequest
 
-from batchadmin.alerts.models import AlertEvent, AlertRule, BatchJobAlert, Notification
+from batchadmin.alerts.models import (
+    AlertEvent,
+    AlertRule,
+    BatchJobAlert,
+    JobWebhook,
+    Notification,
+    Webhook,
+    WebhookDelivery,
+)
 
 
 @admin.register(BatchJobAlert)
@@ -102,3 +111,27 @@ class NotificationAdmin(admin.ModelAdmin[Notification]):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin[Webhook]):
+    list_display = ["code", "format", "url", "enabled"]
+    list_filter = ["format", "enabled"]
+    # An address typed without a scheme is https (Django 6's default; 5.2 warns otherwise).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+
+
+@admin.register(JobWebhook)
+class JobWebhookAdmin(admin.ModelAdmin[JobWebhook]):
+    list_display = ["pk", "job", "webhook", "ended", "error", "canceled"]
+    raw_id_fields = ["job"]
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+    """The delivery log. To try a failed request once more, set it back to pending."""
+
+    list_display = ["pk", "webhook", "event", "state", "attempts", "last_status", "sent_at"]
+    list_filter = ["state", "webhook"]
+    raw_id_fields = ["event"]
+    readonly_fields = ["created", "attempt_at", "sent_at", "last_status", "last_error"]

@@ -46,7 +46,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.timezone import now
 
 from batchadmin.accounts.models import MANAGER, UserPreference
-from batchadmin.alerts import outbox
+from batchadmin.alerts import outbox, webhooks
 from batchadmin.alerts.models import (
     DEADLINE_KINDS,
     STUCK_KINDS,
@@ -54,7 +54,10 @@ from batchadmin.alerts.models import (
     AlertKind,
     AlertRule,
     BatchJobAlert,
+    JobWebhook,
     Notification,
+    Webhook,
+    WebhookDelivery,
     subscription_field,
 )
 from batchadmin.jobs.models import BatchStatus, BatchTask
@@ -85,6 +88,7 @@ HEADLINES = {
     AlertKind.MISSED: "missed its deadline",
 }
 INTERRUPTED = "The worker sending this e-mail stopped before it finished; sending it again."
+INTERRUPTED_POST = "The worker posting this request stopped before it finished; posting it again."
 
 
 @dataclass
@@ -105,6 +109,7 @@ class Result:
 
     notified: int = 0
     sent: int = 0
+    posted: int = 0  # webhook requests answered 2xx
     failed: int = 0
     retry_in: float | None = None
 
@@ -140,18 +145,8 @@ def recipients(event: AlertEvent) -> list[Recipient]:
         )
         for user_id, popup, email in alerts.values_list("user_id", "popup", "email"):
             want(user_id, popup=popup, email=email)
-    # The priorities its tasks ran with, from the end-of-run snapshot; a stuck alert is about a
-    # job that still runs, so its tasks' priorities now.
-    priorities = event.details.get("priorities")
-    if priorities is None:
-        priorities = outbox.priorities(event.job)
-    groups = BatchTask.objects.filter(job_id=event.job_id).values("group_id")
-    rules = AlertRule.objects.filter(
-        Q(group=None) | Q(group__in=groups), Q(priority=None) | Q(priority__in=priorities)
-    )
-    for rule in rules:
-        if rule.wants(kind):
-            want(rule.user_id, popup=rule.popup, email=rule.email)
+    for rule in matching_rules(event):
+        want(rule.user_id, popup=rule.popup, email=rule.email)
     if kind == AlertKind.ERROR and event.details.get("critical", event.job.critical):
         managers = get_user_model().objects.filter(groups__name=MANAGER)
         for user_id in managers.values_list("pk", flat=True):
@@ -178,12 +173,50 @@ def recipients(event: AlertEvent) -> list[Recipient]:
     return chosen
 
 
+def matching_rules(event: AlertEvent) -> list[AlertRule]:
+    """Alert rules whose batch group is one of the job's tasks' groups and whose priority is one
+    its tasks ran with (empty meaning any), that want this kind of event."""
+    # The priorities its tasks ran with, from the end-of-run snapshot; a stuck alert is about a
+    # job that still runs, so its tasks' priorities now.
+    priorities = event.details.get("priorities")
+    if priorities is None:
+        priorities = outbox.priorities(event.job)
+    groups = BatchTask.objects.filter(job_id=event.job_id).values("group_id")
+    rules = AlertRule.objects.filter(
+        Q(group=None) | Q(group__in=groups), Q(priority=None) | Q(priority__in=priorities)
+    )
+    return [rule for rule in rules if rule.wants(event.kind)]
+
+
+def webhook_targets(event: AlertEvent, rules: list[AlertRule]) -> list[int]:
+    """The enabled webhooks this event goes to: the job's (its Alerts dialog, for Ended, Error,
+    Canceled and its deadline) and those of the alert rules it matches, each once."""
+    kind = AlertKind(event.kind)
+    chosen: set[int] = set()
+    if kind in PER_JOB_KINDS:
+        per_job = JobWebhook.objects.filter(job_id=event.job_id, **{subscription_field(kind): True})
+        chosen.update(per_job.values_list("webhook_id", flat=True))
+    if rules:
+        by_rule = AlertRule.webhooks.through.objects.filter(alertrule_id__in=[r.pk for r in rules])
+        chosen.update(by_rule.values_list("webhook_id", flat=True))
+    if not chosen:
+        return []
+    enabled = Webhook.objects.filter(pk__in=chosen, enabled=True)
+    return sorted(enabled.values_list("pk", flat=True))
+
+
 def fan_out(event: AlertEvent) -> int:
     """Create the event's notifications and mark it processed; returns the recipients."""
     AlertEvent.objects.filter(pk=event.pk, processed_at=None).update(attempts=F("attempts") + 1)
     chosen = recipients(event)
+    # The rules once more (one query): recipients() is the people's, whole on its own.
+    hooks = webhook_targets(event, matching_rules(event))
     at = now()
     with transaction.atomic():
+        WebhookDelivery.objects.bulk_create(
+            [WebhookDelivery(event=event, webhook_id=pk, created=at) for pk in hooks],
+            ignore_conflicts=True,  # another delivery of this event got there first
+        )
         Notification.objects.bulk_create(
             [
                 Notification(
@@ -215,6 +248,10 @@ def deliver(event_id: int) -> Result | None:
     if event.processed_at is None:
         result.notified = fan_out(event)
     send_emails(event, result)
+    posted, retry_in = webhooks.send(event, message_context(event), backoff)
+    result.posted += posted
+    if retry_in is not None:
+        result.retry_in = min(retry_in, result.retry_in or retry_in)
     return result
 
 
@@ -434,7 +471,13 @@ def sweep(at: dt.datetime) -> int:
         .values_list("event_id", flat=True)
         .distinct()[:limit]
     )
-    event_ids = sorted(set(lost) | set(retries))
+    posts = (
+        WebhookDelivery.objects.filter(overdue_posts(at - grace))
+        .order_by()
+        .values_list("event_id", flat=True)
+        .distinct()[:limit]
+    )
+    event_ids = sorted(set(lost) | set(retries) | set(posts))
     if not event_ids:
         return 0
     if broker.queue_length(outbox.ALERT_QUEUE) > 0:
@@ -457,8 +500,22 @@ def overdue(cutoff: dt.datetime) -> Q:
     return Q(email=Email.PENDING) & due
 
 
+def overdue_posts(cutoff: dt.datetime) -> Q:
+    """Pending webhook deliveries whose next attempt was due before ``cutoff``."""
+    due = Q(attempts=0, created__lt=cutoff)
+    for attempts in range(1, settings.BATCH_WEBHOOK_ATTEMPTS):
+        due |= Q(attempts=attempts, attempt_at__lt=cutoff - backoff(attempts))
+    return Q(state=WebhookDelivery.State.PENDING) & due
+
+
 def free_interrupted(at: dt.datetime) -> int:
+    """E-mails and webhook requests still "sending" long after they were claimed lost their
+    worker: back to pending (an attempt counted), or failed after the last attempt."""
     cutoff = at - dt.timedelta(seconds=settings.BATCH_ALERT_SENDING_TIMEOUT_SECONDS)
+    return _free_emails(cutoff) + _free_posts(cutoff)
+
+
+def _free_emails(cutoff: dt.datetime) -> int:
     stale = Notification.objects.filter(email=Email.SENDING, email_attempt_at__lt=cutoff)
     if not stale.exists():
         return 0
@@ -472,4 +529,20 @@ def free_interrupted(at: dt.datetime) -> int:
     )
     if n:
         log.warning("%s alert e-mail(s) lost their worker while sending; trying again", n)
+    return n
+
+
+def _free_posts(cutoff: dt.datetime) -> int:
+    # At least once, as e-mail: the receiver may have had the request that was interrupted.
+    State = WebhookDelivery.State
+    stale = WebhookDelivery.objects.filter(state=State.SENDING, attempt_at__lt=cutoff)
+    if not stale.exists():
+        return 0
+    last = settings.BATCH_WEBHOOK_ATTEMPTS - 1
+    n = stale.filter(attempts__gte=last).update(
+        state=State.FAILED, attempts=F("attempts") + 1, last_error=INTERRUPTED_POST
+    )
+    n += stale.update(state=State.PENDING, attempts=F("attempts") + 1, last_error=INTERRUPTED_POST)
+    if n:
+        log.warning("%s webhook request(s) lost their worker while sending; trying again", n)
     return n

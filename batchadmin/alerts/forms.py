@@ -1,19 +1,25 @@
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from django import forms
 from django.contrib.auth.models import User
 
-from batchadmin.alerts.models import AlertRule, BatchJobAlert
+from batchadmin.alerts.models import AlertRule, BatchJobAlert, JobWebhook, Webhook
 from batchadmin.jobs.models import Priority
 
 EVENTS = ("ended", "error", "canceled", "deadline")
 
 
-def check_channels(form: forms.BaseForm, cleaned: dict[str, Any], user: User) -> None:
-    """At least one way to be alerted, and e-mail only to an account that has an address."""
-    if not cleaned.get("popup") and not cleaned.get("email"):
+def check_channels(
+    form: forms.BaseForm, cleaned: dict[str, Any], user: User, *, webhooks: bool = False
+) -> None:
+    """At least one way to be alerted, and e-mail only to an account that has an address.
+
+    ``webhooks``: the alerts also go to webhooks, which is a way too (a rule may post to a
+    Teams channel and alert nobody in person)."""
+    if not cleaned.get("popup") and not cleaned.get("email") and not webhooks:
         form.add_error("popup", "Choose how to be alerted: popup, e-mail or both.")
     if cleaned.get("email") and not user.email:
         form.add_error(
@@ -69,7 +75,9 @@ class AlertRuleForm(forms.ModelForm[AlertRule]):
             "deadline",
             "popup",
             "email",
+            "webhooks",
         ]
+        widgets = {"webhooks": forms.CheckboxSelectMultiple}
         help_texts = {
             "ended": "When a job ends.",
             "error": "When a job ends in Error.",
@@ -89,6 +97,10 @@ class AlertRuleForm(forms.ModelForm[AlertRule]):
         priority.choices = [("", "Any priority"), *Priority.choices]
         if user.email:
             self.fields["email"].help_text = f"An e-mail to {user.email}."
+        hooks = self.fields["webhooks"]
+        assert isinstance(hooks, forms.ModelMultipleChoiceField)
+        hooks.queryset = Webhook.objects.filter(enabled=True).order_by("code")
+        hooks.required = False
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -96,7 +108,7 @@ class AlertRuleForm(forms.ModelForm[AlertRule]):
             self.add_error(
                 None, "Choose at least one event: ended, error, canceled, stuck or deadline."
             )
-        check_channels(self, cleaned, self.user)
+        check_channels(self, cleaned, self.user, webhooks=bool(cleaned.get("webhooks")))
         # Two rules for the same jobs would only split one choice in two places.
         same = AlertRule.objects.filter(
             user=self.user, group=cleaned.get("group"), priority=cleaned.get("priority")
@@ -108,3 +120,57 @@ class AlertRuleForm(forms.ModelForm[AlertRule]):
     def save(self, commit: bool = True) -> AlertRule:
         self.instance.user = self.user
         return super().save(commit)
+
+
+class JobWebhooksForm(forms.Form):
+    """The Alerts dialog's webhooks: for each enabled webhook, which ends of the job it gets.
+
+    Unlike the user's own alerts these are the job's: anyone who may change the job sets them.
+    """
+
+    def __init__(self, *args: Any, job: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.job = job
+        self.hooks = list(Webhook.objects.filter(enabled=True).order_by("code"))
+        saved = {h.webhook_id: h for h in JobWebhook.objects.filter(job=job)}
+        for hook in self.hooks:
+            current = saved.get(hook.pk)
+            for event in EVENTS:
+                self.fields[f"hook{hook.pk}_{event}"] = forms.BooleanField(
+                    label=event.capitalize(),
+                    required=False,
+                    initial=bool(current and getattr(current, event)),
+                )
+
+    def rows(self) -> list[tuple[Webhook, list[forms.BoundField]]]:
+        return [(h, [self[f"hook{h.pk}_{e}"] for e in EVENTS]) for h in self.hooks]
+
+    def save(self) -> None:
+        for hook in self.hooks:
+            events = {e: bool(self.cleaned_data.get(f"hook{hook.pk}_{e}")) for e in EVENTS}
+            if any(events.values()):
+                JobWebhook.objects.update_or_create(job=self.job, webhook=hook, defaults=events)
+            else:
+                JobWebhook.objects.filter(job=self.job, webhook=hook).delete()
+
+
+class WebhookForm(forms.ModelForm[Webhook]):
+    """A webhook, set up by a Batch job manager."""
+
+    # Declared for assume_scheme: an address typed without a scheme is https (Django 6's default).
+    url = forms.URLField(
+        label="URL",
+        max_length=500,
+        assume_scheme="https",
+        help_text=str(Webhook._meta.get_field("url").help_text),
+    )
+
+    class Meta:
+        model = Webhook
+        fields = ["code", "description", "url", "format", "secret", "enabled"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.instance.pk and not self.is_bound:
+            # A strong secret to start with; the receiver needs a copy to check signatures.
+            self.initial["secret"] = secrets.token_urlsafe(32)

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils.timezone import now
 
 from batchadmin.jobs.models import BatchJob, Priority
-from batchadmin.servers.models import BatchGroup
+from batchadmin.lib import outbound
+from batchadmin.servers.models import CODE_VALIDATOR, BatchGroup
 
 
 class BatchJobAlert(models.Model):
@@ -180,6 +182,67 @@ class Notification(models.Model):
         return f"{self.event} for {self.user}"
 
 
+def validate_webhook_url(url: str) -> None:
+    """http(s) only; private and loopback addresses only where the setting allows them."""
+    try:
+        outbound.check_url(url, allow_private=settings.BATCH_WEBHOOK_ALLOW_PRIVATE)
+    except outbound.Refused as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class Webhook(models.Model):
+    """Beyond D365 (its business events): an HTTP endpoint alerts are posted to.
+
+    Set up by Batch job managers; chosen in a job's Alerts dialog and in alert rules. Every
+    request carries ``X-Batchadmin-Signature: sha256=<HMAC-SHA256 of the body with the secret>``.
+    """
+
+    class Format(models.TextChoices):
+        JSON = "json", "JSON"
+        TEAMS = "teams", "Microsoft Teams"
+        SLACK = "slack", "Slack"
+
+    code = models.CharField(
+        "webhook",
+        max_length=50,
+        unique=True,
+        validators=[CODE_VALIDATOR],
+        help_text="Identifier, e.g. ops-teams; import files name webhooks by it.",
+    )
+    description = models.CharField("description", max_length=200, blank=True)
+    url = models.URLField(
+        "URL",
+        max_length=500,
+        validators=[validate_webhook_url],
+        help_text="Where alerts are posted: an http(s) address, e.g. a Teams or Slack "
+        "incoming webhook.",
+    )
+    secret = models.CharField(
+        "secret",
+        max_length=200,
+        help_text="Signs every request (X-Batchadmin-Signature: sha256=HMAC of the body), so "
+        "the receiver can tell the alert came from here.",
+    )
+    format = models.CharField(
+        "format",
+        max_length=5,
+        choices=Format.choices,
+        default=Format.JSON,
+        help_text="JSON for your own receiver; Teams and Slack post a message to a channel.",
+    )
+    enabled = models.BooleanField(
+        "enabled", default=True, help_text="A disabled webhook is sent nothing."
+    )
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name = "webhook"
+
+    def __str__(self) -> str:
+        return self.code
+
+
 class AlertRule(models.Model):
     """Beyond D365: a subscription to every job of a batch group and/or a priority.
 
@@ -218,6 +281,13 @@ class AlertRule(models.Model):
     )
     popup = models.BooleanField("popup", default=True)
     email = models.BooleanField("e-mail", default=False)
+    webhooks = models.ManyToManyField(
+        Webhook,
+        blank=True,
+        related_name="rules",
+        verbose_name="webhooks",
+        help_text="Also post these alerts to these webhooks.",
+    )
     created = models.DateTimeField(default=now)
 
     class Meta:
@@ -237,3 +307,66 @@ class AlertRule(models.Model):
 
     def wants(self, kind: str) -> bool:
         return bool(getattr(self, subscription_field(kind), False))
+
+
+class JobWebhook(models.Model):
+    """The Alerts dialog's webhooks: which ends of a job are posted to a webhook."""
+
+    job = models.ForeignKey(BatchJob, models.CASCADE, related_name="webhooks")
+    webhook = models.ForeignKey(Webhook, models.CASCADE, related_name="jobs")
+    ended = models.BooleanField("ended", default=False)
+    error = models.BooleanField("error", default=False)
+    canceled = models.BooleanField("canceled", default=False)
+    deadline = models.BooleanField("deadline", default=False)
+
+    class Meta:
+        verbose_name = "job webhook"
+        constraints = [
+            models.UniqueConstraint(fields=["job", "webhook"], name="jobwebhook_job_webhook"),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} -> {self.webhook_id}"
+
+    def events(self) -> list[str]:
+        return [k for k in ("ended", "error", "canceled", "deadline") if getattr(self, k)]
+
+
+class WebhookDelivery(models.Model):
+    """One alert event posted to one webhook: the outbox row and the delivery log."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    event = models.ForeignKey(AlertEvent, models.CASCADE, related_name="webhook_deliveries")
+    webhook = models.ForeignKey(Webhook, models.CASCADE, related_name="deliveries")
+    state = models.CharField(max_length=7, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    attempt_at = models.DateTimeField(null=True, blank=True)  # the last attempt's claim
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.PositiveSmallIntegerField("last HTTP status", null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        verbose_name = "webhook delivery"
+        verbose_name_plural = "webhook deliveries"
+        ordering = ["-created", "-pk"]
+        constraints = [
+            # Exactly one request per event and webhook, however often delivery runs.
+            models.UniqueConstraint(fields=["event", "webhook"], name="webhookdelivery_once"),
+        ]
+        indexes = [
+            # The tick's sweep for deliveries to retry or stuck "sending".
+            models.Index(
+                fields=["attempt_at"],
+                name="webhookdelivery_open_idx",
+                condition=Q(state__in=["pending", "sending"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} to {self.webhook_id}: {self.state}"

@@ -16,4 +16,8 @@ urlpatterns = [
     path("rules/new/", views.rule_create, name="rule-create"),
     path("rules/<int:pk>/edit/", views.rule_edit, name="rule-edit"),
     path("rules/<int:pk>/delete/", views.rule_delete, name="rule-delete"),
+    path("webhooks/", views.webhook_list, name="webhooks"),
+    path("webhooks/new/", views.webhook_create, name="webhook-create"),
+    path("webhooks/<int:pk>/edit/", views.webhook_edit, name="webhook-edit"),
+    path("webhooks/<int:pk>/delete/", views.webhook_delete, name="webhook-delete"),
 ]

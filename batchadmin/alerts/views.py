@@ -31,13 +31,15 @@ from django_htmx.http import (
     trigger_client_event,
 )
 
-from batchadmin.alerts.forms import AlertRuleForm
+from batchadmin.alerts.forms import AlertRuleForm, WebhookForm
 from batchadmin.alerts.models import (
     DEADLINE_KINDS,
     STUCK_KINDS,
     AlertKind,
     AlertRule,
     Notification,
+    Webhook,
+    WebhookDelivery,
 )
 from batchadmin.audit import trail
 from batchadmin.jobs import access
@@ -318,7 +320,11 @@ def _require_manager(request: AuthedRequest) -> None:
 @require_GET
 def rule_list(request: AuthedRequest) -> HttpResponse:
     _require_manager(request)
-    rules = AlertRule.objects.filter(user=request.user).select_related("group")
+    rules = (
+        AlertRule.objects.filter(user=request.user)
+        .select_related("group")
+        .prefetch_related("webhooks")
+    )
     context = {
         "nav": "rules",
         # Rules for any group first: the widest nets on top.
@@ -399,3 +405,72 @@ def describe_scope(rule: AlertRule) -> str:
     if rule.priority:
         parts.append(f"with priority {rule.get_priority_display()}")
     return "jobs " + " ".join(parts) if parts else "every batch job"
+
+
+# --- Webhooks (Batch job managers) ----------------------------------------------------------
+
+DELIVERIES_SHOWN = 50
+
+
+def _require_webhook_manager(request: AuthedRequest) -> None:
+    if not access.is_manager(request.user):
+        raise PermissionDenied("Only a Batch job manager can set up webhooks.")
+
+
+@require_GET
+def webhook_list(request: AuthedRequest) -> HttpResponse:
+    """The webhooks and the delivery log: each request's state, attempts and last answer."""
+    _require_webhook_manager(request)
+    hooks = list(Webhook.objects.order_by("code").annotate(n=Count("deliveries")))
+    deliveries = WebhookDelivery.objects.select_related("webhook", "event").order_by(
+        "-created", "-pk"
+    )
+    shown = request.GET.get("webhook", "")
+    if shown:
+        deliveries = deliveries.filter(webhook__code=shown)
+    context = {
+        "nav": "rules",
+        "hooks": hooks,
+        "deliveries": deliveries[:DELIVERIES_SHOWN],
+        "shown": shown,
+        "shown_max": DELIVERIES_SHOWN,
+    }
+    template = "alerts/webhook_list.html"
+    if request.htmx and request.htmx.target == "webhook-area":
+        template += "#webhook-area"
+    return render(request, template, context)
+
+
+@require_http_methods(["GET", "POST"])
+def webhook_create(request: AuthedRequest) -> HttpResponse:
+    return _webhook_form(request, None)
+
+
+@require_http_methods(["GET", "POST"])
+def webhook_edit(request: AuthedRequest, pk: int) -> HttpResponse:
+    _require_webhook_manager(request)
+    return _webhook_form(request, get_object_or_404(Webhook, pk=pk))
+
+
+def _webhook_form(request: AuthedRequest, hook: Webhook | None) -> HttpResponse:
+    _require_webhook_manager(request)
+    form = WebhookForm(request.POST or None, instance=hook)
+    if request.method == "POST" and form.is_valid():
+        saved = form.save()
+        messages.success(request, f"{'Saved' if hook else 'Created'} the webhook {saved.code}.")
+        return close_dialog(request, "webhooks-changed", "alerts:webhooks")
+    return render_dialog(
+        request, "alerts/webhook_form.html", {"form": form, "hook": hook}, nav="rules"
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def webhook_delete(request: AuthedRequest, pk: int) -> HttpResponse:
+    _require_webhook_manager(request)
+    hook = get_object_or_404(Webhook, pk=pk)
+    if request.method == "POST":
+        hook.delete()
+        messages.success(request, f"Deleted the webhook {hook.code} and its delivery log.")
+        return close_dialog(request, "webhooks-changed", "alerts:webhooks")
+    context = {"hook": hook, "jobs": hook.jobs.count(), "rules": hook.rules.count()}
+    return render_dialog(request, "alerts/webhook_delete.html", context, nav="rules")

@@ -52,6 +52,7 @@ class Via(models.TextChoices):
     WEB = "web", "Pages"
     CLI = "cli", "Command line"
     IMPORT = "import", "Import"
+    API = "api", "REST API"
 
 
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):

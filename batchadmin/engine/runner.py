@@ -17,7 +17,7 @@ from django.utils.timezone import now
 
 from batchadmin.engine import counters, transitions
 from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun, Company
-from batchadmin.lib import db
+from batchadmin.lib import db, tracing
 from batchadmin.processes import registry
 
 if TYPE_CHECKING:
@@ -151,21 +151,35 @@ def run_task(
     started = time.monotonic()
     finished = False
     LEASES.track(task_id)
-    try:
-        outcome, lines = execute(task_run)
-        # A database blip while settling should not cost the attempt its result: retry a few
-        # times (the lease keeps being renewed meanwhile); if the database stays away the lease
-        # runs out and the tick fails the attempt instead.
-        finished = db.retry(
-            lambda: transitions.finish_task(
-                task_id=task_id, attempt=task_run.attempt, outcome=outcome, log=lines
-            ),
-            delays=FINISH_RETRY_DELAYS,
-            log=log,
-            what=f"finishing task {task_id}",
-        )
-    finally:
-        LEASES.untrack(task_id)
+    task = task_run.task
+    # A child of the message's span (the job start, or the attempt that released this task):
+    # the messages the finish sends for the tasks it releases continue the same trace.
+    with tracing.span(
+        "batchadmin.task.attempt",
+        job_id=task.job_id,
+        task_id=task_id,
+        task_key=task.key,
+        attempt=task_run.attempt,
+        process=task.process,
+        hostname=hostname,
+    ) as current:
+        try:
+            outcome, lines = execute(task_run)
+            if outcome.error:
+                tracing.failed(current, outcome.error)
+            # A database blip while settling should not cost the attempt its result: retry a
+            # few times (the lease keeps being renewed meanwhile); if the database stays away
+            # the lease runs out and the tick fails the attempt instead.
+            finished = db.retry(
+                lambda: transitions.finish_task(
+                    task_id=task_id, attempt=task_run.attempt, outcome=outcome, log=lines
+                ),
+                delays=FINISH_RETRY_DELAYS,
+                log=log,
+                what=f"finishing task {task_id}",
+            )
+        finally:
+            LEASES.untrack(task_id)
     if finished:  # False: a late result the tick already counted when the lease ran out
         counters.task_finished(
             task_id=task_id,

@@ -30,7 +30,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
 )
-from batchadmin.lib import broker, db
+from batchadmin.lib import broker, db, tracing
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,9 @@ def handle_due_jobs(at: dt.datetime) -> int:
     started = 0
     for job_id in due.values_list("pk", flat=True)[: settings.BATCH_TICK_LIMIT]:
         try:
-            started += transitions.start_job(job_id=job_id, at=at)
+            # The root of the run's trace (lib/tracing.py): its messages carry it to the workers.
+            with tracing.span("batchadmin.job.start", job_id=job_id):
+                started += transitions.start_job(job_id=job_id, at=at)
         except Exception:
             # Crash-loop guard: one broken job must not stop the others from starting.
             log.exception("Could not start batch job %s", job_id)

@@ -1,6 +1,6 @@
 """Copy batch job (D365 copy-batch-job.md): the job, its tasks with their parameters, their
-conditions, its recurrence and its alerts, as a new job in Withhold. Save job to history and
-Critical come along with the header.
+conditions, its recurrence and its alerts (its users' and its webhooks), as a new job in
+Withhold. Save job to history and Critical come along with the header.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.forms.models import model_to_dict
 
-from batchadmin.alerts.models import BatchJobAlert
+from batchadmin.alerts.models import BatchJobAlert, JobWebhook
 from batchadmin.jobs.models import (
     BatchJob,
     BatchRecurrence,
@@ -96,6 +96,12 @@ def copy_job(
                 email=a.email,
             )
             for a in BatchJobAlert.objects.filter(job=source).order_by("pk")
+        )
+        JobWebhook.objects.bulk_create(
+            JobWebhook(
+                job=job, webhook_id=h.webhook_id, ended=h.ended, error=h.error, canceled=h.canceled
+            )
+            for h in JobWebhook.objects.filter(job=source).order_by("pk")
         )
         recurrence = source.get_recurrence()
         if recurrence is not None:

@@ -55,7 +55,8 @@ LEVEL_FILTERS = {"all": Level.INFO, "warning": Level.WARNING, "error": Level.ERR
 def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJob:
     """The job if the user may see it (404 otherwise, so ids of others' jobs do not leak)."""
     job = get_object_or_404(
-        access.visible_jobs(request.user).select_related("created_by", "run_as"), pk=pk
+        access.visible_jobs(request.user).select_related("created_by", "run_as", "django_task"),
+        pk=pk,
     )
     if change and not access.can_change(request.user, job):
         raise Http404("You can't change this batch job.")

@@ -15,9 +15,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils.dateparse import parse_date, parse_datetime, parse_time
 from django.utils.timezone import is_naive, make_aware, now
 
+from batchadmin.alerts.models import BatchJobAlert, JobWebhook, Webhook
 from batchadmin.audit import trail
 from batchadmin.jobs import calendar_forms
 from batchadmin.jobs.models import (
@@ -26,10 +29,13 @@ from batchadmin.jobs.models import (
     TIME_LIMIT_MAX_SECONDS,
     ActivePeriod,
     BatchJob,
+    BatchJobRun,
+    BatchLogEntry,
     BatchRecurrence,
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
+    BatchTaskRun,
     Calendar,
     CalendarDate,
     Company,
@@ -81,10 +87,11 @@ JOB_KEYS = {
     "recurrence",
     "deadline",
     "tasks",
+    "alerts",
 }
 RECURRENCE_KEYS = {"start", "timezone", "end", "pattern", "missed", "calendar", "on_calendar_date"}
 CALENDAR_KEYS = {"code", "description", "dates"}
-TOP_LEVEL_KEYS = {"jobs", "groups", "calendars"}
+TOP_LEVEL_KEYS = {"jobs", "groups", "calendars", "webhooks"}
 # The pattern keys each unit takes besides "unit" and "every" (a cron pattern is {"cron": ...}).
 PATTERN_KEYS = {
     recurrence.MINUTES: set(),
@@ -107,6 +114,8 @@ TASK_KEYS = {
     "condition_type",
     "conditions",
 }
+WEBHOOK_KEYS = {"code", "url", "secret", "format", "description"}
+ALERT_EVENTS = ("ended", "error", "canceled", "deadline")
 GROUP_KEYS = {"code", "description", "servers", "priority", "max_concurrency", "reserved_capacity"}
 
 
@@ -164,24 +173,29 @@ class _Calendar:
 
 
 def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
-    """Create the groups and jobs that ``data`` describes; return the jobs in file order."""
+    """Create the groups, webhooks and jobs that ``data`` describes; return the jobs in file
+    order."""
     if not isinstance(data, dict):
         raise ImportFailure(
             'The file must hold a JSON object: a job, or {"groups": [...], "jobs": [...]}.'
         )
     raw_calendars: Any = []
+    raw_hooks: Any = []
     if TOP_LEVEL_KEYS & set(data):
         extra = set(data) - TOP_LEVEL_KEYS
         if extra:
             raise ImportFailure(f"Unknown top-level key(s): {', '.join(sorted(extra))}.")
         raw_groups, raw_jobs = data.get("groups", []), data.get("jobs", [])
         raw_calendars = data.get("calendars", [])
+        raw_hooks = data.get("webhooks", [])
         if not isinstance(raw_groups, list) or not isinstance(raw_jobs, list):
             raise ImportFailure('"groups" and "jobs" must be lists.')
         if not isinstance(raw_calendars, list):
             raise ImportFailure('"calendars" must be a list.')
+        if not isinstance(raw_hooks, list):
+            raise ImportFailure('"webhooks" must be a list.')
     else:
-        raw_groups, raw_jobs = [], [data]
+        raw_groups, raw_jobs, raw_hooks = [], [data], []
     groups = [_parse_group(g, i) for i, g in enumerate(raw_groups, 1)]
     known_groups = set(BatchGroup.objects.values_list("code", flat=True)) | {g.code for g in groups}
     calendars = [_parse_calendar(c, i) for i, c in enumerate(raw_calendars, 1)]
@@ -191,12 +205,23 @@ def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
         raise ImportFailure(f"calendar {twice!r} is in the file twice.")
     calendar_dates = _calendar_dates(calendars)
     jobs = [_parse_job(j, i, known_groups, calendar_dates) for i, j in enumerate(raw_jobs, 1)]
+    hooks = _parse_webhooks(raw_hooks)
+    known_hooks = set(Webhook.objects.values_list("code", flat=True)) | {h["code"] for h in hooks}
+    alerts = [
+        _parse_alerts(raw, f"job {i} ({job.description!r})", known_hooks)
+        for i, (raw, job) in enumerate(zip(raw_jobs, jobs, strict=True), 1)
+    ]
     with transaction.atomic():
         for group in groups:
             _save_group(group, user)
         for calendar in calendars:
             _save_calendar(calendar)
-        return [_save_job(job, user) for job in jobs]
+        for hook in hooks:
+            Webhook.objects.update_or_create(code=hook["code"], defaults=hook)
+        saved = [_save_job(job, user) for job in jobs]
+        for job, job_alerts in zip(saved, alerts, strict=True):
+            _save_alerts(job, job_alerts)
+        return saved
 
 
 def _parse_calendar(raw: Any, index: int) -> _Calendar:
@@ -809,6 +834,141 @@ def _save_job(parsed: _Job, user: Any) -> BatchJob:
     return job
 
 
+def _parse_webhooks(raw_hooks: list[Any]) -> list[dict[str, Any]]:
+    """Webhook field values; a code that exists already is updated (its URL, secret, ...)."""
+    hooks: list[dict[str, Any]] = []
+    for index, raw in enumerate(raw_hooks, 1):
+        where = f"webhook {index}"
+        if not isinstance(raw, dict):
+            raise ImportFailure(f"{where}: must be an object.")
+        code = raw.get("code")
+        if not isinstance(code, str):
+            raise ImportFailure(f'{where}: "code" is required.')
+        where = f"webhook {code!r}"
+        _check_keys(raw, WEBHOOK_KEYS, where)
+        _validate_code(code, where)
+        if code in {h["code"] for h in hooks}:
+            raise ImportFailure(f"{where}: defined twice.")
+        values: dict[str, Any] = {"code": code}
+        for key in ("url", "secret"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise ImportFailure(f'{where}: "{key}" is required (a string).')
+        values["format"] = _choice(
+            raw.get("format", Webhook.Format.JSON.value),
+            {f.value: f.value for f in Webhook.Format},
+            f"{where}: format",
+        )
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            raise ImportFailure(f'{where}: "description" must be a string.')
+        values |= {"url": raw["url"], "secret": raw["secret"], "description": description}
+        webhook = Webhook(**values)
+        try:
+            webhook.clean_fields(exclude=["code"])
+        except ValidationError as exc:
+            problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+            raise ImportFailure(f"{where}: {problems}") from None
+        hooks.append(values)
+    return hooks
+
+
+@dataclass
+class _Alert:
+    events: dict[str, bool]
+    webhook: str | None = None  # a webhook's code, or
+    user: Any = None  # a user: popup and/or e-mail
+    popup: bool = True
+    email: bool = False
+
+
+def _parse_alerts(raw_job: Any, where: str, known_hooks: set[str]) -> list[_Alert]:
+    """A job's "alerts": [{"webhook": CODE, "on": [...]}, {"user": NAME, "on": [...],
+    "popup": bool, "email": bool}], as its Alerts dialog sets them."""
+    raw_alerts = raw_job.get("alerts", []) if isinstance(raw_job, dict) else []
+    if not isinstance(raw_alerts, list):
+        raise ImportFailure(f'{where}: "alerts" must be a list.')
+    alerts: list[_Alert] = []
+    seen: set[str] = set()
+    users = get_user_model().objects
+    for index, raw in enumerate(raw_alerts, 1):
+        here = f"{where}, alert {index}"
+        if not isinstance(raw, dict) or ("webhook" in raw) == ("user" in raw):
+            raise ImportFailure(
+                f'{here}: each alert is {{"webhook": CODE, "on": [...]}} or '
+                '{"user": USERNAME, "on": [...], "popup": true, "email": false}.'
+            )
+        on = raw.get("on")
+        if not isinstance(on, list) or not on:
+            raise ImportFailure(
+                f'{here}: "on" lists one or more of ended, error, canceled, deadline.'
+            )
+        chosen = {_choice(e, {e: e for e in ALERT_EVENTS}, f"{here}: event") for e in on}
+        events = {e: e in chosen for e in ALERT_EVENTS}
+        if "webhook" in raw:
+            _check_keys(raw, {"webhook", "on"}, here)
+            code = raw["webhook"]
+            if not isinstance(code, str) or code not in known_hooks:
+                raise ImportFailure(f"{here}: unknown webhook {code!r}.")
+            key = f"webhook:{code}"
+            alert = _Alert(events, webhook=code)
+        else:
+            _check_keys(raw, {"user", "on", "popup", "email"}, here)
+            name = raw["user"]
+            user = users.filter(username=name).first() if isinstance(name, str) else None
+            if user is None:
+                raise ImportFailure(f"{here}: unknown user {name!r}.")
+            popup, email = raw.get("popup", True), raw.get("email", False)
+            if not isinstance(popup, bool) or not isinstance(email, bool):
+                raise ImportFailure(f"{here}: popup and email are true or false.")
+            if not popup and not email:
+                raise ImportFailure(f"{here}: choose how to alert {name}: popup, email or both.")
+            if email and not user.email:
+                raise ImportFailure(f"{here}: user {name!r} has no e-mail address.")
+            key = f"user:{name}"
+            alert = _Alert(events, user=user, popup=popup, email=email)
+        if key in seen:
+            raise ImportFailure(f"{here}: {key.replace(':', ' ')} is listed twice.")
+        seen.add(key)
+        alerts.append(alert)
+    return alerts
+
+
+def _save_alerts(job: BatchJob, alerts: list[_Alert]) -> None:
+    hooks = {h.code: h for h in Webhook.objects.filter(code__in=[a.webhook for a in alerts])}
+    JobWebhook.objects.bulk_create(
+        JobWebhook(job=job, webhook=hooks[a.webhook], **a.events) for a in alerts if a.webhook
+    )
+    BatchJobAlert.objects.bulk_create(
+        BatchJobAlert(job=job, user=a.user, popup=a.popup, email=a.email, **a.events)
+        for a in alerts
+        if a.user is not None
+    )
+
+
+def export_alerts(job: BatchJob) -> list[dict[str, Any]]:
+    """The job's "alerts": its webhooks by code, then its users' alerts by username."""
+    alerts: list[dict[str, Any]] = []
+    for hook in (
+        JobWebhook.objects.filter(job=job).select_related("webhook").order_by("webhook__code")
+    ):
+        if hook.events():
+            alerts.append({"webhook": hook.webhook.code, "on": hook.events()})
+    for alert in (
+        BatchJobAlert.objects.filter(job=job).select_related("user").order_by("user__username")
+    ):
+        on = [e for e in ALERT_EVENTS if getattr(alert, e)]
+        if on:
+            alerts.append(
+                {
+                    "user": alert.user.get_username(),
+                    "on": on,
+                    "popup": alert.popup,
+                    "email": alert.email,
+                }
+            )
+    return alerts
+
+
 def export_job(job: BatchJob) -> dict[str, Any]:
     """The JSON import_data accepts; importing it gives an equal job."""
     tasks = list(job.tasks.select_related("group", "company").order_by("position", "pk"))
@@ -865,6 +1025,9 @@ def export_job(job: BatchJob) -> dict[str, Any]:
         if t.time_limit is not None:
             item["time_limit"] = t.time_limit  # seconds; left out: the server default
         data["tasks"].append(item)
+    alerts = export_alerts(job)
+    if alerts:
+        data["alerts"] = alerts
     return data
 
 
@@ -918,3 +1081,82 @@ def export_file(job: BatchJob) -> dict[str, Any]:
     if recurring is None or recurring.calendar is None:
         return data
     return {"calendars": [export_calendar(recurring.calendar)], "jobs": [data]}
+
+
+def show_job(job: BatchJob) -> dict[str, Any]:
+    """A job and its tasks as `batch show --json` and `GET /api/v1/jobs/ID` print it."""
+    runs = BatchTaskRun.objects.filter(job_run_id=job.current_run_id, attempt__gt=0).select_related(
+        "server"
+    )
+    last_server = {r.task_id: r.server.name if r.server else None for r in runs.order_by("attempt")}
+    # Log lines of each task's last attempt (a skip's row is no attempt), whichever run it was.
+    last_attempt = (
+        BatchTaskRun.objects.filter(task=OuterRef(OuterRef("pk")), attempt__gt=0)
+        .exclude(status=BatchStatus.SKIPPED)
+        .order_by("-pk")
+        .values("pk")[:1]
+    )
+    lines = (
+        BatchLogEntry.objects.filter(task_run=Subquery(last_attempt))
+        .order_by()
+        .values("task_run")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    # Any: django-stubs does not see the annotation (BatchTaskQuerySet says why).
+    tasks: Any = job.tasks.annotate(log_lines=Coalesce(Subquery(lines), 0))
+    tasks = tasks.order_by("position", "pk")
+    job_runs = BatchJobRun.objects.filter(job=job)
+    last = job_runs.order_by("-started_at", "-pk").values("status", "ended_at").first()
+    return {
+        "id": job.pk,
+        "description": job.description,
+        "status": job.status,
+        "runs": job_runs.count(),
+        "last_run": last,
+        "tasks": [
+            {
+                "key": t.key,
+                "description": t.description,
+                "status": t.status,
+                "server": last_server.get(t.pk),
+                "retries": t.retries,
+                "started_at": t.started_at,
+                "ended_at": t.ended_at,
+                "log_lines": t.log_lines,
+            }
+            for t in tasks
+        ],
+    }
+
+
+def needs_manager(data: Any, *, username: str) -> str:
+    """What in an import only a Batch job manager may ask for, as the pages allow it, or "".
+
+    For the API, where a Batch user imports too: batch groups are set up by managers; Run by
+    another user and Critical are fields only a manager may change on the job form. Read
+    leniently: whatever is malformed here, import_data refuses with its own message.
+    """
+    if not isinstance(data, dict):
+        return ""
+    if "groups" in data and data["groups"]:
+        return "Only a Batch job manager can set up batch groups."
+    if "webhooks" in data and data["webhooks"]:
+        return "Only a Batch job manager can set up webhooks."
+    if "calendars" in data and data["calendars"]:
+        return "Only a Batch job manager can set up calendars."
+    several = bool(TOP_LEVEL_KEYS & set(data))
+    raw_jobs = data.get("jobs", []) if several else [data]
+    for index, job in enumerate(raw_jobs if isinstance(raw_jobs, list) else [], 1):
+        if not isinstance(job, dict):
+            continue
+        where = f"job {index}"
+        if job.get("run_as") not in (None, "", username):
+            return f"{where}: only a Batch job manager can set Run by to another user."
+        if job.get("critical") is True:
+            return f"{where}: only a Batch job manager can make a job critical."
+        alerts = job.get("alerts")
+        for n, alert in enumerate(alerts if isinstance(alerts, list) else [], 1):
+            if isinstance(alert, dict) and alert.get("user") not in (None, username):
+                return f"{where}, alert {n}: only a Batch job manager can set alerts for others."
+    return ""

@@ -48,7 +48,9 @@ LIVE_STATUSES = (*RUNNING_STATUSES, BatchStatus.WAITING)
 def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJob:
     """The job if the user may see it (404 otherwise, so ids of others' jobs do not leak)."""
     # The header shows the recurrence and the active period: one query with the job.
-    jobs = access.visible_jobs(request.user).select_related("recurrence", "active_period")
+    jobs = access.visible_jobs(request.user).select_related(
+        "recurrence", "active_period", "django_task"
+    )
     job = get_object_or_404(jobs, pk=pk)
     if change and not access.can_change(request.user, job):
         raise Http404("You can't change this batch job.")
@@ -57,7 +59,9 @@ def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJ
 
 @require_GET
 def job_list(request: AuthedRequest) -> HttpResponse:
-    jobs = access.visible_jobs(request.user).select_related("created_by", "run_as", "recurrence")
+    jobs = access.visible_jobs(request.user).select_related(
+        "created_by", "run_as", "recurrence", "django_task"
+    )
     filterset = JobFilter(request.GET, queryset=jobs)
     qs = filterset.qs if filterset.is_valid() else jobs.none()
     if not request.GET.get("o"):
@@ -168,7 +172,9 @@ def _back(request: AuthedRequest) -> str:
 def job_row(request: AuthedRequest, pk: int) -> HttpResponse:
     """One row of the list, polled while the job is live; a finished row stops polling."""
     job = get_object_or_404(
-        access.visible_jobs(request.user).select_related("created_by", "run_as", "recurrence"),
+        access.visible_jobs(request.user).select_related(
+            "created_by", "run_as", "recurrence", "django_task"
+        ),
         pk=pk,
     )
     return render(request, "jobs/job_list.html#job-row", {"job": job})
@@ -564,9 +570,12 @@ def job_alerts(request: AuthedRequest, pk: int) -> HttpResponse:
         instance=alert or BatchJobAlert(job=job, user=request.user),
         user=request.user,
     )
-    if request.method == "POST" and form.is_valid():
+    # The job's webhooks (its own, not the user's): saved with the same button.
+    hooks = alert_forms.JobWebhooksForm(request.POST or None, job=job)
+    if request.method == "POST" and form.is_valid() and hooks.is_valid():
         with transaction.atomic():
             form.save_or_delete()
+            hooks.save()
             trail.record_edit(
                 trail.Action.ALERTS_EDIT,
                 before={"Alerts": before},
@@ -578,7 +587,8 @@ def job_alerts(request: AuthedRequest, pk: int) -> HttpResponse:
         if not request.htmx:
             messages.success(request, "Saved your alerts for this job.")
         return close_dialog(request, "alerts-changed", "jobs:detail", job.pk)
-    return render_dialog(request, "jobs/job_alerts.html", {"job": job, "form": form}, nav="jobs")
+    context = {"job": job, "form": form, "hooks": hooks}
+    return render_dialog(request, "jobs/job_alerts.html", context, nav="jobs")
 
 
 @require_http_methods(["GET", "POST"])

@@ -103,7 +103,8 @@ class SweepTestCase(BaseTestCase):
     def test_it_costs_three_queries_when_all_is_delivered(self):
         event = self.event()
         self.notification(event, email=Email.SENT, email_attempts=1, email_attempt_at=NINE)
-        with self.assertNumQueries(3):  # e-mails stuck "sending", lost events, overdue e-mails
+        # E-mails and webhook requests stuck "sending", lost events, overdue e-mails and requests.
+        with self.assertNumQueries(5):
             assert delivery.sweep(NINE + dt.timedelta(hours=1)) == 0
         self.queue_size.assert_not_called()
 

@@ -110,6 +110,7 @@ class RegistryTestCase(SimpleTestCase):
             "demo.log": {"lines": 3},
             "reports.task_history_csv": {"days": 2, "errors_only": True},
             "mail.send_document": {"to": "a@example.com, b@example.com", "subject": "s", "document": "latest"},
+            "django.task": {"task": "tests.djangotasks.tasks.add", "args": [1, 2]},
         }  # fmt: skip
         refused = {}
         for process in registry.all_processes():

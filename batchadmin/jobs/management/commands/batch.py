@@ -12,10 +12,10 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import Count, OuterRef, Prefetch, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Prefetch
 from django.utils.timezone import now
 
+from batchadmin.accounts import tokens
 from batchadmin.audit import trail
 from batchadmin.audit.models import AuditEntry
 from batchadmin.engine import transitions
@@ -23,11 +23,8 @@ from batchadmin.jobs import access, io
 from batchadmin.jobs.models import (
     RUNNING_STATUSES,
     BatchJob,
-    BatchJobRun,
-    BatchLogEntry,
     BatchStatus,
     BatchTask,
-    BatchTaskRun,
     StatusChange,
 )
 from batchadmin.lib import recurrence
@@ -128,6 +125,11 @@ class Command(BaseCommand):
             "servers",
             help="List batch servers, their groups, threads and replicas online.",
         )
+        p = sub.add_parser(
+            "token", help="Make a personal API token for a user and print it (shown only once)."
+        )
+        p.add_argument("username")
+        p.add_argument("--name", default="command line", help="What the token is for.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         getattr(self, "do_" + options["action"])(**options)
@@ -155,7 +157,7 @@ class Command(BaseCommand):
 
     def do_show(self, *, job_id: int, json: bool, **_: Any) -> None:
         job = _job(job_id)
-        data = show_job(job)
+        data = io.show_job(job)
         if json:
             self.stdout.write(_json_dumps(data))
             return
@@ -327,51 +329,11 @@ class Command(BaseCommand):
                     f"  {r.hostname} pid {r.pid}, {r.busy}/{r.concurrency} busy, heartbeat {r.last_heartbeat:%H:%M:%S}"
                 )
 
-
-def show_job(job: BatchJob) -> dict[str, Any]:
-    runs = BatchTaskRun.objects.filter(job_run_id=job.current_run_id, attempt__gt=0).select_related(
-        "server"
-    )
-    last_server = {r.task_id: r.server.name if r.server else None for r in runs.order_by("attempt")}
-    # Log lines of each task's last attempt (a skip's row is no attempt), whichever run it was.
-    last_attempt = (
-        BatchTaskRun.objects.filter(task=OuterRef(OuterRef("pk")), attempt__gt=0)
-        .exclude(status=BatchStatus.SKIPPED)
-        .order_by("-pk")
-        .values("pk")[:1]
-    )
-    lines = (
-        BatchLogEntry.objects.filter(task_run=Subquery(last_attempt))
-        .order_by()
-        .values("task_run")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    # Any: django-stubs does not see the annotation (BatchTaskQuerySet says why).
-    tasks: Any = job.tasks.annotate(log_lines=Coalesce(Subquery(lines), 0))
-    tasks = tasks.order_by("position", "pk")
-    job_runs = BatchJobRun.objects.filter(job=job)
-    last = job_runs.order_by("-started_at", "-pk").values("status", "ended_at").first()
-    return {
-        "id": job.pk,
-        "description": job.description,
-        "status": job.status,
-        "runs": job_runs.count(),
-        "last_run": last,
-        "tasks": [
-            {
-                "key": t.key,
-                "description": t.description,
-                "status": t.status,
-                "server": last_server.get(t.pk),
-                "retries": t.retries,
-                "started_at": t.started_at,
-                "ended_at": t.ended_at,
-                "log_lines": t.log_lines,
-            }
-            for t in tasks
-        ],
-    }
+    def do_token(self, *, username: str, name: str, **_: Any) -> None:
+        user = _user(username)
+        if not user.is_active:
+            raise CommandError(f"User {username!r} is deactivated; a token would not work.")
+        self.stdout.write(tokens.issue(user, name=name)[1])  # the plain token, shown this once
 
 
 def _json_dumps(data: Any) -> str:
