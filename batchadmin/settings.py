@@ -345,6 +345,9 @@ BATCH_TICK_LIMIT = env_int("BATCH_TICK_LIMIT", 500)
 BATCH_BEAT_STALE_SECONDS = env_float("BATCH_BEAT_STALE_SECONDS", 30)
 # When set, /metrics answers only requests with "Authorization: Bearer <token>".
 BATCH_METRICS_TOKEN = os.environ.get("BATCH_METRICS_TOKEN", "")
+# A process adds the attempts it settled to /metrics' counters in Redis at most this often
+# (0: at once, one write per attempt). A killed worker loses at most this interval's counts.
+BATCH_METRICS_FLUSH_SECONDS = env_float("BATCH_METRICS_FLUSH_SECONDS", 1.0)
 
 LOGGING = {
     "version": 1,

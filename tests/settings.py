@@ -20,3 +20,6 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 BATCH_RETRY_BACKOFF_SECONDS = 0.1
 # Static files come from the finders in tests; no collectstatic needed.
 MIDDLEWARE = [m for m in MIDDLEWARE if m != "whitenoise.middleware.WhiteNoiseMiddleware"]  # noqa: F405
+# Counters go to Redis at each settled attempt, so a test can read them at once (the tally
+# that batches them has its own tests).
+BATCH_METRICS_FLUSH_SECONDS = 0.0

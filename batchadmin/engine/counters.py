@@ -3,17 +3,24 @@
 /metrics reads its gauges (jobs and tasks by status, servers, threads, queue depth, beat) from
 the database at scrape time. Counters and the duration histogram cannot come from there: the
 history rows they would count are deleted by clean-up and by "Save job to history". So the
-process that settles an attempt (a worker, or beat when a lease runs out) adds it to two Redis
-hashes in one round trip, once the finish has committed. They last as long as the broker's
-data: a Redis flush resets them, which Prometheus handles as a counter reset.
+process that settles an attempt (a worker, or beat when a lease runs out) counts it, once the
+finish has committed, in a tally of its own, and adds the tally to two Redis hashes in one round
+trip every ``BATCH_METRICS_FLUSH_SECONDS`` (a write per task cost as much CPU as the claim:
+bench/README.md). The tally is also written when the process shuts down warmly; a process that
+is killed loses at most the last interval's counts, never an attempt (those are in the
+database). The hashes last as long as the broker's data: a Redis flush resets them, which
+Prometheus handles as a counter reset.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import os
+import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -73,7 +80,7 @@ def task_finished(*, task_id: int, status: str, seconds: float, group: str | Non
         except Exception:
             log.debug("No batch group for task %s; not counted", task_id, exc_info=True)
             return
-        record(group=code, status=status, seconds=seconds)
+        TALLY.add(group=code, status=status, seconds=seconds)
 
     transaction.on_commit(count)
 
@@ -89,22 +96,99 @@ def _group_of(task_id: int) -> str:
     return code or ""
 
 
+def bucket_of(seconds: float) -> str:
+    return le(next((b for b in BUCKETS if seconds <= b), math.inf))
+
+
+class Tally:
+    """The attempts this process settled and has not yet written to Redis.
+
+    ``add`` costs a few dict updates; the Redis write happens on the first ``add`` after the
+    interval, from a daemon thread for a process that goes quiet, and at exit. Thread-safe: a
+    pool process has the lease thread and, with threads pools, several task threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._finished: Counter[str] = Counter()
+        self._durations: Counter[str] = Counter()
+        self._sums: defaultdict[str, float] = defaultdict(float)
+        self._since = 0.0  # monotonic time of the oldest count not yet written
+        self._pid = 0
+
+    def add(self, *, group: str, status: str, seconds: float) -> None:
+        interval = settings.BATCH_METRICS_FLUSH_SECONDS
+        if interval <= 0:
+            record(group=group, status=status, seconds=seconds)
+            return
+        t = time.monotonic()
+        with self._lock:
+            if self._pid != os.getpid():  # first count in this (possibly forked) process
+                self._start(interval)
+            if not self._finished:
+                self._since = t
+            self._finished[f"{group}|{status}"] += 1
+            self._durations[f"{group}|{bucket_of(seconds)}"] += 1
+            self._durations[f"{group}|count"] += 1
+            self._sums[f"{group}|sum"] += max(seconds, 0.0)
+            due = t - self._since >= interval
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was counted (one round trip) and start again. Never raises."""
+        with self._lock:
+            finished, durations, sums = self._finished, self._durations, self._sums
+            if not finished:
+                return
+            self._finished, self._durations, self._sums = Counter(), Counter(), defaultdict(float)
+        _write(finished, durations, sums)
+
+    def _start(self, interval: float) -> None:
+        # A fork inherits neither the parent's thread nor (meaningfully) its counts.
+        self._pid = os.getpid()
+        self._finished.clear()
+        self._durations.clear()
+        self._sums.clear()
+        threading.Thread(
+            target=self._loop, args=(interval,), name="batch-metrics", daemon=True
+        ).start()
+        atexit.register(self.flush)
+
+    def _loop(self, interval: float) -> None:
+        while True:
+            time.sleep(interval)
+            self.flush()
+
+
+TALLY = Tally()
+
+
 def record(*, group: str, status: str, seconds: float) -> None:
-    """Add one attempt to the counters and the histogram. Never raises."""
+    """Add one attempt to the counters and the histogram at once. Never raises."""
+    _write(
+        Counter({f"{group}|{status}": 1}),
+        Counter({f"{group}|{bucket_of(seconds)}": 1, f"{group}|count": 1}),
+        {f"{group}|sum": max(seconds, 0.0)},
+    )
+
+
+def _write(finished: Counter[str], durations: Counter[str], sums: dict[str, float]) -> None:
     global _paused_until, _failing
     if time.monotonic() < _paused_until:
         return
-    bucket = next((b for b in BUCKETS if seconds <= b), math.inf)
     try:
         client = _recorders.get(settings.CELERY_BROKER_URL)
         if client is None:
             client = _recorders[settings.CELERY_BROKER_URL] = broker.client(retries=1)
         # MULTI/EXEC in one round trip: a scrape never sees half an observation.
         with client.pipeline() as pipe:
-            pipe.hincrby(FINISHED_KEY, f"{group}|{status}", 1)
-            pipe.hincrby(DURATION_KEY, f"{group}|{le(bucket)}", 1)
-            pipe.hincrby(DURATION_KEY, f"{group}|count", 1)
-            pipe.hincrbyfloat(DURATION_KEY, f"{group}|sum", max(seconds, 0.0))
+            for field, n in finished.items():
+                pipe.hincrby(FINISHED_KEY, field, n)
+            for field, n in durations.items():
+                pipe.hincrby(DURATION_KEY, field, n)
+            for field, total in sums.items():
+                pipe.hincrbyfloat(DURATION_KEY, field, total)
             pipe.execute()
     except Exception as exc:
         _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS

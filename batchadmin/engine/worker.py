@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections, transaction
 from django.utils.timezone import now
 
+from batchadmin.engine import counters
 from batchadmin.jobs.models import BatchTask
 from batchadmin.lib import db
 from batchadmin.servers import schedule
@@ -167,6 +168,12 @@ def on_worker_shutdown(sender: Any, **kwargs: Any) -> None:
         BatchServerReplica.objects.filter(hostname=hostname).delete()
     except Exception:
         log.exception("Could not unregister replica %s", hostname)
+
+
+@signals.worker_process_shutdown.connect
+def on_worker_process_shutdown(**kwargs: Any) -> None:
+    # A pool process ends with os._exit (no atexit): write its metrics tally now.
+    counters.TALLY.flush()
 
 
 @dataclass

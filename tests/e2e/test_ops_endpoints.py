@@ -99,10 +99,18 @@ def test_it_serves_metrics_after_a_worker_ran_tasks(ops):
         lambda: (
             (s := scrape(web))
             and value(s["batchadmin_queue_depth"], "batchadmin_queue_depth", group=unserved) == 1
+            # Workers write their counts every BATCH_METRICS_FLUSH_SECONDS, not per attempt.
+            and value(
+                s["batchadmin_tasks_finished"],
+                "batchadmin_tasks_finished_total",
+                group="default",
+                status="error",
+            )
+            == 1
             and s
         ),
         timeout=30,
-        what="the unserved group's message in its queue",
+        what="the unserved group's message in its queue and the worker's counts",
     )
     up = samples["batchadmin_up"]
     assert value(up, "batchadmin_up", component="database") == 1

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
+import time
 from unittest import mock
+
+import redis
 
 from django.test import SimpleTestCase, override_settings
 
@@ -49,3 +53,62 @@ class RecordTestCase(SimpleTestCase):
         task.request.delivery_info = {"routing_key": "batch.nightly"}
         with mock.patch.object(counters, "current_task", task):
             assert counters._group_of(1) == "nightly"
+
+
+REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@override_settings(CELERY_BROKER_URL=REDIS_URL, BATCH_METRICS_FLUSH_SECONDS=3600)
+class TallyTestCase(SimpleTestCase):
+    def setUp(self) -> None:
+        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.keys = [counters.FINISHED_KEY, counters.DURATION_KEY]
+        self.redis.delete(*self.keys)
+        self.addCleanup(self.redis.delete, *self.keys)
+        self.enterContext(mock.patch.object(counters, "_paused_until", 0.0))
+        self.tally = counters.Tally()
+        self.tally._pid = os.getpid()  # as if started: no flushing thread unless a test asks
+
+
+    def test_it_writes_nothing_until_it_flushes_then_everything_in_one_round_trip(self):
+        self.tally.add(group="nightly", status="ended", seconds=0.05)
+        self.tally.add(group="nightly", status="ended", seconds=0.7)
+        self.tally.add(group="nightly", status="error", seconds=20)
+        assert self.redis.exists(*self.keys) == 0
+        with mock.patch.object(counters, "_write", wraps=counters._write) as write:
+            self.tally.flush()
+            self.tally.flush()  # nothing new: no second write
+        assert write.call_count == 1
+        assert self.redis.hgetall(counters.FINISHED_KEY) == {
+            b"nightly|ended": b"2",
+            b"nightly|error": b"1",
+        }
+        durations = self.redis.hgetall(counters.DURATION_KEY)
+        assert durations[b"nightly|count"] == b"3"
+        assert durations[b"nightly|0.1"] == b"1"
+        assert durations[b"nightly|1.0"] == b"1"
+        assert durations[b"nightly|60.0"] == b"1"
+        assert float(durations[b"nightly|sum"]) == 20.75
+
+    def test_the_first_count_after_the_interval_writes_the_tally(self):
+        with override_settings(BATCH_METRICS_FLUSH_SECONDS=0.05):
+            self.tally.add(group="g", status="ended", seconds=1)
+            assert self.redis.exists(counters.FINISHED_KEY) == 0
+            time.sleep(0.06)
+            self.tally.add(group="g", status="ended", seconds=1)
+        assert self.redis.hget(counters.FINISHED_KEY, "g|ended") == b"2"
+
+    def test_a_quiet_process_still_writes_its_counts(self):
+        # The daemon thread flushes what no later count would.
+        self.tally._pid = 0
+        with override_settings(BATCH_METRICS_FLUSH_SECONDS=0.05):
+            self.tally.add(group="g", status="canceled", seconds=1)
+            deadline = time.monotonic() + 5
+            while not self.redis.exists(counters.FINISHED_KEY) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert self.redis.hget(counters.FINISHED_KEY, "g|canceled") == b"1"
+
+    def test_zero_writes_each_attempt_at_once(self):
+        with override_settings(BATCH_METRICS_FLUSH_SECONDS=0):
+            self.tally.add(group="g", status="ended", seconds=1)
+        assert self.redis.hget(counters.FINISHED_KEY, "g|ended") == b"1"
