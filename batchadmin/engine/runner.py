@@ -16,7 +16,7 @@ from django.db import close_old_connections
 from django.utils.timezone import now
 
 from batchadmin.engine import counters, transitions
-from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun, Company
+from batchadmin.jobs.models import BatchJob, BatchLogEntry, BatchStatus, BatchTask, Company
 from batchadmin.lib import db, tracing
 from batchadmin.processes import registry
 
@@ -36,13 +36,13 @@ FINISH_RETRY_DELAYS = (1, 2, 4, 8)
 class ProcessContext:
     """What a batch process gets as ``ctx`` (see registry.Context)."""
 
-    def __init__(self, task_run: BatchTaskRun, task: BatchTask) -> None:
-        self.task_run = task_run
-        self.job_id = task.job_id
-        self.task_id = task.pk
-        self.task_key = task.key
-        self.attempt = task_run.attempt
-        self._task = task
+    def __init__(self, claim: transitions.Claim) -> None:
+        self.task_run_id = claim.pk
+        self.job_id = claim.task.job_id
+        self.task_id = claim.task.pk
+        self.task_key = claim.task.key
+        self.attempt = claim.attempt
+        self._company_id = claim.task.company_id
         self.saw_cancel = False
         self.timed_out = False  # asked to stop by the time limit, not by a cancel
         self.time_limit: int | None = None
@@ -51,16 +51,21 @@ class ProcessContext:
         self._last_cancel_check = 0.0
         self._last_progress = 0.0
 
+    # Loaded when a process asks: most never do, and the claim stays one statement.
+    @cached_property
+    def _job(self) -> BatchJob:
+        return BatchJob.objects.only("run_as_id", "created_by_id", "company_id").get(pk=self.job_id)
+
     @cached_property
     def user(self) -> User | None:
         """The job's Run by user (its creator when Run by is empty)."""
-        user_id = self._task.job.effective_run_as_id()
+        user_id = self._job.effective_run_as_id()
         return get_user_model().objects.filter(pk=user_id).first() if user_id else None
 
     @cached_property
     def company(self) -> Company | None:
         """The task's company accounts, else the job's."""
-        company_id = self._task.company_id or self._task.job.company_id
+        company_id = self._company_id or self._job.company_id
         return Company.objects.filter(pk=company_id).first() if company_id else None
 
     # D365 Infolog: info(), warning(), error().
@@ -75,7 +80,9 @@ class ProcessContext:
 
     def _log(self, level: int, message: str) -> None:
         self._pending.append(
-            BatchLogEntry(task_run=self.task_run, level=level, message=str(message), created=now())
+            BatchLogEntry(
+                task_run_id=self.task_run_id, level=level, message=str(message), created=now()
+            )
         )
         # Flush now and then so the history page shows lines while the task runs, without a
         # database round trip per line.
@@ -189,9 +196,9 @@ def run_task(
     return True
 
 
-def execute(task_run: BatchTaskRun) -> tuple[transitions.Outcome, list[BatchLogEntry]]:
-    task = task_run.task  # claim_task loaded it with its job, users and companies
-    ctx = ProcessContext(task_run, task)
+def execute(task_run: transitions.Claim) -> tuple[transitions.Outcome, list[BatchLogEntry]]:
+    task = task_run.task
+    ctx = ProcessContext(task_run)
     try:
         process = registry.get(task.process)
         kwargs = process.kwargs_from(task.parameters)

@@ -102,6 +102,32 @@ HOLD = f"UPDATE {_T} SET dispatched_at = NULL WHERE id = %s AND status = %s"
 
 # --- finish -----------------------------------------------------------------------------------
 
+# The common finish in one statement, run under the job lock (LOCK_JOB, a statement of its own
+# so that this one's snapshot sees every finish committed before the lock was granted): an
+# attempt that ended without error, of an Executing task whose group has no max concurrency.
+# Its task and its history row become Ended, and it answers what finish_task needs next: does
+# it have waiting dependents, and has its job another open task. (The snapshot does not see
+# this statement's own writes, hence "o.id <> t.id".) No row: not that case (a retry, an
+# error, a cancel, a limited group or a stale attempt), and nothing was written.
+FINISH_ENDED = f"""
+    WITH t AS (
+        UPDATE {_T} SET status = %(ended)s, ended_at = %(at)s, lease_expires_at = NULL
+        WHERE id = %(task)s AND attempt = %(attempt)s AND status = %(executing)s
+            AND (SELECT max_concurrency FROM {_G} WHERE id = group_id) <= {NO_LIMIT}
+        RETURNING id, job_id
+    ), r AS (
+        UPDATE {_R} SET status = %(ended)s, ended_at = %(at)s, error_message = '', traceback = ''
+        WHERE task_id = %(task)s AND attempt = %(attempt)s AND status = %(executing)s
+            AND EXISTS (SELECT 1 FROM t)
+    )
+    SELECT
+        EXISTS (SELECT 1 FROM {_C} c JOIN {_T} d ON d.id = c.task_id
+                WHERE c.depends_on_id = t.id AND d.status = %(waiting)s),
+        EXISTS (SELECT 1 FROM {_T} o
+                WHERE o.job_id = t.job_id AND o.id <> t.id AND o.status = ANY(%(open)s))
+    FROM t
+"""
+
 TASK_STATE = f"""
     SELECT attempt, status, retries, max_retries, group_id,
         (SELECT max_concurrency FROM {_G} WHERE id = group_id)

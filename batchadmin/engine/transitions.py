@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -1046,7 +1047,7 @@ def claim_task(
     at: dt.datetime | None = None,
     limit_checked: bool = False,
     celery_task_id: str = "",
-) -> BatchTaskRun | None:
+) -> Claim | None:
     """Ready -> Executing for the server that got the message; None if someone else did.
 
     A duplicate or stale delivery finds the task no longer Ready (or not yet past its retry
@@ -1118,22 +1119,18 @@ def claim_task(
                 ],
             )
             run_id, job_run_id = cursor.fetchone()
-    task = BatchTask(
-        pk=task_id,
-        job_id=job_id,
-        key=key,
-        process=process,
-        parameters=json.loads(parameters) if isinstance(parameters, str) else parameters,
-        company_id=company_id,
-        attempt=attempt,
-        status=S.EXECUTING,
-    )
-    return BatchTaskRun(
+    return Claim(
         pk=run_id,
         job_run_id=job_run_id,
-        task=task,
+        task=ClaimedTask(
+            pk=task_id,
+            job_id=job_id,
+            key=key,
+            process=process,
+            parameters=json.loads(parameters) if isinstance(parameters, str) else parameters,
+            company_id=company_id,
+        ),
         attempt=attempt,
-        status=S.EXECUTING,
         server_id=server_id,
         hostname=hostname,
         started_at=at,
@@ -1141,9 +1138,35 @@ def claim_task(
     )
 
 
+@dataclass(slots=True)
+class ClaimedTask:
+    """What the runner needs of a claimed task (no model instance: built once per task)."""
+
+    pk: int
+    job_id: int
+    key: str
+    process: str
+    parameters: Any
+    company_id: int | None
+
+
+@dataclass(slots=True)
+class Claim:
+    """A won claim: the new attempt's history row (BatchTaskRun) and its task, as plain data."""
+
+    pk: int
+    job_run_id: int | None
+    task: ClaimedTask
+    attempt: int
+    server_id: int | None
+    hostname: str
+    started_at: dt.datetime
+    celery_task_id: str
+
+
 def _claim_limited(
     task_id: int, server_id: int | None, hostname: str, at: dt.datetime, celery_task_id: str
-) -> BatchTaskRun | None:
+) -> Claim | None:
     """The claim of a task whose group has a max concurrency or reserved capacity (or of a
     task no longer Ready).
 
@@ -1217,10 +1240,32 @@ def finish_task(
     """
     at = at or now()
     adapt = connection.ops.adapt_datetimefield_value
+    log = list(log)
     with transaction.atomic(), connection.cursor() as cursor:
         # Serialise the finishes of one job: the last one must see all the others.
         cursor.execute(sql.LOCK_JOB + sql.for_update(), [task_id])
         (job_id,) = cursor.fetchone()
+        if sql.POSTGRESQL and not outcome.error:
+            # Most attempts end well: settle those in one statement (sql.FINISH_ENDED).
+            cursor.execute(
+                sql.FINISH_ENDED,
+                {
+                    "ended": S.ENDED,
+                    "at": adapt(at),
+                    "task": task_id,
+                    "attempt": attempt,
+                    "executing": S.EXECUTING,
+                    "waiting": S.WAITING,
+                    "open": list(OPEN_TASK_STATUSES),
+                },
+            )
+            row = cursor.fetchone()
+            if row is not None:
+                if log:
+                    BatchLogEntry.objects.bulk_create(log)
+                has_dependents, has_open = row
+                _what_follows(job_id, task_id, has_dependents, has_open, at=at)
+                return True
         cursor.execute(sql.TASK_STATE, [task_id])
         task_attempt, status, retries, max_retries, group_id, limit = cursor.fetchone()
         if task_attempt != attempt or status not in RUNNING_STATUSES:
@@ -1246,7 +1291,6 @@ def finish_task(
                 S.EXECUTING,
             ],
         )
-        log = list(log)
         if log:
             BatchLogEntry.objects.bulk_create(log)
         if new == S.READY:
@@ -1271,13 +1315,19 @@ def finish_task(
             limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
         cursor.execute(sql.WHAT_FOLLOWS, [task_id, S.WAITING, job_id, *OPEN_TASK_STATUSES])
         has_dependents, has_open = cursor.fetchone()
-        # The common case (no dependents, other tasks still open) ends here; the rest stays
-        # in this transaction, under the job lock.
-        if has_dependents:
-            _release_dependents([task_id], at=at)
-        if has_dependents or not has_open:
-            _settle_job_if_done(job_id, at=at)
+        _what_follows(job_id, task_id, has_dependents, has_open, at=at)
     return True
+
+
+def _what_follows(
+    job_id: int, task_id: int, has_dependents: bool, has_open: bool, *, at: dt.datetime
+) -> None:
+    """After a task settled, under its job's lock: release its dependents, settle its job."""
+    # The common case (no dependents, other tasks still open) ends here.
+    released = _release_dependents([task_id], at=at) if has_dependents else 0
+    # A dependent made Ready keeps the job open: no need to look.
+    if not released and (has_dependents or not has_open):
+        _settle_job_if_done(job_id, at=at)
 
 
 def expire_lease(*, task_id: int, attempt: int, at: dt.datetime | None = None) -> bool:
@@ -1300,16 +1350,17 @@ def renew_leases(*, task_ids: list[int], at: dt.datetime | None = None) -> int:
 # --- What follows from a finished task ----------------------------------------------------
 
 
-def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> None:
-    """Move waiting dependents of ``parent_ids`` to Ready or Didn't run, transitively."""
+def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> int:
+    """Move waiting dependents of ``parent_ids`` to Ready or Didn't run, transitively.
+
+    Returns how many became Ready.
+    """
+    made_ready = 0
     while parent_ids:
-        waiting = list(
-            BatchTaskCondition.objects.filter(
-                depends_on_id__in=parent_ids, task__status=S.WAITING
-            ).values_list("task_id", flat=True)
-        )
-        if not waiting:
-            return
+        # Every condition of every waiting dependent, in one query.
+        waiting = BatchTaskCondition.objects.filter(
+            depends_on_id__in=parent_ids, task__status=S.WAITING
+        ).values("task_id")
         rows = BatchTaskCondition.objects.filter(task_id__in=waiting).values_list(
             "task_id",
             "task__condition_type",
@@ -1336,12 +1387,14 @@ def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> None:
             elif decision == S.NOT_RUN:
                 not_run.append(tid)
         _make_ready(ready, at=at)
+        made_ready += len(ready)
         if not_run:
             BatchTask.objects.filter(pk__in=not_run, status=S.WAITING).update(
                 status=S.NOT_RUN, ended_at=at
             )
         # A Didn't run parent decides its own dependents in turn.
         parent_ids = not_run
+    return made_ready
 
 
 def _make_ready(tasks: list[tuple[int, str, int]], *, at: dt.datetime) -> None:

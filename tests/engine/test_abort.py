@@ -132,8 +132,7 @@ class AbortTestCase(BaseTestCase):
         canceled = self.start + dt.timedelta(minutes=5)
         self.cancel(canceled)
         assert tick.handle_overdue_tasks(canceled + GRACE * 2) == 1
-        task = BatchTask.objects.get(pk=self.t1.pk)
-        ctx = runner.ProcessContext(self.task_run, task)
+        ctx = runner.ProcessContext(self.task_run)
         assert ctx.cancel_requested()
         assert not ctx.timed_out
 

@@ -5,7 +5,6 @@ import time
 from unittest import mock
 
 import redis
-
 from django.test import SimpleTestCase, override_settings
 
 from batchadmin.engine import counters, transitions
@@ -68,7 +67,6 @@ class TallyTestCase(SimpleTestCase):
         self.enterContext(mock.patch.object(counters, "_paused_until", 0.0))
         self.tally = counters.Tally()
         self.tally._pid = os.getpid()  # as if started: no flushing thread unless a test asks
-
 
     def test_it_writes_nothing_until_it_flushes_then_everything_in_one_round_trip(self):
         self.tally.add(group="nightly", status="ended", seconds=0.05)

@@ -26,7 +26,7 @@ class ProcessContextBlipTestCase(BaseTestCase):
         transitions.start_job(job_id=job.pk)
         task_run = transitions.claim_task(task_id=self.task.pk, server_id=None, hostname="h@x")
         assert task_run is not None
-        self.ctx = runner.ProcessContext(task_run, BatchTask.objects.get(pk=self.task.pk))
+        self.ctx = runner.ProcessContext(task_run)
         # Closing the connection would end the test's transaction.
         self.close = self.enterContext(mock.patch.object(db, "connection"))
 

@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils.timezone import now
 
 from batchadmin.engine import explain, limits, priority, tick, transitions
-from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskRun, Company
+from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, Company
 from batchadmin.lib import broker
 from batchadmin.servers.models import BatchGroup
 from tests.base import HOSTNAME, BaseTestCase, start
@@ -51,7 +51,7 @@ class LimitsTestCase(BaseTestCase):
             self.job.tasks.filter(status=S.READY, dispatched_at=None).values_list("key", flat=True)
         )
 
-    def claim(self, task: BatchTask) -> BatchTaskRun | None:
+    def claim(self, task: BatchTask) -> transitions.Claim | None:
         return transitions.claim_task(task_id=task.pk, server_id=self.server.pk, hostname=HOSTNAME)
 
     def finish(self, task: BatchTask, error: str = "") -> None:

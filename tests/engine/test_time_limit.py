@@ -49,7 +49,7 @@ class TimeLimitTestCase(BaseTestCase):
         self.task_run = self.claim(self.t1)
         self.limit_at = self.start + dt.timedelta(hours=1)
 
-    def claim(self, task: BatchTask) -> BatchTaskRun:
+    def claim(self, task: BatchTask) -> transitions.Claim:
         task_run = transitions.claim_task(
             task_id=task.pk,
             server_id=self.server.pk,
@@ -86,7 +86,7 @@ class TimeLimitTestCase(BaseTestCase):
         assert line.level == BatchLogEntry.Level.WARNING
         assert line.message == "Time limit of 1 h exceeded; the process was asked to stop."
         # The process sees it as a stop request.
-        ctx = runner.ProcessContext(self.task_run, task)
+        ctx = runner.ProcessContext(self.task_run)
         assert ctx.cancel_requested()
         assert ctx.timed_out
         assert ctx.time_limit == 3600

@@ -198,7 +198,7 @@ class ClaimTaskTestCase(BaseTestCase):
         self.task = self.make_task(self.job, "T1")
         assert transitions.start_job(job_id=self.job.pk)
 
-    def claim(self, at: dt.datetime | None = None) -> BatchTaskRun | None:
+    def claim(self, at: dt.datetime | None = None) -> transitions.Claim | None:
         return transitions.claim_task(
             task_id=self.task.pk, server_id=self.server.pk, hostname=HOSTNAME, at=at
         )
@@ -208,9 +208,9 @@ class ClaimTaskTestCase(BaseTestCase):
         task_run = self.claim(at)
         assert task_run is not None
         assert task_run.attempt == 1
-        assert task_run.status == S.EXECUTING
         assert task_run.job_run_id == BatchJobRun.objects.get(job=self.job).pk
-        assert task_run.server == self.server
+        row = BatchTaskRun.objects.get(pk=task_run.pk)
+        assert (row.status, row.server, row.attempt) == (S.EXECUTING, self.server, 1)
         self.task.refresh_from_db()
         assert self.task.status == S.EXECUTING
         assert self.task.attempt == 1
@@ -241,11 +241,11 @@ class FinishTaskTestCase(BaseTestCase):
         if task.job.status == S.WAITING:
             assert transitions.start_job(job_id=task.job_id, at=at)
             task.job.refresh_from_db()
-        task_run = transitions.claim_task(
+        claim = transitions.claim_task(
             task_id=task.pk, server_id=self.server.pk, hostname=HOSTNAME, at=at
         )
-        assert task_run is not None
-        return task_run
+        assert claim is not None
+        return BatchTaskRun.objects.get(pk=claim.pk)
 
     def test_it_ends_a_task_that_succeeded_and_releases_its_dependents(self):
         job = self.make_job()
