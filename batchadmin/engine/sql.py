@@ -10,6 +10,9 @@ from the models, so a renamed table cannot leave a statement behind.
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from django.db import connection
 
 from batchadmin.jobs.models import BatchJob, BatchTask, BatchTaskCondition, BatchTaskRun
@@ -22,6 +25,31 @@ _T = BatchTask._meta.db_table
 _C = BatchTaskCondition._meta.db_table
 _R = BatchTaskRun._meta.db_table
 _G = BatchGroup._meta.db_table
+
+
+def fetchone(query: str, params: Any) -> Any:
+    """Run one hot-path statement and return its first row (None when there is none).
+
+    On PostgreSQL the statement goes as a server-side prepared statement: Django's cursors
+    bind parameters on the client (quoting every value into the text, which PostgreSQL then
+    parses and plans again), and for these statements, run once or twice per task, that cost
+    more CPU on both sides than the work itself (bench/README.md). psycopg prepares a statement
+    on its first use in a session and keeps it (a pooler in transaction mode must allow
+    prepared statements). Errors come out as Django's, so lib/db.py's blip handling applies.
+    """
+    if not POSTGRESQL:
+        with connection.cursor() as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchone()
+    connection.ensure_connection()
+    if connection.queries_logged:  # DEBUG, or a test counting queries: count this one too
+        connection.queries_log.append({"sql": query, "time": "0.000"})
+    with connection.wrap_database_errors:
+        raw = connection.connection
+        assert raw is not None
+        with psycopg.Cursor(raw) as cursor:
+            cursor.execute(query, params, prepare=True)
+            return cursor.fetchone()
 
 
 def for_update() -> str:

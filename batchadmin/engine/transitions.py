@@ -1073,20 +1073,10 @@ def claim_task(
         limit_checked,
     ]
     if sql.POSTGRESQL:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                sql.CLAIM_PG,
-                [
-                    *claim_params,
-                    task_id,
-                    S.EXECUTING,
-                    server_id,
-                    hostname,
-                    adapt(at),
-                    celery_task_id,
-                ],
-            )
-            row = cursor.fetchone()
+        row = sql.fetchone(
+            sql.CLAIM_PG,
+            [*claim_params, task_id, S.EXECUTING, server_id, hostname, adapt(at), celery_task_id],
+        )
         if row is None:
             return (
                 None
@@ -1243,11 +1233,10 @@ def finish_task(
     log = list(log)
     with transaction.atomic(), connection.cursor() as cursor:
         # Serialise the finishes of one job: the last one must see all the others.
-        cursor.execute(sql.LOCK_JOB + sql.for_update(), [task_id])
-        (job_id,) = cursor.fetchone()
+        (job_id,) = sql.fetchone(sql.LOCK_JOB + sql.for_update(), [task_id])
         if sql.POSTGRESQL and not outcome.error:
             # Most attempts end well: settle those in one statement (sql.FINISH_ENDED).
-            cursor.execute(
+            row = sql.fetchone(
                 sql.FINISH_ENDED,
                 {
                     "ended": S.ENDED,
@@ -1259,7 +1248,6 @@ def finish_task(
                     "open": list(OPEN_TASK_STATUSES),
                 },
             )
-            row = cursor.fetchone()
             if row is not None:
                 if log:
                     BatchLogEntry.objects.bulk_create(log)

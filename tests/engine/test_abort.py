@@ -10,7 +10,7 @@ from django.utils.timezone import now
 
 from batchadmin.engine import dispatch, runner, tick, transitions
 from batchadmin.engine.transitions import Outcome
-from batchadmin.jobs.models import BatchJobRun, BatchStatus, BatchTask, BatchTaskRun
+from batchadmin.jobs.models import BatchJobRun, BatchStatus, BatchTaskRun
 from tests.base import HOSTNAME, BaseTestCase, statuses
 
 S = BatchStatus
