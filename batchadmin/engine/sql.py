@@ -173,3 +173,28 @@ WHAT_FOLLOWS = f"""
                 WHERE c.depends_on_id = %s AND t.status = %s),
         EXISTS (SELECT 1 FROM {_T} WHERE job_id = %s AND status IN (%s, %s, %s, %s))
 """
+
+# --- settling a job -------------------------------------------------------------------------
+
+# The final status of a running job none of whose tasks is open (the caller holds the job lock
+# and has checked that): Canceled after a cancel, Error when a task failed that does not
+# ignore failure, else Ended. No row: the job was not running (someone settled it already).
+SETTLE_JOB = f"""
+    UPDATE {_J} SET ended_at = %(at)s, status = CASE
+        WHEN status = %(canceling)s THEN %(canceled)s
+        WHEN EXISTS (SELECT 1 FROM {_T} WHERE job_id = %(job)s AND status = %(error)s
+                     AND NOT ignore_failure) THEN %(error)s
+        ELSE %(ended)s END
+    WHERE id = %(job)s AND status IN (%(executing)s, %(canceling)s)
+    RETURNING status
+"""
+# Tasks that never ran in the run (Didn't run, canceled early, skipped) get a history row too;
+# a skipped one's error message says who skipped it and why.
+RECORD_UNATTEMPTED = f"""
+    INSERT INTO {_R} (job_run_id, task_id, attempt, status, hostname, ended_at, error_message,
+        traceback, celery_task_id)
+    SELECT %(run)s, t.id, 0, t.status, '', t.ended_at, t.skip_note, '', ''
+    FROM {_T} t
+    WHERE t.job_id = %(job)s
+        AND NOT EXISTS (SELECT 1 FROM {_R} r WHERE r.job_run_id = %(run)s AND r.task_id = t.id)
+"""

@@ -1315,7 +1315,7 @@ def _what_follows(
     released = _release_dependents([task_id], at=at) if has_dependents else 0
     # A dependent made Ready keeps the job open: no need to look.
     if not released and (has_dependents or not has_open):
-        _settle_job_if_done(job_id, at=at)
+        _settle_job_if_done(job_id, at=at, none_open=not has_dependents and not has_open)
 
 
 def expire_lease(*, task_id: int, attempt: int, at: dt.datetime | None = None) -> bool:
@@ -1424,24 +1424,37 @@ def _apply_limits(
     return [t for t in tasks if t[0] in allowed], [t[0] for t in tasks if t[0] not in allowed]
 
 
-def _settle_job_if_done(job_id: int, *, at: dt.datetime) -> bool:
-    """Give a running job its final status once none of its tasks is open (caller holds the job lock)."""
-    if BatchTask.objects.filter(job_id=job_id, status__in=OPEN_TASK_STATUSES).exists():
+def _settle_job_if_done(job_id: int, *, at: dt.datetime, none_open: bool = False) -> bool:
+    """Give a running job its final status once none of its tasks is open (caller holds the
+    job lock). ``none_open``: the caller has just seen that no task is open."""
+    if (
+        not none_open
+        and BatchTask.objects.filter(job_id=job_id, status__in=OPEN_TASK_STATUSES).exists()
+    ):
         return False
     job = BatchJob.objects.select_related("recurrence").get(pk=job_id)
-    if job.status == S.CANCELING:
-        final = S.CANCELED
-    elif job.status == S.EXECUTING:
-        failed = BatchTask.objects.filter(job_id=job_id, status=S.ERROR, ignore_failure=False)
-        final = S.ERROR if failed.exists() else S.ENDED
-    else:
+    if job.status not in RUNNING_STATUSES:
         return False
-    n = BatchJob.objects.filter(pk=job_id, status=job.status).update(status=final, ended_at=at)
-    if n != 1:
-        return False
-    if job.current_run_id:
-        BatchJobRun.objects.filter(pk=job.current_run_id).update(status=final, ended_at=at)
-        _record_unattempted_tasks(job_id, job.current_run_id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.SETTLE_JOB,
+            {
+                "at": connection.ops.adapt_datetimefield_value(at),
+                "job": job_id,
+                "canceling": S.CANCELING,
+                "canceled": S.CANCELED,
+                "error": S.ERROR,
+                "ended": S.ENDED,
+                "executing": S.EXECUTING,
+            },
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return False
+        final = S(row[0])
+        if job.current_run_id:
+            BatchJobRun.objects.filter(pk=job.current_run_id).update(status=final, ended_at=at)
+            cursor.execute(sql.RECORD_UNATTEMPTED, {"run": job.current_run_id, "job": job_id})
     _record(job_id, job.status, final, run_id=job.current_run_id, at=at)
     # Alerts (alerts/apps.py) take their snapshot (failing tasks, first error lines) here,
     # in this transaction, before the history may go.
@@ -1490,23 +1503,6 @@ def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) ->
         at=at,
     )
     return True
-
-
-def _record_unattempted_tasks(job_id: int, run_id: int) -> None:
-    """Give tasks that never ran in this run (Didn't run, canceled early) a history row too."""
-    attempted = BatchTaskRun.objects.filter(job_run_id=run_id).values("task_id")
-    untouched = BatchTask.objects.filter(job_id=job_id).exclude(pk__in=attempted)
-    BatchTaskRun.objects.bulk_create(
-        BatchTaskRun(
-            job_run_id=run_id,
-            task_id=t.pk,
-            attempt=0,
-            status=t.status,
-            ended_at=t.ended_at,
-            error_message=t.skip_note,  # a skipped task: who skipped it and why
-        )
-        for t in untouched.only("pk", "status", "ended_at", "skip_note")
-    )
 
 
 def settle_stranded_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
