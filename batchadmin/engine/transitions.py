@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, Q
 from django.utils.timezone import now
 
 from batchadmin.audit import trail
@@ -939,19 +939,28 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         if recurring is not None:
             BatchRecurrence.objects.filter(pk=recurring.pk).update(runs=F("runs") + 1)
         _record(job_id, S.WAITING, S.EXECUTING, run_id=run.pk, at=at)
-        roots = BatchTask.objects.filter(job_id=job_id, status=S.WAITING, conditions__isnull=True)
-        _make_ready(
-            [
-                (pk, code, priority.task_step(code, job.priority, job.priority_overridden))
-                for pk, code in roots.values_list("pk", "group__code")
-            ],
-            at=at,
-        )
-        # A task skipped for this run before it started (skip_task) is decided already: its
-        # waiting dependents are decided now, as if it had just ended.
-        decided = BatchTask.objects.filter(job_id=job_id, status__in=DECIDED_TASK_STATUSES)
-        _release_dependents(list(decided.values_list("pk", flat=True)), at=at)
-        _settle_job_if_done(job_id, at=at)  # a job without tasks ends at once
+        # In one query: the roots (waiting, without conditions), and the tasks skipped for
+        # this run before it started (skip_task), which are decided already.
+        roots: list[tuple[int, str, int]] = []
+        decided: list[int] = []
+        for pk, code, status in (
+            BatchTask.objects.filter(job_id=job_id)
+            .filter(
+                Q(status=S.WAITING, conditions__isnull=True) | Q(status__in=DECIDED_TASK_STATUSES)
+            )
+            .values_list("pk", "group__code", "status")
+        ):
+            if status == S.WAITING:
+                roots.append(
+                    (pk, code, priority.task_step(code, job.priority, job.priority_overridden))
+                )
+            elif pk not in decided:  # once per condition it has (the join)
+                decided.append(pk)
+        _make_ready(roots, at=at)
+        # The skipped tasks' waiting dependents are decided now, as if they had just ended.
+        released = _release_dependents(decided, at=at)
+        if not roots and not released:
+            _settle_job_if_done(job_id, at=at)  # a job without tasks (left) ends at once
         return True
 
 
