@@ -175,3 +175,49 @@ def test_it_turns_unhealthy_while_redis_is_down(ops):
         what="/healthz to recover once Redis is back",
     )
     assert body["checks"]["broker"]["ok"] is True
+
+
+def finished_counts(broker: PrivateRedis, group: str) -> dict[str, int]:
+    import redis
+
+    client = redis.Redis.from_url(broker.url, decode_responses=True)
+    raw: dict[str, str] = client.hgetall("batchadmin:metrics:finished")  # type: ignore[assignment]
+    return {k.split("|")[1]: int(v) for k, v in raw.items() if k.startswith(f"{group}|")}
+
+
+def test_a_worker_killed_before_it_writes_its_counts_loses_them_but_no_attempt(ops):
+    """Workers add settled attempts to /metrics' counters on a timer (engine/counters.py). A
+    worker killed between a finish and that write loses the counts of the interval, never an
+    attempt; a warm shutdown writes them."""
+    cluster, broker, _web = ops
+    slow = {"BATCH_METRICS_FLUSH_SECONDS": "3600"}  # in effect: only at shutdown
+
+    def run_job_on_a_server_of_its_own() -> tuple[str, int, str]:
+        server, group = unique("tally-"), unique("tally-")
+        cluster.import_jobs(
+            {"groups": [{"code": group, "description": "tally", "servers": [server]}]}
+        )
+        node = cluster.start_worker(server, concurrency=2, env=slow)
+        [job_id] = cluster.import_jobs(
+            {"description": "tally", "tasks": [
+                {"key": k, "description": k, "process": "demo.noop", "group": group}
+                for k in ("A", "B", "C")
+            ]}
+        )  # fmt: skip
+        assert cluster.wait(job_id) == "ended"
+        return node, job_id, group
+
+    node, job_id, group = run_job_on_a_server_of_its_own()
+    cluster.kill(node)  # SIGKILL: no warm shutdown, the tally is gone
+    attempts = cluster.rows(
+        "SELECT r.status FROM jobs_batchtaskrun r JOIN jobs_batchtask t ON t.id = r.task_id "
+        "WHERE t.job_id = %s",
+        job_id,
+    )
+    assert attempts == [("ended",)] * 3  # every attempt recorded, once
+    assert finished_counts(broker, group) == {}
+
+    node, job_id, group = run_job_on_a_server_of_its_own()
+    assert finished_counts(broker, group) == {}  # not yet: an hour's interval
+    cluster.stop(node)  # SIGTERM: the warm shutdown writes the tally
+    assert finished_counts(broker, group) == {"ended": 3}
