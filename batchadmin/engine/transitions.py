@@ -40,7 +40,7 @@ from batchadmin.jobs.models import (
     MissedOccurrence,
     StatusChange,
 )
-from batchadmin.lib import clock, durations, recurrence
+from batchadmin.lib import clock, daterange, durations, recurrence
 from batchadmin.processes import registry
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
@@ -194,6 +194,23 @@ def change_status(
 def hold_job(*, job_id: int, by_id: int | None) -> bool:
     """Withhold: take the job off the waiting list ("equivalent to stop")."""
     return _set_idle_status(job_id=job_id, to=S.WITHHOLD, by_id=by_id)
+
+
+def withhold_out_of_range(*, job_id: int, at: dt.datetime | None = None) -> bool:
+    """The tick found a waiting job whose scheduled start is outside the dates batchadmin
+    accepts (lib/daterange.py; stored before the bounds, or by hand): Waiting -> Withhold, with
+    the reason in its status history, once. A person sets a real start and releases it."""
+    with transaction.atomic():
+        n = (
+            BatchJob.objects.filter(pk=job_id, status=S.WAITING)
+            .exclude(scheduled_start__range=(daterange.EARLIEST_INSTANT, daterange.LATEST_INSTANT))
+            .update(status=S.WITHHOLD)
+        )
+        if n != 1:
+            return False  # changed meanwhile, or repaired
+        reason = f"Scheduled start out of range (dates go {daterange.RANGE_TEXT}): withheld."
+        _record(job_id, S.WAITING, S.WITHHOLD, reason=reason, at=at)
+        return True
 
 
 def release_job(*, job_id: int, by_id: int | None) -> bool:
