@@ -133,7 +133,8 @@ def parse_json(text: str) -> Any:
     """The JSON of an import file (the command line, the API). A key twice in one object is
     refused (json would keep the last silently), and so is text PostgreSQL can't store: a NUL
     character or half a surrogate pair, wherever it is (checked once, before anything else)."""
-    data = json.loads(text, object_pairs_hook=_no_duplicate_keys)  # JSONDecodeError: the caller's
+    # JSONDecodeError is the caller's to word ("{file} is not valid JSON").
+    data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     _check_text(data, "")
     return data
 
@@ -143,8 +144,14 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(data) != len(pairs):
         seen: set[str] = set()
         twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ImportFailure(f"Key {twice!r} is in one object twice.")
+        keys = ", ".join(repr(k) for k in dict.fromkeys(k for k, _ in pairs))
+        raise ImportFailure(f"Key {twice!r} is in one object twice (the object with {keys}).")
     return data
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity; JSON has no such numbers.
+    raise ImportFailure(f"{name} is not a number in JSON: write a number.")
 
 
 def _check_text(value: Any, path: str) -> None:
@@ -155,8 +162,11 @@ def _check_text(value: Any, path: str) -> None:
         item, where = todo.pop()
         if isinstance(item, dict):
             for key, child in item.items():
-                _check_string(key, f"{where}.{key}" if where else key)
-                todo.append((child, f"{where}.{key}" if where else key))
+                # A key that is no plain name is shown quoted, its bad characters escaped.
+                step = key if key.isidentifier() and key.isascii() else f"[{key!r}]"
+                here = f"{where}.{step}" if where and step[0] != "[" else f"{where}{step}"
+                _check_string(key, here)
+                todo.append((child, here))
         elif isinstance(item, list):
             todo.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
         elif isinstance(item, str):
@@ -186,7 +196,8 @@ def _instant(value: Any, where: str) -> dt.datetime:
     try:
         parsed = parse_datetime(value) if isinstance(value, str) else None
     except ValueError as exc:  # well formed but impossible: hour 25, February 30, +99:00
-        raise ImportFailure(f"{where} {value!r} is not a valid date and time: {exc}.") from None
+        why = "the offset is -23:59 to +23:59" if "offset" in str(exc) else str(exc)
+        raise ImportFailure(f"{where} {value!r} is not a valid date and time: {why}.") from None
     if parsed is None:
         raise ImportFailure(f"{where} {value!r:.60} is not an ISO-8601 date and time.")
     problem = daterange.problem(parsed, where)
