@@ -152,7 +152,7 @@ class ApiDatesTest(ApiTestCase):
         for body, message in (
             (
                 '{"description": "a", "description": "b"}',
-                "Key 'description' is in one object twice.",
+                "Key 'description' is in one object twice",
             ),
             ('{"description": "a\\u0000b"}', "description: contains a NUL character"),
         ):
