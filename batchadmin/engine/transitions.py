@@ -40,7 +40,7 @@ from batchadmin.jobs.models import (
     MissedOccurrence,
     StatusChange,
 )
-from batchadmin.lib import clock, daterange, durations, recurrence
+from batchadmin.lib import clock, daterange, durations, recurrence, text
 from batchadmin.processes import registry
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
@@ -1256,8 +1256,10 @@ def finish_task(
             [
                 S.ERROR if new == S.READY else new,
                 adapt(at),
-                outcome.error,
-                outcome.traceback,
+                # The runner cleaned and cut them (engine/runner.py); again here, for every
+                # caller: one NUL would fail this statement, and with it the whole finish.
+                text.storable(outcome.error, settings.BATCH_ERROR_MAX_CHARS),
+                text.storable(outcome.traceback, settings.BATCH_TRACEBACK_MAX_CHARS),
                 task_id,
                 attempt,
                 S.EXECUTING,
