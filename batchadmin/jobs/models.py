@@ -667,6 +667,13 @@ class BatchRecurrence(models.Model):
 
     def rule(self) -> recurrence.Rule:
         """The rule to compute with; RuleError if the row holds one the dialog would refuse."""
+        for label, value in (("start date", self.start_date), ("end date", self.end_by)):
+            # Stored before the bounds, or by hand: no occurrence can be computed from it.
+            if value is not None and not daterange.in_range(value):
+                raise recurrence.RuleError(
+                    f"The {label} {value:%Y-%m-%d} is out of range: dates go "
+                    f"{daterange.RANGE_TEXT}."
+                )
         return recurrence.Rule(
             start=self.start(),
             time_zone=self.time_zone,

@@ -8,13 +8,20 @@ import io as stdio
 from unittest import mock
 
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 from django.urls import reverse
 
 from batchadmin.accounts.models import UserPreference
 from batchadmin.engine import tick
 from batchadmin.jobs import io
-from batchadmin.jobs.models import BatchJob, BatchStatus, Priority, StatusChange
+from batchadmin.jobs.models import (
+    BatchJob,
+    BatchRecurrence,
+    BatchStatus,
+    Priority,
+    StatusChange,
+)
 from batchadmin.lib import daterange, recurrence
 from tests.api.base import ApiTestCase
 from tests.base import BaseTestCase
@@ -61,6 +68,26 @@ class OutOfRangeRowsTest(BaseTestCase):
                 call_command("batch", "show", str(pk), stdout=out)
                 call_command("batch", "show", str(pk), "--json", stdout=out)
                 assert f"Job {pk}" in out.getvalue()
+
+    def test_it_shows_a_job_whose_recurrence_is_out_of_range(self) -> None:
+        job = self.make_job(created_by=self.dave)
+        BatchRecurrence.objects.create(
+            job=job, start_date=dt.date(2026, 1, 1), start_time=dt.time(22), time_zone="Asia/Tokyo"
+        )
+        for start, end in (("10000-01-01", "10001-01-01"), ("0002-01-01 BC", "0001-01-01 BC")):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE jobs_batchrecurrence SET start_date = %s::date, end_by = %s::date "
+                    "WHERE job_id = %s",
+                    [start, end, job.pk],
+                )
+            self.client.force_login(self.dave)
+            for url in (reverse("jobs:list"), reverse("jobs:detail", args=[job.pk])):
+                assert self.client.get(url).status_code == 200, (url, start)
+            out = stdio.StringIO()
+            call_command("batch", "show", str(job.pk), stdout=out)
+            with self.assertRaisesMessage(CommandError, "has an invalid recurrence: The start"):
+                call_command("batch", "next", str(job.pk), stdout=out, stderr=out)
 
     def test_the_tick_withholds_the_job_once_and_goes_on(self) -> None:
         bad = [self.store(value) for value in BAD_STARTS]
