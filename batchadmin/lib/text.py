@@ -16,6 +16,11 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 REPLACEMENT = "\ufffd"  # the Unicode replacement character, as a decoder writes it
 
 
+def unstorable(text: str) -> bool:
+    """``text`` holds a character PostgreSQL can't store (for input to refuse)."""
+    return _UNSTORABLE.search(text) is not None
+
+
 def storable(text: str, limit: int) -> str:
     """``text`` with NUL and lone surrogates replaced, cut to ``limit`` characters or so (0: no
     limit) with a note of how much was cut."""

@@ -9,6 +9,7 @@ from django.test import SimpleTestCase, override_settings
 
 from batchadmin.jobs.models import BatchJobRun, BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun
 from batchadmin.lib import text
+from batchadmin.processes import registry
 from tests.base import BaseTestCase, run, start
 
 S = BatchStatus
@@ -21,6 +22,11 @@ class StorableTest(SimpleTestCase):
 
     def test_it_keeps_real_pairs_and_other_text(self) -> None:
         assert text.storable("Grüße 🎉 \t tab", 0) == "Grüße 🎉 \t tab"
+
+    def test_parameters_refuse_what_cannot_be_stored(self) -> None:
+        for value in ("half \ud800 a pair", "a NUL \x00"):
+            with self.assertRaisesMessage(registry.ParameterError, "message: "):
+                registry.get("demo.fail").clean_parameters({"message": value})
 
     def test_it_cuts_with_a_note(self) -> None:
         assert text.storable("x" * 25, 10) == "x" * 10 + "\n[... 15 more characters cut]"
