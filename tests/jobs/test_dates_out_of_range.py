@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 
 from batchadmin.accounts.models import UserPreference
 from batchadmin.engine import tick
@@ -22,9 +23,11 @@ from batchadmin.jobs.models import (
     Priority,
     StatusChange,
 )
+from batchadmin.jobs.recurrence_forms import RecurrenceForm
 from batchadmin.lib import daterange, recurrence
 from tests.api.base import ApiTestCase
 from tests.base import BaseTestCase
+from tests.jobs.test_recurrence_forms import weekly
 from tests.lib.test_recurrence import wall
 
 # Year 10000: 9999-12-31 23:59 in Pacific/Honolulu; year 1 BC: a start of 0001-01-01 00:00
@@ -187,3 +190,16 @@ class ApiDatesTest(ApiTestCase):
             assert r.status_code == 400, body
             assert message in r.data["message"], r.data
         assert BatchJob.objects.count() == jobs
+
+
+class RecurrenceDialogDatesTest(BaseTestCase):
+    def test_the_dialog_refuses_dates_out_of_range_at_their_fields(self) -> None:
+        job = self.make_job()
+        for field, data in (
+            ("start_date", weekly(start_date="9999-12-31", time_zone="Pacific/Honolulu")),
+            ("end_by", weekly(end="by", end_after="", end_by="9500-01-01")),
+            ("every", weekly(unit="minutes", every=str(10**9))),
+        ):
+            form = RecurrenceForm(data, job=job, viewer_zone="UTC", at=timezone.now())
+            assert not form.is_valid()
+            assert field in form.errors, (field, form.errors)
