@@ -201,13 +201,14 @@ def withhold_out_of_range(*, job_id: int, at: dt.datetime | None = None) -> bool
     accepts (lib/daterange.py; stored before the bounds, or by hand): Waiting -> Withhold, with
     the reason in its status history, once. A person sets a real start and releases it."""
     with transaction.atomic():
-        n = (
-            BatchJob.objects.filter(pk=job_id, status=S.WAITING)
-            .exclude(scheduled_start__range=(daterange.EARLIEST_INSTANT, daterange.LATEST_INSTANT))
-            .update(status=S.WITHHOLD)
+        bad = BatchJob.objects.filter(pk=job_id, status=S.WAITING).exclude(
+            scheduled_start__range=(daterange.EARLIEST_INSTANT, daterange.LATEST_INSTANT)
         )
-        if n != 1:
-            return False  # changed meanwhile, or repaired
+        # The tick waits on no row another process holds: a locked job is looked at next tick.
+        if bad.select_for_update(skip_locked=True).values_list("pk", flat=True).first() is None:
+            return False  # changed meanwhile, repaired, or locked
+        if bad.update(status=S.WITHHOLD) != 1:
+            return False
         reason = f"Scheduled start out of range (dates go {daterange.RANGE_TEXT}): withheld."
         _record(job_id, S.WAITING, S.WITHHOLD, reason=reason, at=at)
         return True
