@@ -313,6 +313,14 @@ BATCH_RETRY_BACKOFF_MAX_SECONDS = env_float("BATCH_RETRY_BACKOFF_MAX_SECONDS", 3
 # batch run (nightly postings, imports), yet a hung process frees its worker slot the same
 # day instead of holding it until someone notices. A task that needs more sets its own limit.
 BATCH_TASK_TIME_LIMIT_SECONDS = env_int("BATCH_TASK_TIME_LIMIT_SECONDS", 6 * 3600)
+# What one attempt of a process may store (engine/runner.py; lib/text.py cuts with a note):
+# characters of its error message, of its traceback, of one log line, and log lines in all
+# (past it, one "N lines cut" line). A process that raises a 50 MB error stores 20,000
+# characters of it, once.
+BATCH_ERROR_MAX_CHARS = env_int("BATCH_ERROR_MAX_CHARS", 20_000)
+BATCH_TRACEBACK_MAX_CHARS = env_int("BATCH_TRACEBACK_MAX_CHARS", 100_000)
+BATCH_LOG_LINE_MAX_CHARS = env_int("BATCH_LOG_LINE_MAX_CHARS", 10_000)
+BATCH_LOG_LINES_PER_ATTEMPT = env_int("BATCH_LOG_LINES_PER_ATTEMPT", 20_000)
 # Cancel (or a time limit) asks a running process to stop through ctx.cancel_requested(); one
 # still running this long after is aborted: its worker process is killed.
 BATCH_CANCEL_GRACE_SECONDS = env_float("BATCH_CANCEL_GRACE_SECONDS", 30)

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import OuterRef, Subquery
+from django.db.models.functions import Substr
 from django.utils.timezone import now
 
 from batchadmin.alerts.models import AlertEvent, AlertKind
@@ -51,7 +52,8 @@ def failing_tasks(job_id: int, run_id: int | None) -> tuple[list[dict[str, str]]
         BatchTaskRun.objects.filter(task_id=OuterRef("pk"), job_run_id=run_id)
         .exclude(error_message="")
         .order_by("-attempt")
-        .values("error_message")[:1]
+        # Its first line is what the alert shows: not a whole (possibly huge) error.
+        .values(head=Substr("error_message", 1, 1_000))[:1]
     )
     shown = (
         failed.order_by("position", "pk")

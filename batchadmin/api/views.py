@@ -54,6 +54,7 @@ from batchadmin.jobs.models import (
     Priority,
     StatusChange,
 )
+from batchadmin.lib import daterange
 from batchadmin.servers import coverage
 from batchadmin.servers.models import BatchGroup, BatchServerReplica
 
@@ -348,9 +349,11 @@ def job_create(request: HttpRequest) -> Any:
     if not access.can_create(request.user):
         raise PermissionDenied("Your role may not create batch jobs.")
     try:
-        data = json.loads(request.body)
+        data = io.parse_json(request.body.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HttpError(400, f"The body is not valid JSON: {exc}.") from None
+    except io.ImportFailure as exc:
+        raise HttpError(400, f"Nothing was imported. {exc}") from None
     if not access.is_manager(request.user):
         culprit = io.needs_manager(data, username=request.user.get_username())
         if culprit:
@@ -543,6 +546,10 @@ def job_copy(request: HttpRequest, job_id: int, body: schemas.CopyIn) -> Any:
         run_as = get_user_model().objects.filter(username=body.run_as, is_active=True).first()
         if run_as is None:
             raise HttpError(400, f"run_as: unknown user {body.run_as!r}.")
+    if body.scheduled_start is not None:
+        problem = daterange.problem(body.scheduled_start, "scheduled_start")
+        if problem:
+            raise HttpError(400, problem)
     new = copying.copy_job(
         job,
         by=_caller(request),

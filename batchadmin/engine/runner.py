@@ -17,7 +17,7 @@ from django.utils.timezone import now
 
 from batchadmin.engine import counters, transitions
 from batchadmin.jobs.models import BatchJob, BatchLogEntry, BatchStatus, BatchTask, Company
-from batchadmin.lib import db, tracing
+from batchadmin.lib import db, text, tracing
 from batchadmin.processes import registry
 
 if TYPE_CHECKING:
@@ -31,6 +31,9 @@ CANCEL_CHECK_SECONDS = 0.5
 PROGRESS_WRITE_SECONDS = 1.0
 # Seconds between tries to settle a finished attempt while the database is away.
 FINISH_RETRY_DELAYS = (1, 2, 4, 8)
+# An error longer than this is written to the log as its start and a pointer to the attempt's
+# error message, and the traceback's last line points there too: a big error is stored once.
+ERROR_LOG_CHARS = 1_000
 
 
 class ProcessContext:
@@ -47,6 +50,8 @@ class ProcessContext:
         self.timed_out = False  # asked to stop by the time limit, not by a cancel
         self.time_limit: int | None = None
         self._pending: list[BatchLogEntry] = []
+        self._lines = 0  # written by the process, against BATCH_LOG_LINES_PER_ATTEMPT
+        self._cut = 0
         self._last_flush = time.monotonic()
         self._last_cancel_check = 0.0
         self._last_progress = 0.0
@@ -78,11 +83,21 @@ class ProcessContext:
     def error(self, message: str) -> None:
         self._log(BatchLogEntry.Level.ERROR, message)
 
-    def _log(self, level: int, message: str) -> None:
+    def _log(self, level: int, message: str, *, always: bool = False) -> None:
+        """One line, cleaned and cut to fit (lib/text.py); past the attempt's number of lines
+        only counted. ``always``: the runner's own closing lines (the error, the "lines cut"
+        note; short by construction), which are never cut."""
+        limit = settings.BATCH_LOG_LINE_MAX_CHARS
+        if always:
+            limit = 0
+        else:
+            self._lines += 1
+            if self._lines > settings.BATCH_LOG_LINES_PER_ATTEMPT:
+                self._cut += 1
+                return
+        line = text.storable(str(message), limit)
         self._pending.append(
-            BatchLogEntry(
-                task_run_id=self.task_run_id, level=level, message=str(message), created=now()
-            )
+            BatchLogEntry(task_run_id=self.task_run_id, level=level, message=line, created=now())
         )
         # Flush now and then so the history page shows lines while the task runs, without a
         # database round trip per line.
@@ -103,6 +118,16 @@ class ProcessContext:
         self._last_flush = time.monotonic()
 
     def take_pending(self) -> list[BatchLogEntry]:
+        """The lines not written yet, for the finish to write; with the "N lines cut" note."""
+        if self._cut:
+            limit = settings.BATCH_LOG_LINES_PER_ATTEMPT
+            self._log(
+                BatchLogEntry.Level.WARNING,
+                f"{self._cut:,} more log lines cut: an attempt keeps its first {limit:,} "
+                "(BATCH_LOG_LINES_PER_ATTEMPT).",
+                always=True,
+            )
+            self._cut = 0
         pending, self._pending = self._pending, []
         return pending
 
@@ -205,25 +230,47 @@ def execute(task_run: transitions.Claim) -> tuple[transitions.Outcome, list[Batc
     except (registry.UnknownProcess, registry.ParameterError) as exc:
         # Retrying cannot fix a missing process or bad stored parameters.
         message = f"{type(exc).__name__}: {exc}"
-        ctx.error(message)
+        ctx._log(BatchLogEntry.Level.ERROR, message, always=True)
         return transitions.Outcome(error=message, retryable=False), ctx.take_pending()
     try:
         process.func(ctx, **kwargs)
     except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        ctx.error(message)
-        outcome = transitions.Outcome(
-            error=message, traceback=traceback.format_exc(), canceled=ctx.saw_cancel
-        )
+        error, trace = _describe(exc)
+        ctx._log(BatchLogEntry.Level.ERROR, _error_line(error), always=True)
+        outcome = transitions.Outcome(error=error, traceback=trace, canceled=ctx.saw_cancel)
     else:
         outcome = transitions.Outcome(canceled=ctx.saw_cancel)
     if ctx.timed_out:
         # It stopped because its time limit asked it to: that is an error, not a cancel, and
         # not retried (transitions.abort_task says why).
         message = transitions.time_limit_message(ctx.time_limit, "the process stopped when asked")
-        ctx.error(message)
+        ctx._log(BatchLogEntry.Level.ERROR, message, always=True)
         outcome = transitions.Outcome(error=message, traceback=outcome.traceback, retryable=False)
     return outcome, ctx.take_pending()
+
+
+def _describe(exc: Exception) -> tuple[str, str]:
+    """The attempt's error message and traceback of ``exc``, fit to store (lib/text.py). The
+    message is in the traceback's last line too; a long one is stored once, in the message, and
+    the traceback says where it is."""
+    try:
+        said = str(exc)
+    except Exception:  # an exception whose __str__ raises is still an error to record
+        said = "(the exception's message could not be read)"
+    trace = traceback.format_exc()
+    if len(said) > ERROR_LOG_CHARS:
+        before, found, after = trace.rpartition(said)
+        if found:
+            trace = f"{before}[the error message: {len(said):,} characters]{after}"
+    error = text.storable(f"{type(exc).__name__}: {said}", settings.BATCH_ERROR_MAX_CHARS)
+    return error, text.storable(trace, settings.BATCH_TRACEBACK_MAX_CHARS)
+
+
+def _error_line(error: str) -> str:
+    """The log's line for an error: the whole of a short one, the start of a long one."""
+    if len(error) <= ERROR_LOG_CHARS:
+        return error
+    return f"{error[:ERROR_LOG_CHARS]} [...: the attempt's error message has all of it]"
 
 
 class LeaseKeeper:

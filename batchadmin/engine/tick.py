@@ -30,7 +30,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
 )
-from batchadmin.lib import broker, db, tracing
+from batchadmin.lib import broker, daterange, db, tracing
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def _tick(at: dt.datetime | None) -> dict[str, int]:
     close_old_connections()  # beat is long-lived: drop a connection the database has closed
     at = at or now()
     counts = {
+        "withheld": handle_out_of_range_starts(),
         "started": handle_due_jobs(at),
         "leases_expired": handle_expired_leases(at),
         "overdue": handle_overdue_tasks(at),
@@ -70,6 +71,23 @@ def _tick(at: dt.datetime | None) -> dict[str, int]:
     for _receiver, more in signals.ticked.send(None, at=at):
         counts.update(cast(dict[str, int], more))
     return counts
+
+
+def handle_out_of_range_starts() -> int:
+    """Withhold waiting jobs whose scheduled start no input accepts (a row stored before the
+    bounds, or by hand: lib/daterange.py). Such a job could never start (its start reads as
+    an edge, not as stored), and would be due or looked at every second; withheld, the tick
+    leaves it alone and the job's history says why. Both ends of job_due_idx's range."""
+    bad = BatchJob.objects.filter(status=S.WAITING).filter(
+        Q(scheduled_start__lt=daterange.EARLIEST_INSTANT)
+        | Q(scheduled_start__gt=daterange.LATEST_INSTANT)
+    )
+    n = 0
+    for job_id in bad.values_list("pk", flat=True)[: settings.BATCH_TICK_LIMIT]:
+        if transitions.withhold_out_of_range(job_id=job_id):
+            log.warning("Batch job %s: scheduled start out of range; withheld", job_id)
+            n += 1
+    return n
 
 
 def handle_due_jobs(at: dt.datetime) -> int:

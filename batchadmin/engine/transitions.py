@@ -41,7 +41,7 @@ from batchadmin.jobs.models import (
     MissedOccurrence,
     StatusChange,
 )
-from batchadmin.lib import clock, durations, recurrence
+from batchadmin.lib import clock, daterange, durations, recurrence, text
 from batchadmin.processes import registry
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
@@ -195,6 +195,24 @@ def change_status(
 def hold_job(*, job_id: int, by_id: int | None) -> bool:
     """Withhold: take the job off the waiting list ("equivalent to stop")."""
     return _set_idle_status(job_id=job_id, to=S.WITHHOLD, by_id=by_id)
+
+
+def withhold_out_of_range(*, job_id: int, at: dt.datetime | None = None) -> bool:
+    """The tick found a waiting job whose scheduled start is outside the dates batchadmin
+    accepts (lib/daterange.py; stored before the bounds, or by hand): Waiting -> Withhold, with
+    the reason in its status history, once. A person sets a real start and releases it."""
+    with transaction.atomic():
+        bad = BatchJob.objects.filter(pk=job_id, status=S.WAITING).exclude(
+            scheduled_start__range=(daterange.EARLIEST_INSTANT, daterange.LATEST_INSTANT)
+        )
+        # The tick waits on no row another process holds: a locked job is looked at next tick.
+        if bad.select_for_update(skip_locked=True).values_list("pk", flat=True).first() is None:
+            return False  # changed meanwhile, repaired, or locked
+        if bad.update(status=S.WITHHOLD) != 1:
+            return False
+        reason = f"Scheduled start out of range (dates go {daterange.RANGE_TEXT}): withheld."
+        _record(job_id, S.WAITING, S.WITHHOLD, reason=reason, at=at)
+        return True
 
 
 def release_job(*, job_id: int, by_id: int | None) -> bool:
@@ -1281,8 +1299,10 @@ def finish_task(
             [
                 S.ERROR if new == S.READY else new,
                 adapt(at),
-                outcome.error,
-                outcome.traceback,
+                # The runner cleaned and cut them (engine/runner.py); again here, for every
+                # caller: one NUL would fail this statement, and with it the whole finish.
+                text.storable(outcome.error, settings.BATCH_ERROR_MAX_CHARS),
+                text.storable(outcome.traceback, settings.BATCH_TRACEBACK_MAX_CHARS),
                 task_id,
                 attempt,
                 S.EXECUTING,

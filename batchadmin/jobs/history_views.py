@@ -15,8 +15,8 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Exists, F, OuterRef, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Count, Exists, F, OuterRef, QuerySet, Window
+from django.db.models.functions import Length, RowNumber, Substr
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
@@ -48,6 +48,9 @@ HISTORY_LINES_PER_ATTEMPT = 500  # log lines inline on the history page, per att
 HISTORY_LINES_BUDGET = 5_000  # ... and per page; attempts past it link to the Log
 LOG_LINES_PER_ATTEMPT = 2_000  # on the Log page; more is paginated per attempt
 LOG_LINES_BUDGET = 20_000
+# Characters of an attempt's error and traceback that the history and the Log's list of
+# attempts load; the rest stays in the database until the Log's view of that one attempt.
+ERROR_HEAD_CHARS = 2_000
 STATUS_CHANGES_SHOWN = 20
 LEVEL_FILTERS = {"all": Level.INFO, "warning": Level.WARNING, "error": Level.ERROR}
 
@@ -94,8 +97,27 @@ class Attempt:
         return self.row.attempt == 0 and self.row.status == S.ENDED
 
     @property
+    def error_text(self) -> str:
+        """The error, or its first ERROR_HEAD_CHARS where the rows came through _error_heads."""
+        head = getattr(self.row, "error_head", None)  # None: the row has the whole error
+        return self.row.error_message if head is None else str(head)
+
+    @property
+    def traceback_text(self) -> str:
+        head = getattr(self.row, "traceback_head", None)
+        return self.row.traceback if head is None else str(head)
+
+    @property
+    def error_cut(self) -> bool:
+        """Part of the error or traceback was left in the database (the Log shows it all)."""
+        return max(getattr(self.row, "error_chars", 0), getattr(self.row, "traceback_chars", 0)) > (
+            ERROR_HEAD_CHARS
+        )
+
+    @property
     def error_title(self) -> str:
-        return self.row.error_message.strip().splitlines()[0] if self.row.error_message else ""
+        text = self.error_text.strip()
+        return text.splitlines()[0] if text else ""
 
 
 @dataclass
@@ -128,11 +150,23 @@ class TaskLog:
     attempts: list[Attempt]
 
 
+def _error_heads(rows: QuerySet[BatchTaskRun]) -> QuerySet[BatchTaskRun]:
+    """The attempts without their whole error and traceback (a process may have raised 20,000
+    characters and a 100,000-character traceback, settings.BATCH_*_MAX_CHARS): the first
+    ERROR_HEAD_CHARS of each, and their lengths, instead."""
+    return rows.defer("error_message", "traceback").annotate(
+        error_head=Substr("error_message", 1, ERROR_HEAD_CHARS),
+        error_chars=Length("error_message"),
+        traceback_head=Substr("traceback", 1, ERROR_HEAD_CHARS),
+        traceback_chars=Length("traceback"),
+    )
+
+
 def _attempt_rows(runs: list[BatchJobRun], *, per_run: int) -> dict[int, list[BatchTaskRun]]:
     """Each run's attempts (at most ``per_run``) with task and server: one windowed query."""
     order = ["task__position", "task_id", "attempt"]
     rows = (
-        BatchTaskRun.objects.filter(job_run__in=runs)
+        _error_heads(BatchTaskRun.objects.filter(job_run__in=runs))
         .select_related("task", "server")
         .annotate(
             row=Window(
@@ -382,7 +416,7 @@ def run_log(request: AuthedRequest, pk: int, run_pk: int) -> HttpResponseBase:
         return _log_text(job, run)
     level_name = request.GET.get("level", "all")
     min_level = LEVEL_FILTERS.get(level_name, Level.INFO)
-    rows = list(
+    attempt_rows = (
         BatchTaskRun.objects.filter(job_run=run)
         .select_related("task", "server")
         .order_by("task__position", "task_id", "attempt")
@@ -390,11 +424,14 @@ def run_log(request: AuthedRequest, pk: int, run_pk: int) -> HttpResponseBase:
     one: BatchTaskRun | None = None
     line_page: Page[BatchLogEntry] | None = None
     if request.GET.get("task_run", "").isdigit():
-        # Every line of one attempt, a page at a time (the "see all lines" link).
-        one = next((r for r in rows if r.pk == int(request.GET["task_run"])), None)
+        # Every line of one attempt, a page at a time (the "see all lines" link), and its
+        # whole error and traceback.
+        one = attempt_rows.filter(pk=int(request.GET["task_run"])).first()
         if one is None:
             raise Http404("No such attempt in this run.")
         rows = [one]
+    else:
+        rows = list(_error_heads(attempt_rows))
     counts = _line_counts([r.pk for r in rows])
     attempts = _attempts(rows, counts, min_level)
     if one is not None:
@@ -448,6 +485,15 @@ def _log_text(job: BatchJob, run: BatchJobRun) -> StreamingHttpResponse:
         entries = (
             BatchLogEntry.objects.filter(task_run__job_run=run)
             .select_related("task_run__task")
+            # Each line comes with its attempt: not with the attempt's error and traceback.
+            .only(
+                "created",
+                "level",
+                "message",
+                "task_run__attempt",
+                "task_run__task__key",
+                "task_run__task__description",
+            )
             .order_by("task_run__task__position", "task_run__task_id", "task_run__attempt", "pk")
         )
         for entry in entries.iterator(chunk_size=2_000):

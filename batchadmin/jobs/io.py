@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +44,7 @@ from batchadmin.jobs.models import (
     Priority,
     SaveHistory,
 )
-from batchadmin.lib import deadlines, recurrence
+from batchadmin.lib import daterange, deadlines, recurrence
 from batchadmin.lib.graph import find_cycle
 from batchadmin.processes import registry
 from batchadmin.servers.models import (
@@ -123,6 +125,98 @@ class ImportFailure(ValueError):
     pass
 
 
+# A whole number the database holds (PostgreSQL integer): "end after" and the like.
+INT_MAX = 2_147_483_647
+
+
+def parse_json(text: str) -> Any:
+    """The JSON of an import file (the command line, the API). A key twice in one object is
+    refused (json would keep the last silently), and so is text PostgreSQL can't store: a NUL
+    character or half a surrogate pair, wherever it is (checked once, before anything else)."""
+    # JSONDecodeError is the caller's to word ("{file} is not valid JSON").
+    data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    _check_text(data, "")
+    return data
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        keys = ", ".join(repr(k) for k in dict.fromkeys(k for k, _ in pairs))
+        raise ImportFailure(f"Key {twice!r} is in one object twice (the object with {keys}).")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity; JSON has no such numbers.
+    raise ImportFailure(f"{name} is not a number in JSON: write a number.")
+
+
+def _check_text(value: Any, path: str) -> None:
+    """Refuse strings (values and keys) the database can't store, naming where they are as a
+    path: jobs[0].tasks[2].description."""
+    todo = [(value, path)]
+    while todo:
+        item, where = todo.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                # A key that is no plain name is shown quoted, its bad characters escaped.
+                step = key if key.isidentifier() and key.isascii() else f"[{key!r}]"
+                here = f"{where}.{step}" if where and step[0] != "[" else f"{where}{step}"
+                _check_string(key, here)
+                todo.append((child, here))
+        elif isinstance(item, list):
+            todo.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, str):
+            _check_string(item, where)
+
+
+def _check_string(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise ImportFailure(f"{where or 'the file'}: contains a NUL character (\\u0000).")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ImportFailure(
+            f"{where or 'the file'}: contains half a surrogate pair (\\ud800-\\udfff alone)."
+        ) from None
+
+
+def _text(value: Any, where: str) -> str | None:
+    """An optional string field: None, or the string; anything else is refused."""
+    if value is None or isinstance(value, str):
+        return value
+    raise ImportFailure(f"{where} must be a string, got {type(value).__name__} {value!r:.60}.")
+
+
+def _instant(value: Any, where: str) -> dt.datetime:
+    """An ISO-8601 date and time (naive: the server's zone), within the dates accepted."""
+    try:
+        parsed = parse_datetime(value) if isinstance(value, str) else None
+    except ValueError as exc:  # well formed but impossible: hour 25, February 30, +99:00
+        why = "the offset is -23:59 to +23:59" if "offset" in str(exc) else str(exc)
+        raise ImportFailure(f"{where} {value!r} is not a valid date and time: {why}.") from None
+    if parsed is None:
+        raise ImportFailure(f"{where} {value!r:.60} is not an ISO-8601 date and time.")
+    problem = daterange.problem(parsed, where)
+    if problem:
+        raise ImportFailure(problem)
+    return parsed
+
+
+def _date(value: Any, where: str) -> dt.date:
+    """An ISO date (YYYY-MM-DD) within the dates accepted."""
+    parsed = _parse_iso_date(value)
+    if parsed is None:
+        raise ImportFailure(f"{where} {value!r:.60} is not a date (YYYY-MM-DD).")
+    problem = daterange.problem(parsed, where)
+    if problem:
+        raise ImportFailure(problem)
+    return parsed
+
+
 @dataclass
 class _Task:
     key: str
@@ -199,10 +293,9 @@ def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
     groups = [_parse_group(g, i) for i, g in enumerate(raw_groups, 1)]
     known_groups = set(BatchGroup.objects.values_list("code", flat=True)) | {g.code for g in groups}
     calendars = [_parse_calendar(c, i) for i, c in enumerate(raw_calendars, 1)]
-    codes = [c.code for c in calendars]
-    if len(set(codes)) != len(codes):
-        twice = sorted({c for c in codes if codes.count(c) > 1})[0]
-        raise ImportFailure(f"calendar {twice!r} is in the file twice.")
+    twice = sorted(code for code, n in Counter(c.code for c in calendars).items() if n > 1)
+    if twice:
+        raise ImportFailure(f"calendar {twice[0]!r} is in the file twice.")
     calendar_dates = _calendar_dates(calendars)
     jobs = [_parse_job(j, i, known_groups, calendar_dates) for i, j in enumerate(raw_jobs, 1)]
     hooks = _parse_webhooks(raw_hooks)
@@ -243,10 +336,7 @@ def _parse_calendar(raw: Any, index: int) -> _Calendar:
             raise ImportFailure(f'{where}: "dates" must be a list like ["2026-12-25"].')
         dates = []
         for value in raw["dates"]:
-            parsed = _parse_iso_date(value)
-            if parsed is None:
-                raise ImportFailure(f"{where}: date {value!r} is not a date (YYYY-MM-DD).")
-            dates.append(parsed)
+            dates.append(_date(value, f"{where}: date"))
         dates = sorted(set(dates))
         if len(dates) > CALENDAR_DATES_LIMIT:
             raise ImportFailure(
@@ -293,8 +383,8 @@ def _parse_group(raw: Any, index: int) -> _Group:
         for name in servers:
             _validate_code(name, f"{where}, server {name!r}")
     description = raw.get("description")
-    if description is not None and not isinstance(description, str):
-        raise ImportFailure(f'{where}: "description" must be a string.')
+    if description is not None and (not isinstance(description, str) or len(description) > 200):
+        raise ImportFailure(f"{where}: description must be a string of at most 200 characters.")
     priority = None
     if "priority" in raw:
         priority = _choice(raw["priority"], PRIORITY_NAMES, f"{where}: priority")
@@ -358,11 +448,7 @@ def _parse_job(
     elif start is None:
         scheduled_start = now()
     else:
-        parsed = parse_datetime(start) if isinstance(start, str) else None
-        if parsed is None:
-            raise ImportFailure(
-                f"{where}: scheduled_start {start!r} is not an ISO-8601 date and time."
-            )
+        parsed = _instant(start, f"{where}: scheduled_start")
         scheduled_start = make_aware(parsed) if is_naive(parsed) else parsed
 
     status = _choice(raw.get("status", "waiting"), IMPORT_STATUSES, f"{where}: status")
@@ -379,6 +465,9 @@ def _parse_job(
         raise ImportFailure(f"{where}: critical must be true or false, got {critical!r}.")
 
     run_as = None
+    _text(raw.get("run_as"), f"{where}: run_as")
+    _text(raw.get("company"), f"{where}: company")
+    _text(raw.get("active_period"), f"{where}: active_period")
     if raw.get("run_as") not in (None, ""):
         try:
             run_as = get_user_model().objects.get(username=raw["run_as"])
@@ -474,9 +563,7 @@ def _parse_recurrence(
         # D365: no start date and time means now.
         start = now().astimezone(tz).replace(tzinfo=None, second=0, microsecond=0)
     else:
-        parsed = parse_datetime(raw_start) if isinstance(raw_start, str) else None
-        if parsed is None:
-            raise ImportFailure(f"{where}: start {raw_start!r} is not an ISO-8601 date and time.")
+        parsed = _instant(raw_start, f"{where}: start")
         # The start is a wall-clock time in the zone; an offset, if given, only says which.
         start = parsed if is_naive(parsed) else parsed.astimezone(tz).replace(tzinfo=None)
 
@@ -492,9 +579,9 @@ def _parse_recurrence(
     }
     values |= _parse_end(raw.get("end"), where)
     values |= _parse_pattern(raw.get("pattern"), start, where)
-    code = raw.get("calendar")
+    code = _text(raw.get("calendar"), f"{where}: calendar")
     if code is not None:
-        if not isinstance(code, str) or code not in calendars:
+        if code not in calendars:
             raise ImportFailure(
                 f'{where}: unknown calendar {code!r}: name one of the file\'s "calendars" '
                 "or one that exists."
@@ -517,14 +604,14 @@ def _parse_end(end: Any, where: str) -> dict[str, Any]:
         return {}
     if isinstance(end, dict) and set(end) == {"after"}:
         after = end["after"]
-        if isinstance(after, bool) or not isinstance(after, int) or after < 1:
-            raise ImportFailure(f"{where}: end after must be a whole number of runs, 1 or more.")
+        if isinstance(after, bool) or not isinstance(after, int) or not 1 <= after <= INT_MAX:
+            raise ImportFailure(
+                f"{where}: end after must be a whole number of runs from 1 to {INT_MAX}, "
+                f"got {after!r}."
+            )
         return {"end_after": after}
     if isinstance(end, dict) and set(end) == {"by"}:
-        by = parse_date(end["by"]) if isinstance(end["by"], str) else None
-        if by is None:
-            raise ImportFailure(f"{where}: end by {end['by']!r} is not a date (YYYY-MM-DD).")
-        return {"end_by": by}
+        return {"end_by": _date(end["by"], f"{where}: end by")}
     raise ImportFailure(f'{where}: end is {{"after": N}}, {{"by": "YYYY-MM-DD"}} or null.')
 
 
@@ -542,8 +629,15 @@ def _parse_pattern(pattern: Any, start: dt.datetime, where: str) -> dict[str, An
     unit = _choice(pattern.get("unit"), {u: u for u in PATTERN_KEYS}, f"{where}: unit")
     _check_keys(pattern, {"unit", "every"} | PATTERN_KEYS[unit], f"{where}, {unit} pattern")
     every = pattern.get("every", 1)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ImportFailure(f"{where}: every must be a whole number, 1 or more.")
+    if (
+        isinstance(every, bool)
+        or not isinstance(every, int)
+        or not 1 <= every <= recurrence.MAX_EVERY[unit]
+    ):
+        raise ImportFailure(
+            f"{where}: every must be a whole number from 1 to {recurrence.MAX_EVERY[unit]:,} "
+            f"({unit}: 100 years), got {every!r:.40}."
+        )
     values: dict[str, Any] = {"unit": unit, "every": every}
     weekday_names = {w: w for w in recurrence.WEEKDAYS}
     if unit == recurrence.WEEKS:
@@ -595,7 +689,8 @@ def _parse_task(
     except registry.ParameterError as exc:
         raise ImportFailure(f"{where}: invalid parameters for {name}: {exc.describe()}") from None
 
-    group = raw.get("group") or DEFAULT_GROUP_CODE
+    group = _text(raw.get("group"), f"{where}: group") or DEFAULT_GROUP_CODE
+    _text(raw.get("company"), f"{where}: company")
     if group not in known_groups:
         raise ImportFailure(f"{where}: unknown batch group {group!r}.")
     company = raw.get("company") or None
@@ -670,11 +765,11 @@ def _parse_task(
 
 
 def _check_conditions(job: _Job, where: str) -> None:
-    keys = [t.key for t in job.tasks]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    # Counted in one pass: a file of 100,000 tasks (keys.count per key took minutes).
+    duplicates = sorted(k for k, n in Counter(t.key for t in job.tasks).items() if n > 1)
     if duplicates:
         raise ImportFailure(f"{where}: task key {duplicates[0]!r} is used twice.")
-    known = set(keys)
+    known = {t.key for t in job.tasks}
     for task in job.tasks:
         seen = set()
         for parent, _ in task.conditions:
@@ -837,6 +932,7 @@ def _save_job(parsed: _Job, user: Any) -> BatchJob:
 def _parse_webhooks(raw_hooks: list[Any]) -> list[dict[str, Any]]:
     """Webhook field values; a code that exists already is updated (its URL, secret, ...)."""
     hooks: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for index, raw in enumerate(raw_hooks, 1):
         where = f"webhook {index}"
         if not isinstance(raw, dict):
@@ -847,8 +943,9 @@ def _parse_webhooks(raw_hooks: list[Any]) -> list[dict[str, Any]]:
         where = f"webhook {code!r}"
         _check_keys(raw, WEBHOOK_KEYS, where)
         _validate_code(code, where)
-        if code in {h["code"] for h in hooks}:
+        if code in seen:
             raise ImportFailure(f"{where}: defined twice.")
+        seen.add(code)
         values: dict[str, Any] = {"code": code}
         for key in ("url", "secret"):
             if not isinstance(raw.get(key), str) or not raw[key]:

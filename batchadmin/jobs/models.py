@@ -11,7 +11,7 @@ from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
-from batchadmin.lib import clock, deadlines, durations, recurrence
+from batchadmin.lib import clock, daterange, deadlines, durations, recurrence
 from batchadmin.servers.models import CODE_VALIDATOR, BatchGroup, BatchServer
 from batchadmin.servers.models import Priority as Priority  # re-exported: long imported from here
 
@@ -170,7 +170,7 @@ class Calendar(models.Model):
 
 class CalendarDate(models.Model):
     calendar = models.ForeignKey(Calendar, models.CASCADE, related_name="dates")
-    date = models.DateField("date")
+    date = models.DateField("date", validators=[daterange.validate])
     description = models.CharField(
         "description", max_length=200, blank=True, help_text="What the date is, e.g. Christmas."
     )
@@ -245,6 +245,7 @@ class BatchJob(models.Model):
     scheduled_start = models.DateTimeField(
         "scheduled start date/time",
         default=now,
+        validators=[daterange.validate],
         help_text="The job starts when this time has passed and its status is Waiting.",
     )
     started_at = models.DateTimeField("actual start date/time", null=True, blank=True)
@@ -538,7 +539,7 @@ class BatchRecurrence(models.Model):
         NEXT_DAY = "next_day", "Run on the next working day"
 
     job = models.OneToOneField(BatchJob, models.CASCADE, related_name="recurrence")
-    start_date = models.DateField("start date")
+    start_date = models.DateField("start date", validators=[daterange.validate])
     start_time = models.TimeField("start time")
     time_zone = models.CharField(
         "time zone",
@@ -554,7 +555,11 @@ class BatchRecurrence(models.Model):
         help_text="Stop after this many runs. Empty (and no end date): no end.",
     )
     end_by = models.DateField(
-        "end by", null=True, blank=True, help_text="The last date on which the job may run."
+        "end by",
+        null=True,
+        blank=True,
+        validators=[daterange.validate],
+        help_text="The last date on which the job may run.",
     )
     unit = models.CharField(
         "recurring pattern",
@@ -662,6 +667,13 @@ class BatchRecurrence(models.Model):
 
     def rule(self) -> recurrence.Rule:
         """The rule to compute with; RuleError if the row holds one the dialog would refuse."""
+        for label, value in (("start date", self.start_date), ("end date", self.end_by)):
+            # Stored before the bounds, or by hand: no occurrence can be computed from it.
+            if value is not None and not daterange.in_range(value):
+                raise recurrence.RuleError(
+                    f"The {label} {value:%Y-%m-%d} is out of range: dates go "
+                    f"{daterange.RANGE_TEXT}."
+                )
         return recurrence.Rule(
             start=self.start(),
             time_zone=self.time_zone,

@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, OuterRef, Q, Subquery
-from django.db.models.functions import Trunc
+from django.db.models.functions import Substr, Trunc
 from django.http import HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -50,6 +50,7 @@ UTC = dt.UTC
 
 LIVE_SECONDS = 5
 FAILURES_SHOWN = 10
+ERROR_HEAD_CHARS = 1_000  # of a failure's error read for its first line
 STUCK_SHOWN = 10  # per list: due jobs, and lines of ready tasks
 LATE_READ = 500  # runs with a deadline judged for the "late or at risk" tile
 # Ready tasks read for the panel, oldest first; those of one job held back for the same
@@ -303,7 +304,9 @@ def _failures(visible: Any, view_all: bool) -> list[Failure]:
         tr.pk: tr
         for tr in BatchTaskRun.objects.filter(pk__in=ids)
         .select_related("task")
-        .only("pk", "error_message", "attempt", "task__key", "task__description")
+        .only("pk", "attempt", "task__key", "task__description")
+        # The first line is all the tile shows: not a whole (possibly huge) error.
+        .annotate(error_head=Substr("error_message", 1, ERROR_HEAD_CHARS))
     }
     result = []
     for run in runs:
@@ -313,7 +316,7 @@ def _failures(visible: Any, view_all: bool) -> list[Failure]:
                 run,
                 reverse("jobs:history-run", args=[run.job_id, run.pk]),
                 attempt,
-                first_line(attempt.error_message) if attempt else "",
+                first_line(attempt.error_head) if attempt else "",
             )
         )
     return result

@@ -23,6 +23,8 @@ from zoneinfo import ZoneInfo, available_timezones
 from django import forms
 from django.core.exceptions import ValidationError
 
+from batchadmin.lib import daterange
+
 CLOCK_24 = "24"
 CLOCK_12 = "12"
 CLOCK_CHOICES = [(CLOCK_24, "24-hour (18:30)"), (CLOCK_12, "12-hour (6:30 PM)")]
@@ -203,12 +205,14 @@ class TimeField(forms.TimeField):
 class DateField(forms.DateField):
     widget = DateInput
     input_formats = [DATE_FORMAT]
+    default_validators = [daterange.validate]
     default_error_messages = {"invalid": "Enter a date as 2026-12-03 (year, month, day)."}
 
 
 class DateTimeField(forms.DateTimeField):
     widget = DateTimeInput
     input_formats = DATETIME_INPUT_FORMATS
+    default_validators = [daterange.validate]
     default_error_messages = {"invalid": "Enter a date and time as 2026-12-03 18:30."}
 
 

@@ -39,6 +39,7 @@ from cron_descriptor import Options as CronOptions
 from croniter import CroniterError, croniter
 from dateutil import rrule
 
+from batchadmin.lib import daterange
 from batchadmin.lib.clock import format_when, zone_label
 
 MINUTES, HOURS, DAYS, WEEKS, MONTHS, YEARS, CRON = (
@@ -51,6 +52,16 @@ MINUTES, HOURS, DAYS, WEEKS, MONTHS, YEARS, CRON = (
     "cron",
 )
 UNITS = (MINUTES, HOURS, DAYS, WEEKS, MONTHS, YEARS, CRON)
+# The longest step: 100 years in each unit. Longer is a typo, and a step past Python's
+# datetime range (every 10^20 minutes) would fail every reader of the job.
+MAX_EVERY = {
+    MINUTES: 100 * 525_960,
+    HOURS: 100 * 8_766,
+    DAYS: 36_525,
+    WEEKS: 5_218,
+    MONTHS: 1_200,
+    YEARS: 100,
+}
 ELAPSED_UNITS = {MINUTES: dt.timedelta(minutes=1), HOURS: dt.timedelta(hours=1)}
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = date.weekday()
 NTH_WORDS = {1: "first", 2: "second", 3: "third", 4: "fourth", -1: "last"}
@@ -207,12 +218,21 @@ class Rule:
             raise RuleError("End after a number of runs or by a date, not both.", field="end")
         if self.end_after is not None and self.end_after < 1:
             raise RuleError("End after at least one run.", field="end_after")
+        if not daterange.in_range(self.start):
+            raise RuleError(f"Start on a date {daterange.RANGE_TEXT}.", field="start_date")
+        if self.end_by is not None and not daterange.in_range(self.end_by):
+            raise RuleError(f"End by a date {daterange.RANGE_TEXT}.", field="end_by")
         if self.end_by is not None and self.end_by < self.start.date():
             raise RuleError("The end date is before the start date.", field="end_by")
         if self.unit == CRON:
             self._check_cron()
         elif self.every < 1:
             raise RuleError("Repeat at least every 1.", field="every")
+        elif self.every > MAX_EVERY[self.unit]:
+            raise RuleError(
+                f"Repeat at most every {MAX_EVERY[self.unit]:,} {self.unit} (100 years).",
+                field="every",
+            )
         if any(not 0 <= w <= 6 for w in self.weekdays) or (
             self.weekday is not None and not 0 <= self.weekday <= 6
         ):

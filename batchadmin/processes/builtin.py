@@ -1,5 +1,5 @@
 """Processes for trying the engine out and for its tests: demo.noop / sleep / fail / flaky / log
-/ hang."""
+/ hang / garbage."""
 
 from __future__ import annotations
 
@@ -39,6 +39,16 @@ class LogForm(forms.Form):
         max_value=100_000,
         initial=10,
         help_text="How many log lines to write.",
+    )
+
+
+class GarbageForm(forms.Form):
+    lines = forms.IntegerField(min_value=0, max_value=100_000, initial=3)
+    error_chars = forms.IntegerField(
+        min_value=0,
+        max_value=100_000_000,
+        initial=100,
+        help_text="Characters of the error it raises; 0: it ends without an error.",
     )
 
 
@@ -104,3 +114,18 @@ def log(ctx: Context, *, lines: int) -> None:
 def hang(ctx: Context) -> None:
     while True:
         time.sleep(1)
+
+
+@register(
+    "demo.garbage",
+    label="Write garbage",
+    description="Test aid: logs lines and raises an error holding a NUL character and half a "
+    "surrogate pair, as careless code may; the error can be made huge.",
+    form=GarbageForm,
+)
+def garbage(ctx: Context, *, lines: int, error_chars: int) -> None:
+    for n in range(1, lines + 1):
+        ctx.info(f"Line {n}: a NUL \x00 and half a pair \ud800 here")
+    if error_chars:
+        head = "NUL \x00, half a pair \udc00: "
+        raise DemoFailure(head + "x" * max(0, error_chars - len(head)))

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django import forms
 
+from batchadmin.lib import text
+
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
@@ -72,6 +74,12 @@ class BatchProcess:
         if not form.is_valid():
             raise ParameterError({k: [str(m) for m in v] for k, v in form.errors.items()})
         cleaned = {k: _to_json(v) for k, v in form.cleaned_data.items()}
+        bad = [k for k, v in cleaned.items() if _has_unstorable(v)]
+        if bad:
+            # A form's CharField refuses NUL but not half a surrogate pair; neither can be stored.
+            raise ParameterError(
+                {k: ["Holds a NUL character or half a surrogate pair."] for k in bad}
+            )
         # What is stored must be what the process can read back when it runs.
         self.kwargs_from(cleaned)
         return cleaned
@@ -125,6 +133,14 @@ def get(name: str) -> BatchProcess:
 
 def all_processes() -> list[BatchProcess]:
     return sorted(_REGISTRY.values(), key=lambda p: p.name)
+
+
+def _has_unstorable(value: Any) -> bool:
+    if isinstance(value, str):
+        return text.unstorable(value)
+    if isinstance(value, list):
+        return any(_has_unstorable(v) for v in value)
+    return False
 
 
 def _to_json(value: Any) -> Any:

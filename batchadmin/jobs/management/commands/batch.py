@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
-from argparse import ArgumentParser
+from argparse import ArgumentParser, ArgumentTypeError
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ class Command(BaseCommand):
         p.add_argument("job_id", type=int)
         p.add_argument(
             "--timeout",
-            type=float,
+            type=_seconds,
             default=None,
             help="Give up (exit 1) after this many seconds.",
         )
@@ -138,13 +139,17 @@ class Command(BaseCommand):
 
     def do_import(self, *, file: str, user: str | None, **_: Any) -> None:
         try:
-            text = sys.stdin.read() if file == "-" else Path(file).read_text()
+            text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
         except OSError as exc:
             raise CommandError(f"Can't read {file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise CommandError(f"Nothing was imported. {file} is not UTF-8 text: {exc}") from None
         try:
-            data = json.loads(text)
+            data = io.parse_json(text)
         except json.JSONDecodeError as exc:
             raise CommandError(f"{file} is not valid JSON: {exc}") from None
+        except io.ImportFailure as exc:
+            raise CommandError(f"Nothing was imported. {exc}") from None
         try:
             jobs = io.import_data(data, user=_user(user))
         except io.ImportFailure as exc:
@@ -334,6 +339,18 @@ class Command(BaseCommand):
         if not user.is_active:
             raise CommandError(f"User {username!r} is deactivated; a token would not work.")
         self.stdout.write(tokens.issue(user, name=name)[1])  # the plain token, shown this once
+
+
+def _seconds(text: str) -> float:
+    """--timeout: a number of seconds, 0 or more; nan and inf are no time (argparse says which
+    option got what)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return value
 
 
 def _json_dumps(data: Any) -> str:
