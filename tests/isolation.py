@@ -62,7 +62,11 @@ def db_name(prefix: str) -> str:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: Linux sends it SIGTERM when the test process dies."""
+    """In the child before exec: Linux sends it SIGTERM when the test process dies.
+
+    Strictly, when the thread that started it ends: here the main thread, as settings are
+    imported there. (Not for servers a test starts from a helper thread.)
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
