@@ -145,6 +145,16 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
+def require_empty_redis(client: Any, url: str) -> None:
+    """The bench flushes its Redis database: only one it found empty (someone else's data)."""
+    keys = client.dbsize()
+    if keys:
+        raise BenchError(
+            f"Redis {url} holds {keys} keys and the bench flushes its database: choose an empty "
+            "one with --redis-db, or flush this one yourself if it is yours."
+        )
+
+
 def run_cmd(
     argv: Sequence[str], *, env: dict[str, str], timeout: float, what: str
 ) -> subprocess.CompletedProcess[str]:
@@ -346,8 +356,9 @@ class Bench:
             PROFILE_DIR.mkdir(parents=True, exist_ok=True)
             for old in PROFILE_DIR.glob("*.prof"):
                 old.unlink()
-        self.redis = redis.Redis.from_url(self.redis_url)
-        self.redis.flushdb()
+        client = redis.Redis.from_url(self.redis_url)
+        require_empty_redis(client, self.redis_url)
+        self.redis = client  # from here on the database is ours: teardown flushes it
         step(f"database {self.db_name}")
         pg_cmd("createdb", self.db_name, env=self.env)
         self.db_created = True

@@ -130,6 +130,8 @@ class Web:
                     str(self.workers),
                     "--threads",
                     str(self.threads),
+                    # Not gunicorn's one control socket per user, shared with other gunicorns.
+                    "--no-control-socket",
                 ],
                 cwd=ROOT,
                 env=self.env,

@@ -47,7 +47,7 @@ from bench.common import (
 from bench.common import (
     sql as sql_rows,
 )
-from bench.engine_vs_celery import BenchError, step, table
+from bench.engine_vs_celery import BenchError, require_empty_redis, step, table
 
 
 @dataclass
@@ -204,7 +204,12 @@ def history_rows() -> dict[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     db = PrivateDatabase(args.db_name, args.redis_db, keep=args.keep_db)
+    # The due-jobs figure publishes messages and then flushes the broker's database.
+    broker_url = db.env["CELERY_BROKER_URL"]
     try:
+        import redis
+
+        require_empty_redis(redis.Redis.from_url(broker_url), broker_url)
         step(f"database {db.name}")
         db.create()
         live_load()

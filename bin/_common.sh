@@ -33,9 +33,11 @@ ensure_venv() {
 
 redis_up() { "$VENV/bin/python" -c "import redis, sys; redis.Redis.from_url('${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}', socket_timeout=2).ping()" 2>/dev/null; }
 
+ensure_redis_server() { command -v redis-server >/dev/null || apt_install redis-server; }
+
 ensure_redis() {
     redis_up && return
-    command -v redis-server >/dev/null || apt_install redis-server
+    ensure_redis_server
     say "Starting Redis on 127.0.0.1:6379"
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
         --dir /tmp --logfile /tmp/batchadmin-redis.log

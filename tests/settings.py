@@ -4,17 +4,23 @@ import os
 
 from batchadmin.settings import *  # noqa: F403
 from batchadmin.settings import database_from_url
+from tests import isolation
 
-# Tests run against real PostgreSQL (pytest-django creates test_<name> from this).
+# Tests run against real PostgreSQL. pytest-django creates its test database under the name
+# TEST.NAME: test_<name>_<run id>, so two runs on one machine never share (or drop) one.
 DATABASES = {
     "default": database_from_url(
         os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/batchadmin")
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["TEST"] = {
+        "NAME": isolation.db_name(f"test_{DATABASES['default']['NAME']}")
+    }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-# A Redis db of the tests' own: code that runs on-commit callbacks (metrics counters, queue
-# lengths) must not write into the development broker's db 0.
-CELERY_BROKER_URL = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/7")
+# A Redis db of this run's own (tests/isolation.py): code that runs on-commit callbacks (metrics
+# counters, queue lengths) must not write into a development broker or another run's db.
+CELERY_BROKER_URL = isolation.BROKER_URL
 CACHES = {"default": {**CACHES["default"], "LOCATION": CELERY_BROKER_URL}}  # noqa: F405
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 BATCH_RETRY_BACKOFF_SECONDS = 0.1

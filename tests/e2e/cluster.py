@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
+
+from tests import isolation
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("E2E_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The run's own Redis database and names (tests/isolation.py).
+REDIS_URL = isolation.E2E_REDIS_URL
 CELERY = str(Path(sys.executable).with_name("celery"))
 
 # Short lease and heartbeat so lost servers are noticed in seconds, not half a minute.
@@ -134,7 +136,9 @@ class Cluster:
         self._spawn(
             name,
             [str(Path(sys.executable).with_name("gunicorn")), "batchadmin.wsgi",
-             "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4"],
+             "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+             # Not gunicorn's one control socket per user: two test runs would share it.
+             "--no-control-socket"],
             env,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
@@ -263,4 +267,5 @@ def migrate(env: dict[str, str]) -> None:
 
 
 def flush_redis() -> None:
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    """Empty the run's e2e Redis database (only ever one the run found empty)."""
+    isolation.reset(REDIS_URL)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests import isolation
 from tests.e2e.cluster import (
     Cluster,
     create_database,
@@ -20,7 +21,7 @@ from tests.e2e.cluster import (
 @pytest.fixture(scope="session")
 def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A migrated private PostgreSQL database, an empty Redis DB and one beat process."""
-    name = f"batchadmin_e2e_{os.getpid()}"
+    name = isolation.db_name("batchadmin_e2e")
     create_database(name)
     cluster = Cluster(
         f"postgres://postgres@127.0.0.1:5432/{name}",

@@ -8,7 +8,6 @@ stops and restarts it.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import isolation
 from tests.e2e.cluster import (
     Cluster,
     create_database,
@@ -35,7 +35,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Pri
     """A database and a Redis of this module's own, with beat and gunicorn on them."""
     log_dir = tmp_path_factory.mktemp("ops-logs")
     broker = PrivateRedis(log_dir)
-    name = f"batchadmin_ops_{os.getpid()}"
+    name = isolation.db_name("batchadmin_ops")
     create_database(name)
     cluster = Cluster(f"postgres://postgres@127.0.0.1:5432/{name}", log_dir, pg_dbname=name)
     cluster.env["CELERY_BROKER_URL"] = broker.url

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
+from tests import isolation
 from tests.e2e.cluster import (
-    REDIS_URL,
     Cluster,
     create_database,
     drop_database,
@@ -36,7 +35,7 @@ from tests.e2e.cluster import (
 
 CLOCK_DIR = Path(__file__).with_name("clock")
 # A Redis database of its own: its workers must not take messages meant for the session cluster.
-CLOCK_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/14"
+CLOCK_REDIS_URL = isolation.E2E_CLOCK_REDIS_URL
 UTC = dt.UTC
 
 
@@ -65,7 +64,7 @@ class ClusterClock:
 def clock_cluster(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Cluster, ClusterClock]]:
-    name = f"batchadmin_e2e_clock_{os.getpid()}"
+    name = isolation.db_name("batchadmin_e2e_clock")
     create_database(name)
     log_dir = tmp_path_factory.mktemp("e2e-clock-logs")
     cluster = Cluster(f"postgres://postgres@127.0.0.1:5432/{name}", log_dir, pg_dbname=name)
@@ -77,7 +76,7 @@ def clock_cluster(
     }
     try:
         migrate(cluster.env)
-        redis.Redis.from_url(CLOCK_REDIS_URL).flushdb()
+        isolation.reset(CLOCK_REDIS_URL)
         cluster.start_beat()
         yield cluster, clock
     finally:

@@ -4,7 +4,6 @@ them (task lines, the header, the diagram's live poll) within a fixed number of 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from unittest import mock
 from zoneinfo import ZoneInfo
@@ -24,12 +23,13 @@ from batchadmin.servers.models import (
     BatchServerReplica,
     BatchServerSchedule,
 )
+from tests import isolation
 from tests.base import HOSTNAME, BaseTestCase, start
 
 S = BatchStatus
 UTC = dt.UTC
 NOON = dt.datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = isolation.E2E_REDIS_URL  # the run's own Redis db (tests/isolation.py)
 
 
 def codes(reasons: list[explain.Reason]) -> list[str]:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from typing import Any
 from unittest import mock
 
@@ -15,9 +14,10 @@ from django_celery_beat.models import PeriodicTask
 
 from batchadmin.engine import beat
 from batchadmin.servers import health
+from tests import isolation
 from tests.base import BaseTestCase
 
-REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = isolation.E2E_REDIS_URL
 DOWN_URL = "redis://:hunter2@127.0.0.1:1/0"  # nothing listens on port 1; a password to hide
 NINE = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from typing import Any
 from unittest import mock
 
@@ -18,11 +17,12 @@ from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask
 from batchadmin.lib import broker
 from batchadmin.servers import metrics
 from batchadmin.servers.models import BatchGroup, BatchServer, BatchServerReplica
+from tests import isolation
 from tests.base import HOSTNAME, BaseTestCase, run, start
 
 S = BatchStatus
 # Counters go to a Redis database of the test run's own (E2E_REDIS_URL), never to the broker's.
-REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = isolation.E2E_REDIS_URL
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 RECORD = counters.record  # the real one, even if BaseTestCase stubs it for other tests
 
