@@ -10,6 +10,7 @@ from django.test import SimpleTestCase, override_settings
 from batchadmin.engine import counters, transitions
 from batchadmin.jobs.models import BatchStatus
 from batchadmin.lib import broker
+from tests import isolation
 
 S = BatchStatus
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -54,7 +55,7 @@ class RecordTestCase(SimpleTestCase):
             assert counters._group_of(1) == "nightly"
 
 
-REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = isolation.E2E_REDIS_URL  # the test run's own Redis (tests/isolation.py)
 
 
 @override_settings(CELERY_BROKER_URL=REDIS_URL, BATCH_METRICS_FLUSH_SECONDS=3600)
