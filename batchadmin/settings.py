@@ -313,6 +313,10 @@ BATCH_RETRY_BACKOFF_MAX_SECONDS = env_float("BATCH_RETRY_BACKOFF_MAX_SECONDS", 3
 # batch run (nightly postings, imports), yet a hung process frees its worker slot the same
 # day instead of holding it until someone notices. A task that needs more sets its own limit.
 BATCH_TASK_TIME_LIMIT_SECONDS = env_int("BATCH_TASK_TIME_LIMIT_SECONDS", 6 * 3600)
+# The longest time limit a task run as a Batch user (anyone but a manager) may have, enforced
+# when the task is saved and again when it runs: a user's demo.hang holds a worker thread for
+# at most this long. 0: no ceiling.
+BATCH_USER_MAX_TIME_LIMIT = env_int("BATCH_USER_MAX_TIME_LIMIT", BATCH_TASK_TIME_LIMIT_SECONDS)
 # Cancel (or a time limit) asks a running process to stop through ctx.cancel_requested(); one
 # still running this long after is aborted: its worker process is killed.
 BATCH_CANCEL_GRACE_SECONDS = env_float("BATCH_CANCEL_GRACE_SECONDS", 30)
@@ -334,6 +338,13 @@ BATCH_PROCESS_MODULES = [
     "batchadmin.processes.maintenance",
     "batchadmin.djangotasks.process",
     *[m for m in os.environ.get("BATCH_PROCESS_MODULES", "").split(",") if m],
+]
+# mail.send_document sends only to the e-mail addresses of users of this system and to these
+# domains (comma-separated, e.g. "example.com,ops.example.com"; a subdomain is not included).
+BATCH_MAIL_ALLOWED_DOMAINS = [
+    d.strip().lower()
+    for d in os.environ.get("BATCH_MAIL_ALLOWED_DOMAINS", "").split(",")
+    if d.strip()
 ]
 # A recurring job whose missed-runs policy is "skip" still starts for an occurrence that passed
 # less than this long ago (the tick was busy, a deploy restarted beat); older ones are skipped.

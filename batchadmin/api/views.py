@@ -54,6 +54,7 @@ from batchadmin.jobs.models import (
     Priority,
     StatusChange,
 )
+from batchadmin.processes.registry import ProcessNotAllowed
 from batchadmin.servers import coverage
 from batchadmin.servers.models import BatchGroup, BatchServerReplica
 
@@ -357,6 +358,8 @@ def job_create(request: HttpRequest) -> Any:
             raise PermissionDenied(f"Nothing was imported. {culprit}")
     try:
         jobs = io.import_data(data, user=request.user)
+    except io.ImportRefused as exc:  # a process or time limit the caller's role may not have
+        raise PermissionDenied(f"Nothing was imported. {exc}") from None
     except io.ImportFailure as exc:
         raise HttpError(400, f"Nothing was imported. {exc}") from None
     return Status(201, {"ids": [job.pk for job in jobs]})
@@ -543,14 +546,17 @@ def job_copy(request: HttpRequest, job_id: int, body: schemas.CopyIn) -> Any:
         run_as = get_user_model().objects.filter(username=body.run_as, is_active=True).first()
         if run_as is None:
             raise HttpError(400, f"run_as: unknown user {body.run_as!r}.")
-    new = copying.copy_job(
-        job,
-        by=_caller(request),
-        description=description,
-        company=company,
-        scheduled_start=body.scheduled_start or job.scheduled_start,
-        run_as=run_as,
-    )
+    try:
+        new = copying.copy_job(
+            job,
+            by=_caller(request),
+            description=description,
+            company=company,
+            scheduled_start=body.scheduled_start or job.scheduled_start,
+            run_as=run_as,
+        )
+    except ProcessNotAllowed as exc:
+        raise PermissionDenied(str(exc)) from None
     return Status(201, {"id": new.pk})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
@@ -16,8 +17,9 @@ from django.db import close_old_connections
 from django.utils.timezone import now
 
 from batchadmin.engine import counters, transitions
+from batchadmin.jobs import access
 from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun, Company
-from batchadmin.lib import db, tracing
+from batchadmin.lib import db, durations, tracing
 from batchadmin.processes import registry
 
 if TYPE_CHECKING:
@@ -195,11 +197,15 @@ def execute(task_run: BatchTaskRun) -> tuple[transitions.Outcome, list[BatchLogE
     try:
         process = registry.get(task.process)
         kwargs = process.kwargs_from(task.parameters)
-    except (registry.UnknownProcess, registry.ParameterError) as exc:
-        # Retrying cannot fix a missing process or bad stored parameters.
+        # Checked when the task was saved, and again here: the job's Run by, its role or the
+        # process's rule may have changed since.
+        access.check_processes(ctx.user, [process.name])
+    except (registry.UnknownProcess, registry.ParameterError, registry.ProcessNotAllowed) as exc:
+        # Retrying cannot fix a missing process, bad stored parameters or a refusal.
         message = f"{type(exc).__name__}: {exc}"
         ctx.error(message)
         return transitions.Outcome(error=message, retryable=False), ctx.take_pending()
+    _cap_time_limit(ctx, task_run)
     try:
         process.func(ctx, **kwargs)
     except Exception as exc:
@@ -217,6 +223,29 @@ def execute(task_run: BatchTaskRun) -> tuple[transitions.Outcome, list[BatchLogE
         ctx.error(message)
         outcome = transitions.Outcome(error=message, traceback=outcome.traceback, retryable=False)
     return outcome, ctx.take_pending()
+
+
+def _cap_time_limit(ctx: ProcessContext, task_run: BatchTaskRun) -> None:
+    """Hold a task run as a Batch user to BATCH_USER_MAX_TIME_LIMIT, whatever it was saved with
+    (before the ceiling existed, or by a manager before Run by changed).
+
+    The claim set the deadline from the task's own limit; the ceiling is written as the task's
+    limit, so the grid and every time-limit message say what was enforced.
+    """
+    ceiling = access.time_limit_ceiling(ctx.user)
+    if ceiling is None:
+        return
+    stored = BatchTask.objects.values_list("time_limit", flat=True).get(pk=ctx.task_id)
+    if (stored or settings.BATCH_TASK_TIME_LIMIT_SECONDS) <= ceiling:
+        return
+    assert task_run.started_at is not None
+    BatchTask.objects.filter(
+        pk=ctx.task_id, attempt=ctx.attempt, status=BatchStatus.EXECUTING
+    ).update(time_limit=ceiling, deadline_at=task_run.started_at + dt.timedelta(seconds=ceiling))
+    ctx.warning(
+        f"Time limit lowered to {durations.whole(ceiling)}: the most a task run as a Batch user "
+        "may have (BATCH_USER_MAX_TIME_LIMIT)."
+    )
 
 
 class LeaseKeeper:
