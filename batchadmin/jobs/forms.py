@@ -150,6 +150,15 @@ class JobForm(forms.ModelForm[BatchJob]):
                 "A deadline is a time of day or a number of minutes after the start, not both: "
                 "empty one of them.",
             )
+        if self.instance.pk and "run_as" in self.changed_data:
+            # The tasks run as the new Run by from now on: it must be allowed their processes
+            # (the runner would refuse every attempt otherwise).
+            run_as = cleaned.get("run_as") or self.instance.created_by
+            processes = self.instance.tasks.values_list("process", flat=True).distinct()
+            try:
+                access.check_processes(run_as, processes)
+            except registry.ProcessNotAllowed as exc:
+                self.add_error("run_as", str(exc))
         # Not a model field of this form (see PRIORITY_CHOICES): written to the job here.
         chosen: int | None = cleaned.get("priority")
         self.instance.priority_overridden = chosen is not None

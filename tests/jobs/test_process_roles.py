@@ -322,3 +322,25 @@ class CheckProcessesTestCase(FormTestCase):
             access.check_processes(self.dave, ["demo.noop", CLEANUP], where="Here: ")
         assert str(excinfo.value) == f"Here: {REFUSED}"
         access.check_processes(self.dave, ["demo.noop", "no.such.process"])
+
+
+class JobHeaderTestCase(FormTestCase):
+    def test_run_by_may_not_become_a_user_who_may_not_run_the_tasks(self):
+        job = self.make_job(created_by=self.alice, status=S.WITHHOLD)
+        self.make_task(job, "purge", process=CLEANUP, parameters=CLEANUP_PARAMS)
+        self.login(self.alice)
+        data = {
+            "description": "Purge",
+            "scheduled_start": "2030-01-02T03:04",
+            "run_as": str(self.dave.pk),
+            "priority": "",
+            "company": "",
+            "save_history": "always",
+        }
+        r = self.client.post(f"/jobs/{job.pk}/", data, headers=self.htmx())
+        assert REFUSED in r.content.decode()
+        job.refresh_from_db()
+        assert job.run_as is None
+        self.client.post(f"/jobs/{job.pk}/", data | {"run_as": str(self.alice.pk)})
+        job.refresh_from_db()
+        assert job.run_as == self.alice
