@@ -205,8 +205,13 @@ def execute(task_run: BatchTaskRun) -> tuple[transitions.Outcome, list[BatchLogE
         message = f"{type(exc).__name__}: {exc}"
         ctx.error(message)
         return transitions.Outcome(error=message, retryable=False), ctx.take_pending()
-    _cap_time_limit(ctx, task_run)
+    except Exception as exc:
+        # The check could not be made (the database went away): try again, as for a failure.
+        message = f"Could not check who may run {task.process}: {type(exc).__name__}: {exc}"
+        ctx.error(message)
+        return transitions.Outcome(error=message), ctx.take_pending()
     try:
+        _cap_time_limit(ctx, task_run)
         process.func(ctx, **kwargs)
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
