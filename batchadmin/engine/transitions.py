@@ -24,7 +24,7 @@ from django.utils.timezone import now
 
 from batchadmin.audit import trail
 from batchadmin.engine import conditions, dispatch, limits, priority, signals, sql
-from batchadmin.jobs import history
+from batchadmin.jobs import access, history
 from batchadmin.jobs.models import (
     MISSED_COUNT_LIMIT,
     OPEN_TASK_STATUSES,
@@ -797,7 +797,7 @@ def run_job_now(
         tasks = {t.key: t for t in BatchTask.objects.filter(job_id=job_id)}
         if not tasks:
             raise Refused(f"Job {job_id} has no tasks: there is nothing to run.")
-        params, shown, changes = _clean_overrides(job_id, tasks, overrides or {})
+        params, shown, changes = _clean_overrides(job_id, tasks, overrides or {}, by_id=by_id)
         if job.status in TERMINAL_JOB_STATUSES:
             again = {t.pk for t in tasks.values()}
         else:
@@ -827,13 +827,20 @@ def run_job_now(
 
 
 def _clean_overrides(
-    job_id: int, tasks: dict[str, BatchTask], overrides: dict[str, dict[str, object]]
+    job_id: int,
+    tasks: dict[str, BatchTask],
+    overrides: dict[str, dict[str, object]],
+    *,
+    by_id: int | None,
 ) -> tuple[dict[int, dict[str, object]], dict[str, dict[str, object]], dict[str, list[object]]]:
-    """Validate Run now's overrides with each task's parameter form.
+    """Validate Run now's overrides with each task's parameter form, and that ``by_id`` may run
+    the process whose parameters they change (a manager's line in a Batch user's job keeps
+    the parameters the manager gave it).
 
     Returns the parameters each overridden task runs with (by task id), the overrides as
     cleaned (by key, only values that differ from the stored ones) and the audit's changes.
     """
+    by = get_user_model().objects.filter(pk=by_id).first() if by_id and overrides else None
     params: dict[int, dict[str, object]] = {}
     shown: dict[str, dict[str, object]] = {}
     changes: dict[str, list[object]] = {}
@@ -845,8 +852,13 @@ def _clean_overrides(
             continue
         try:
             process = registry.get(task.process)
+            access.check_processes(by, [task.process])
             cleaned = process.clean_parameters({**(task.parameters or {}), **values})
-        except (registry.UnknownProcess, registry.ParameterError) as exc:
+        except (
+            registry.UnknownProcess,
+            registry.ParameterError,
+            registry.ProcessNotAllowed,
+        ) as exc:
             raise Refused(f"Task {key}: {exc}") from None
         differ = {n: cleaned[n] for n in values if cleaned.get(n) != (task.parameters or {}).get(n)}
         if differ:

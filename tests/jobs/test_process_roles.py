@@ -18,6 +18,7 @@ from django.core.management import CommandError, call_command
 from django.test import SimpleTestCase, override_settings
 
 from batchadmin.djangotasks import compat
+from batchadmin.engine import transitions
 from batchadmin.jobs import access, forms, io
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskRun
 from batchadmin.processes import registry
@@ -344,3 +345,32 @@ class JobHeaderTestCase(FormTestCase):
         self.client.post(f"/jobs/{job.pk}/", data | {"run_as": str(self.alice.pk)})
         job.refresh_from_db()
         assert job.run_as == self.alice
+
+
+class RunNowTestCase(FormTestCase):
+    """A manager's line in a Batch user's job (Run by: the manager) runs as the manager; the
+    user may run the job but not change that line's parameters, even for one run."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.job = self.make_job(created_by=self.dave, run_as=self.alice, status=S.WITHHOLD)
+        self.make_task(self.job, "purge", process=CLEANUP, parameters=CLEANUP_PARAMS)
+        self.make_task(self.job, "nap", process="demo.sleep", parameters={"seconds": 0})
+
+    def test_overrides_of_a_process_the_user_may_not_run_are_refused(self):
+        with pytest.raises(transitions.Refused) as excinfo:
+            transitions.run_job_now(
+                job_id=self.job.pk, by_id=self.dave.pk, overrides={"purge": {"keep_days": 1}}
+            )
+        assert str(excinfo.value) == f"Task purge: {REFUSED}"
+        self.job.refresh_from_db()
+        assert self.job.status == S.WITHHOLD
+        assert transitions.run_job_now(
+            job_id=self.job.pk, by_id=self.dave.pk, overrides={"nap": {"seconds": 1}}
+        )
+
+    def test_the_dialog_offers_only_the_parameters_the_user_may_change(self):
+        self.login(self.dave)
+        html = self.client.get(f"/jobs/{self.job.pk}/run-now/", headers=self.htmx()).content
+        assert b"keep_days" not in html
+        assert b"seconds" in html
