@@ -14,11 +14,20 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import close_old_connections
+from django.db.models import Subquery
+from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
 from batchadmin.engine import counters, transitions
 from batchadmin.jobs import access
-from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun, Company
+from batchadmin.jobs.models import (
+    BatchJob,
+    BatchLogEntry,
+    BatchStatus,
+    BatchTask,
+    BatchTaskRun,
+    Company,
+)
 from batchadmin.lib import db, durations, tracing
 from batchadmin.processes import registry
 
@@ -55,9 +64,12 @@ class ProcessContext:
 
     @cached_property
     def user(self) -> User | None:
-        """The job's Run by user (its creator when Run by is empty)."""
-        user_id = self._task.job.effective_run_as_id()
-        return get_user_model().objects.filter(pk=user_id).first() if user_id else None
+        """The job's Run by user (its creator when Run by is empty): one query, since every
+        attempt needs it for the role checks (BatchJob.effective_run_as_id() in SQL)."""
+        run_as = BatchJob.objects.filter(pk=self.job_id).values(
+            user=Coalesce("run_as", "created_by")
+        )
+        return get_user_model().objects.filter(pk=Subquery(run_as)).first()
 
     @cached_property
     def company(self) -> Company | None:
