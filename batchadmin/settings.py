@@ -317,6 +317,8 @@ BATCH_TASK_TIME_LIMIT_SECONDS = env_int("BATCH_TASK_TIME_LIMIT_SECONDS", 6 * 360
 # when the task is saved and again when it runs: a user's demo.hang holds a worker thread for
 # at most this long. 0: no ceiling.
 BATCH_USER_MAX_TIME_LIMIT = env_int("BATCH_USER_MAX_TIME_LIMIT", BATCH_TASK_TIME_LIMIT_SECONDS)
+if BATCH_USER_MAX_TIME_LIMIT < 0:
+    raise ImproperlyConfigured("BATCH_USER_MAX_TIME_LIMIT must be 0 (no ceiling) or seconds.")
 # Cancel (or a time limit) asks a running process to stop through ctx.cancel_requested(); one
 # still running this long after is aborted: its worker process is killed.
 BATCH_CANCEL_GRACE_SECONDS = env_float("BATCH_CANCEL_GRACE_SECONDS", 30)
