@@ -59,14 +59,15 @@ class HistoryReportForm(forms.Form):
 class MailDocumentForm(forms.Form):
     to = forms.CharField(
         max_length=1000,
-        help_text="Recipients, separated by commas.",
+        help_text="Recipients, separated by commas: users of this system, or addresses in the "
+        "domains the deployment allows.",
         initial="finance@example.com",
     )
     subject = forms.CharField(max_length=200, initial="Your batch report")
     document = forms.CharField(
         max_length=300,
         initial="latest",
-        help_text="A file under the media folder, or 'latest' for the newest report.",
+        help_text="A file under the media folder, or 'latest' for this job's newest report.",
     )
     body = forms.CharField(required=False, widget=forms.Textarea, max_length=5000)
 
