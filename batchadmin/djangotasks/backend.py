@@ -8,8 +8,8 @@
   attempt's error and traceback, and the workers (batch server replicas) that ran it.
 - The backend's OPTIONS: MAX_RETRIES (0-5, D365's "maximum retries" of the task),
   TIME_LIMIT (seconds; the server default when left out) and RUN_AS (a username: the jobs run
-  as that user, who must be allowed the ``django.task`` process and whose time-limit ceiling
-  applies; left out, the jobs are the system's). Use a second TASKS alias for tasks that need
+  as that user, who must be allowed the ``django.task`` process, a manager; left out, the jobs
+  are the system's). Use a second TASKS alias for tasks that need
   others.
 
 See docs/django-tasks.md.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils.module_loading import import_string
@@ -103,12 +102,12 @@ class BatchadminBackend(compat.BaseTaskBackend):
         self.time_limit = int(time_limit) if time_limit is not None else None
         self.run_as = str(options.get("RUN_AS") or "")
 
-    def _run_as(self) -> tuple[Any, int | None]:
-        """The RUN_AS user (None: the system) and the task's time limit, checked as a task
-        saved by that user would be (issue 13): at enqueue, so a refusal is the caller's
-        exception, not a job that fails later."""
+    def _run_as(self) -> Any:
+        """The RUN_AS user (None: the system), checked as a task saved by that user would be
+        (issue 13): at enqueue, so a refusal is the caller's exception, not a job that fails
+        later. django.task is for managers, so no Batch user's time-limit ceiling applies."""
         if not self.run_as:
-            return None, self.time_limit
+            return None
         user = get_user_model().objects.filter(username=self.run_as, is_active=True).first()
         if user is None:
             raise compat.InvalidTask(
@@ -118,16 +117,7 @@ class BatchadminBackend(compat.BaseTaskBackend):
             access.check_processes(user, [PROCESS], where=f"TASKS[{self.alias!r}] RUN_AS: ")
         except ProcessNotAllowed as exc:
             raise compat.InvalidTask(str(exc)) from None
-        ceiling = access.time_limit_ceiling(user)
-        limit = self.time_limit
-        if ceiling is not None and (limit or settings.BATCH_TASK_TIME_LIMIT_SECONDS) > ceiling:
-            if limit is not None:
-                raise compat.InvalidTask(
-                    f"TASKS[{self.alias!r}] TIME_LIMIT {limit} is above {ceiling} seconds, the "
-                    f"most a task run as {self.run_as} may have (BATCH_USER_MAX_TIME_LIMIT)."
-                )
-            limit = ceiling
-        return user, limit
+        return user
 
     def enqueue(
         self, task: compat.Task[Any, Any], args: Any, kwargs: Any
@@ -144,7 +134,7 @@ class BatchadminBackend(compat.BaseTaskBackend):
             "args": compat.normalize_json(list(args)),
             "kwargs": compat.normalize_json(dict(kwargs)),
         }
-        run_as, time_limit = self._run_as()
+        run_as = self._run_as()
         priority = d365_priority(task.priority)
         at = now()
         with transaction.atomic():
@@ -164,7 +154,7 @@ class BatchadminBackend(compat.BaseTaskBackend):
                 parameters=parameters,
                 group=group,
                 max_retries=self.max_retries,
-                time_limit=time_limit,
+                time_limit=self.time_limit,
             )
             record = EnqueuedTask.objects.create(
                 job=job,
