@@ -321,6 +321,12 @@ BATCH_ERROR_MAX_CHARS = env_int("BATCH_ERROR_MAX_CHARS", 20_000)
 BATCH_TRACEBACK_MAX_CHARS = env_int("BATCH_TRACEBACK_MAX_CHARS", 100_000)
 BATCH_LOG_LINE_MAX_CHARS = env_int("BATCH_LOG_LINE_MAX_CHARS", 10_000)
 BATCH_LOG_LINES_PER_ATTEMPT = env_int("BATCH_LOG_LINES_PER_ATTEMPT", 20_000)
+# The longest time limit a task run as a Batch user (anyone but a manager) may have, enforced
+# when the task is saved and again when it runs: a user's demo.hang holds a worker thread for
+# at most this long. 0: no ceiling.
+BATCH_USER_MAX_TIME_LIMIT = env_int("BATCH_USER_MAX_TIME_LIMIT", BATCH_TASK_TIME_LIMIT_SECONDS)
+if BATCH_USER_MAX_TIME_LIMIT < 0:
+    raise ImproperlyConfigured("BATCH_USER_MAX_TIME_LIMIT must be 0 (no ceiling) or seconds.")
 # Cancel (or a time limit) asks a running process to stop through ctx.cancel_requested(); one
 # still running this long after is aborted: its worker process is killed.
 BATCH_CANCEL_GRACE_SECONDS = env_float("BATCH_CANCEL_GRACE_SECONDS", 30)
@@ -343,6 +349,13 @@ BATCH_PROCESS_MODULES = [
     "batchadmin.djangotasks.process",
     *[m for m in os.environ.get("BATCH_PROCESS_MODULES", "").split(",") if m],
 ]
+# mail.send_document sends only to the e-mail addresses of users of this system and to these
+# domains (comma-separated, e.g. "example.com,ops.example.com"; a subdomain is not included).
+BATCH_MAIL_ALLOWED_DOMAINS = [
+    d.strip().lower()
+    for d in os.environ.get("BATCH_MAIL_ALLOWED_DOMAINS", "").split(",")
+    if d.strip()
+]
 # A recurring job whose missed-runs policy is "skip" still starts for an occurrence that passed
 # less than this long ago (the tick was busy, a deploy restarted beat); older ones are skipped.
 BATCH_RECURRENCE_GRACE_SECONDS = env_float("BATCH_RECURRENCE_GRACE_SECONDS", 60)
@@ -356,6 +369,9 @@ BATCH_METRICS_TOKEN = os.environ.get("BATCH_METRICS_TOKEN", "")
 # A process adds the attempts it settled to /metrics' counters in Redis at most this often
 # (0: at once, one write per attempt). A killed worker loses at most this interval's counts.
 BATCH_METRICS_FLUSH_SECONDS = env_float("BATCH_METRICS_FLUSH_SECONDS", 1.0)
+# A worker keeps the run-as user of a job and their roles this long for the run-time role
+# checks (engine/runner.py); saving a task checks them exactly.
+BATCH_RUN_AS_CACHE_SECONDS = env_float("BATCH_RUN_AS_CACHE_SECONDS", 5.0)
 
 LOGGING = {
     "version": 1,

@@ -29,3 +29,7 @@ MIDDLEWARE = [m for m in MIDDLEWARE if m != "whitenoise.middleware.WhiteNoiseMid
 # Counters go to Redis at each settled attempt, so a test can read them at once (the tally
 # that batches them has its own tests).
 BATCH_METRICS_FLUSH_SECONDS = 0.0
+# mail.send_document's allowed domains (issue 13): the tests' addresses are @example.com.
+BATCH_MAIL_ALLOWED_DOMAINS = ["example.com"]
+# Role checks at run time read the user each attempt, so a test may change a role between two.
+BATCH_RUN_AS_CACHE_SECONDS = 0.0

@@ -55,6 +55,7 @@ from batchadmin.jobs.models import (
     StatusChange,
 )
 from batchadmin.lib import daterange
+from batchadmin.processes.registry import ProcessNotAllowed
 from batchadmin.servers import coverage
 from batchadmin.servers.models import BatchGroup, BatchServerReplica
 
@@ -360,6 +361,8 @@ def job_create(request: HttpRequest) -> Any:
             raise PermissionDenied(f"Nothing was imported. {culprit}")
     try:
         jobs = io.import_data(data, user=request.user)
+    except io.ImportRefused as exc:  # a process or time limit the caller's role may not have
+        raise PermissionDenied(f"Nothing was imported. {exc}") from None
     except io.ImportFailure as exc:
         raise HttpError(400, f"Nothing was imported. {exc}") from None
     return Status(201, {"ids": [job.pk for job in jobs]})
@@ -550,14 +553,17 @@ def job_copy(request: HttpRequest, job_id: int, body: schemas.CopyIn) -> Any:
         problem = daterange.problem(body.scheduled_start, "scheduled_start")
         if problem:
             raise HttpError(400, problem)
-    new = copying.copy_job(
-        job,
-        by=_caller(request),
-        description=description,
-        company=company,
-        scheduled_start=body.scheduled_start or job.scheduled_start,
-        run_as=run_as,
-    )
+    try:
+        new = copying.copy_job(
+            job,
+            by=_caller(request),
+            description=description,
+            company=company,
+            scheduled_start=body.scheduled_start or job.scheduled_start,
+            run_as=run_as,
+        )
+    except ProcessNotAllowed as exc:
+        raise PermissionDenied(str(exc)) from None
     return Status(201, {"id": new.pk})
 
 

@@ -6,9 +6,11 @@
   once that transaction commits; roll back and there is no job.
 - ``get_result(id)`` reads the job: its task's status, the return value, each failed
   attempt's error and traceback, and the workers (batch server replicas) that ran it.
-- The backend's OPTIONS: MAX_RETRIES (0-5, D365's "maximum retries" of the task) and
-  TIME_LIMIT (seconds; the server default when left out). Use a second TASKS alias for
-  tasks that need others.
+- The backend's OPTIONS: MAX_RETRIES (0-5, D365's "maximum retries" of the task),
+  TIME_LIMIT (seconds; the server default when left out) and RUN_AS (a username: the jobs run
+  as that user, who must be allowed the ``django.task`` process, a manager; left out, the jobs
+  are the system's). Use a second TASKS alias for tasks that need
+  others.
 
 See docs/django-tasks.md.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils.module_loading import import_string
 from django.utils.timezone import now
@@ -25,6 +28,7 @@ from django.utils.timezone import now
 from batchadmin.djangotasks import compat
 from batchadmin.djangotasks.models import EnqueuedTask
 from batchadmin.engine import transitions
+from batchadmin.jobs import access
 from batchadmin.jobs.models import (
     MAX_RETRIES_LIMIT,
     BatchJob,
@@ -34,6 +38,7 @@ from batchadmin.jobs.models import (
     Priority,
 )
 from batchadmin.lib import tracing
+from batchadmin.processes.registry import ProcessNotAllowed
 from batchadmin.servers.models import BatchGroup
 
 log = logging.getLogger(__name__)
@@ -95,6 +100,24 @@ class BatchadminBackend(compat.BaseTaskBackend):
             )
         time_limit = options.get("TIME_LIMIT")
         self.time_limit = int(time_limit) if time_limit is not None else None
+        self.run_as = str(options.get("RUN_AS") or "")
+
+    def _run_as(self) -> Any:
+        """The RUN_AS user (None: the system), checked as a task saved by that user would be
+        (issue 13): at enqueue, so a refusal is the caller's exception, not a job that fails
+        later. django.task is for managers, so no Batch user's time-limit ceiling applies."""
+        if not self.run_as:
+            return None
+        user = get_user_model().objects.filter(username=self.run_as, is_active=True).first()
+        if user is None:
+            raise compat.InvalidTask(
+                f"TASKS[{self.alias!r}] RUN_AS {self.run_as!r} is not an active user."
+            )
+        try:
+            access.check_processes(user, [PROCESS], where=f"TASKS[{self.alias!r}] RUN_AS: ")
+        except ProcessNotAllowed as exc:
+            raise compat.InvalidTask(str(exc)) from None
+        return user
 
     def enqueue(
         self, task: compat.Task[Any, Any], args: Any, kwargs: Any
@@ -111,10 +134,12 @@ class BatchadminBackend(compat.BaseTaskBackend):
             "args": compat.normalize_json(list(args)),
             "kwargs": compat.normalize_json(dict(kwargs)),
         }
+        run_as = self._run_as()
         priority = d365_priority(task.priority)
         at = now()
         with transaction.atomic():
             job = BatchJob.objects.create(
+                run_as=run_as,
                 description=f"{task.name} (Django task)"[:200],
                 status=S.WAITING,
                 scheduled_start=task.run_after or at,

@@ -11,6 +11,7 @@ from typing import Any
 from django import forms
 from django.utils.module_loading import import_string
 
+from batchadmin.accounts.models import MANAGER
 from batchadmin.djangotasks import compat
 from batchadmin.djangotasks.models import EnqueuedTask
 from batchadmin.processes.registry import Context, register
@@ -39,6 +40,9 @@ class DjangoTaskForm(forms.Form):
     label="Django task",
     description="Runs a function enqueued with django.tasks (task.enqueue()).",
     form=DjangoTaskForm,
+    # It calls any @task function with any arguments: code enqueues it (as the system, or as
+    # the backend's RUN_AS user); people pick it only as managers.
+    run_by=MANAGER,
 )
 def run_django_task(ctx: Context, *, task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
     """Call the task; keep its return value (JSON) or the class of what it raised."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
@@ -16,8 +17,9 @@ from django.db import close_old_connections
 from django.utils.timezone import now
 
 from batchadmin.engine import counters, transitions
+from batchadmin.jobs import access
 from batchadmin.jobs.models import BatchJob, BatchLogEntry, BatchStatus, BatchTask, Company
-from batchadmin.lib import db, text, tracing
+from batchadmin.lib import db, durations, text, tracing
 from batchadmin.processes import registry
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ class ProcessContext:
         self.task_key = claim.task.key
         self.attempt = claim.attempt
         self._company_id = claim.task.company_id
+        self._run_as_id = claim.task.run_as_id
         self.saw_cancel = False
         self.timed_out = False  # asked to stop by the time limit, not by a cancel
         self.time_limit: int | None = None
@@ -59,13 +62,16 @@ class ProcessContext:
     # Loaded when a process asks: most never do, and the claim stays one statement.
     @cached_property
     def _job(self) -> BatchJob:
-        return BatchJob.objects.only("run_as_id", "created_by_id", "company_id").get(pk=self.job_id)
+        return BatchJob.objects.only("company_id").get(pk=self.job_id)
 
     @cached_property
     def user(self) -> User | None:
-        """The job's Run by user (its creator when Run by is empty)."""
-        user_id = self._job.effective_run_as_id()
-        return get_user_model().objects.filter(pk=user_id).first() if user_id else None
+        """The job's Run by user (its creator when Run by is empty), with its batch roles.
+
+        Every attempt needs it for the role checks, so it comes from a per-process cache of a
+        few seconds (BATCH_RUN_AS_CACHE_SECONDS): a role taken away stops new attempts that soon.
+        """
+        return RUN_AS.get(self._run_as_id)
 
     @cached_property
     def company(self) -> Company | None:
@@ -227,12 +233,21 @@ def execute(task_run: transitions.Claim) -> tuple[transitions.Outcome, list[Batc
     try:
         process = registry.get(task.process)
         kwargs = process.kwargs_from(task.parameters)
-    except (registry.UnknownProcess, registry.ParameterError) as exc:
-        # Retrying cannot fix a missing process or bad stored parameters.
+        # Checked when the task was saved, and again here: the job's Run by, its role or the
+        # process's rule may have changed since.
+        access.check_processes(ctx.user, [process.name])
+    except (registry.UnknownProcess, registry.ParameterError, registry.ProcessNotAllowed) as exc:
+        # Retrying cannot fix a missing process, bad stored parameters or a refusal.
         message = f"{type(exc).__name__}: {exc}"
         ctx._log(BatchLogEntry.Level.ERROR, message, always=True)
         return transitions.Outcome(error=message, retryable=False), ctx.take_pending()
+    except Exception as exc:
+        # The check could not be made (the database went away): try again, as for a failure.
+        message = f"Could not check who may run {task.process}: {type(exc).__name__}: {exc}"
+        ctx.error(message)
+        return transitions.Outcome(error=message), ctx.take_pending()
     try:
+        _cap_time_limit(ctx, task_run)
         process.func(ctx, **kwargs)
     except Exception as exc:
         error, trace = _describe(exc)
@@ -271,6 +286,65 @@ def _error_line(error: str) -> str:
     if len(error) <= ERROR_LOG_CHARS:
         return error
     return f"{error[:ERROR_LOG_CHARS]} [...: the attempt's error message has all of it]"
+
+
+def _cap_time_limit(ctx: ProcessContext, task_run: transitions.Claim) -> None:
+    """Hold a task run as a Batch user to BATCH_USER_MAX_TIME_LIMIT, whatever it was saved with
+    (before the ceiling existed, or by a manager before Run by changed).
+
+    The claim set the deadline from the task's own limit; the ceiling is written as the task's
+    limit, so the grid and every time-limit message say what was enforced.
+    """
+    ceiling = access.time_limit_ceiling(ctx.user)
+    if ceiling is None:
+        return
+    stored = task_run.task.time_limit
+    if (stored or settings.BATCH_TASK_TIME_LIMIT_SECONDS) <= ceiling:
+        return
+    BatchTask.objects.filter(
+        pk=ctx.task_id, attempt=ctx.attempt, status=BatchStatus.EXECUTING
+    ).update(time_limit=ceiling, deadline_at=task_run.started_at + dt.timedelta(seconds=ceiling))
+    ctx.warning(
+        f"Time limit lowered to {durations.whole(ceiling)}: the most a task run as a Batch user "
+        "may have (BATCH_USER_MAX_TIME_LIMIT)."
+    )
+
+
+class RunAsCache:
+    """The run-as users of recent attempts, with their batch roles, for a few seconds.
+
+    A worker runs many attempts of few jobs; reading the user and their roles for each cost two
+    queries an attempt. Saving a task checks roles exactly; at run time a change (a role taken
+    away, a user deactivated) applies to attempts that start BATCH_RUN_AS_CACHE_SECONDS later.
+    """
+
+    def __init__(self) -> None:
+        self._users: dict[int, tuple[float, User | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, user_id: int | None) -> User | None:
+        if user_id is None:
+            return None  # a system job
+        t = time.monotonic()
+        with self._lock:
+            hit = self._users.get(user_id)
+        if hit is not None and t - hit[0] < settings.BATCH_RUN_AS_CACHE_SECONDS:
+            return hit[1]
+        user = get_user_model().objects.filter(pk=user_id).first()
+        if user is not None:
+            access.roles(user)  # read now, kept on the object
+        with self._lock:
+            if len(self._users) > 1000:
+                self._users.clear()
+            self._users[user_id] = (t, user)
+        return user
+
+    def clear(self) -> None:
+        with self._lock:
+            self._users.clear()
+
+
+RUN_AS = RunAsCache()
 
 
 class LeaseKeeper:

@@ -80,7 +80,8 @@ CLAIM = f"""
         AND (%s OR (SELECT max_concurrency = {NO_LIMIT} AND reserved_capacity = 0
                     FROM {_G} WHERE id = group_id))
     RETURNING job_id, attempt, key, process,
-        COALESCE(run_parameters, parameters) AS parameters, company_id
+        COALESCE(run_parameters, parameters) AS parameters, company_id, time_limit,
+        (SELECT COALESCE(run_as_id, created_by_id) FROM {_J} WHERE id = job_id) AS run_as_id
 """
 # The attempt's history row, in the job's current run (SQLite: after CLAIM).
 RUN = f"""
@@ -102,7 +103,8 @@ CLAIM_PG = f"""
         FROM claimed c JOIN {_J} j ON j.id = c.job_id
         RETURNING id, job_run_id
     )
-    SELECT run.id, run.job_run_id, c.job_id, c.attempt, c.key, c.process, c.parameters, c.company_id
+    SELECT run.id, run.job_run_id, c.job_id, c.attempt, c.key, c.process, c.parameters,
+        c.company_id, c.time_limit, c.run_as_id
     FROM run, claimed c
 """
 

@@ -25,7 +25,7 @@ def run_batch_task(self: Task[Any, Any], task_id: int) -> None:
         runner.run_task(
             task_id=task_id,
             server_id=worker.server_id(hostname),
-            hostname=hostname,
+            hostname=worker.node_name(hostname),
             celery_task_id=celery_id,
         )
 

@@ -25,7 +25,7 @@ from django.utils.timezone import now
 
 from batchadmin.audit import trail
 from batchadmin.engine import conditions, dispatch, limits, priority, signals, sql
-from batchadmin.jobs import history
+from batchadmin.jobs import access, history
 from batchadmin.jobs.models import (
     MISSED_COUNT_LIMIT,
     OPEN_TASK_STATUSES,
@@ -816,7 +816,7 @@ def run_job_now(
         tasks = {t.key: t for t in BatchTask.objects.filter(job_id=job_id)}
         if not tasks:
             raise Refused(f"Job {job_id} has no tasks: there is nothing to run.")
-        params, shown, changes = _clean_overrides(job_id, tasks, overrides or {})
+        params, shown, changes = _clean_overrides(job_id, tasks, overrides or {}, by_id=by_id)
         if job.status in TERMINAL_JOB_STATUSES:
             again = {t.pk for t in tasks.values()}
         else:
@@ -846,13 +846,20 @@ def run_job_now(
 
 
 def _clean_overrides(
-    job_id: int, tasks: dict[str, BatchTask], overrides: dict[str, dict[str, object]]
+    job_id: int,
+    tasks: dict[str, BatchTask],
+    overrides: dict[str, dict[str, object]],
+    *,
+    by_id: int | None,
 ) -> tuple[dict[int, dict[str, object]], dict[str, dict[str, object]], dict[str, list[object]]]:
-    """Validate Run now's overrides with each task's parameter form.
+    """Validate Run now's overrides with each task's parameter form, and that ``by_id`` may run
+    the process whose parameters they change (a manager's line in a Batch user's job keeps
+    the parameters the manager gave it).
 
     Returns the parameters each overridden task runs with (by task id), the overrides as
     cleaned (by key, only values that differ from the stored ones) and the audit's changes.
     """
+    by = get_user_model().objects.filter(pk=by_id).first() if by_id and overrides else None
     params: dict[int, dict[str, object]] = {}
     shown: dict[str, dict[str, object]] = {}
     changes: dict[str, list[object]] = {}
@@ -864,8 +871,13 @@ def _clean_overrides(
             continue
         try:
             process = registry.get(task.process)
+            access.check_processes(by, [task.process])
             cleaned = process.clean_parameters({**(task.parameters or {}), **values})
-        except (registry.UnknownProcess, registry.ParameterError) as exc:
+        except (
+            registry.UnknownProcess,
+            registry.ParameterError,
+            registry.ProcessNotAllowed,
+        ) as exc:
             raise Refused(f"Task {key}: {exc}") from None
         differ = {n: cleaned[n] for n in values if cleaned.get(n) != (task.parameters or {}).get(n)}
         if differ:
@@ -1110,7 +1122,8 @@ def claim_task(
                 if limit_checked
                 else _claim_limited(task_id, server_id, hostname, at, celery_task_id)
             )
-        run_id, job_run_id, job_id, attempt, key, process, parameters, company_id = row
+        run_id, job_run_id, job_id, attempt, key, process, parameters, company_id = row[:8]
+        time_limit, run_as_id = row[8:]
     else:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(sql.CLAIM, claim_params)
@@ -1121,7 +1134,7 @@ def claim_task(
                     if limit_checked
                     else _claim_limited(task_id, server_id, hostname, at, celery_task_id)
                 )
-            job_id, attempt, key, process, parameters, company_id = row
+            job_id, attempt, key, process, parameters, company_id, time_limit, run_as_id = row
             cursor.execute(
                 sql.RUN,
                 [
@@ -1146,6 +1159,8 @@ def claim_task(
             process=process,
             parameters=json.loads(parameters) if isinstance(parameters, str) else parameters,
             company_id=company_id,
+            time_limit=time_limit,
+            run_as_id=run_as_id,
         ),
         attempt=attempt,
         server_id=server_id,
@@ -1165,6 +1180,8 @@ class ClaimedTask:
     process: str
     parameters: Any
     company_id: int | None
+    time_limit: int | None
+    run_as_id: int | None  # the job's Run by, else its creator; None: a system job
 
 
 @dataclass(slots=True)

@@ -35,6 +35,8 @@ from batchadmin.servers.models import (
     BatchGroup,
     BatchServer,
     BatchServerReplica,
+    normalise_node_name,
+    normalise_server_name,
 )
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,14 @@ _ceilings: dict[str, int] = {}
 
 
 def server_name(hostname: str) -> str:
-    return hostname.split("@", 1)[0]
+    """The batch server of a node name: the part before "@", as a valid server name."""
+    return normalise_server_name(hostname.split("@", 1)[0])
+
+
+def node_name(hostname: str) -> str:
+    """The node name as replicas and attempts store it (Celery's own is kept for remote
+    control: add_consumer and friends address the real one)."""
+    return normalise_node_name(hostname)
 
 
 def register_server(name: str) -> BatchServer:
@@ -165,7 +174,7 @@ def on_worker_shutdown(sender: Any, **kwargs: Any) -> None:
     hostname = getattr(sender, "hostname", "")
     try:
         close_old_connections()
-        BatchServerReplica.objects.filter(hostname=hostname).delete()
+        BatchServerReplica.objects.filter(hostname=node_name(hostname)).delete()
     except Exception:
         log.exception("Could not unregister replica %s", hostname)
 
@@ -269,7 +278,8 @@ def heartbeat(
     """
     at = now()
     server = register_server(server_name(hostname))
-    busy = BatchTask.objects.running().filter(hostname=hostname).count()
+    node = node_name(hostname)
+    busy = BatchTask.objects.running().filter(hostname=node).count()
     plan = schedule.plan(list(server.schedule.all()), server.time_zone, at, ceiling)
     if last.threads is None:
         if plan.window != "no schedule":
@@ -302,5 +312,5 @@ def heartbeat(
     }
     if last.queues is None:  # first beat of this process: a (re)start
         fields["started_at"] = at
-    BatchServerReplica.objects.update_or_create(hostname=hostname, defaults=fields)
+    BatchServerReplica.objects.update_or_create(hostname=node, defaults=fields)
     return Beat(queues=wanted, threads=plan.threads)

@@ -9,12 +9,15 @@ Superusers can do everything. Views call these helpers on every request, GET and
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q
 
 from batchadmin.accounts.models import BATCH_USER, MANAGER, ROLES, VIEWER
 from batchadmin.jobs.models import BatchJob, BatchJobQuerySet
+from batchadmin.processes import registry
 
 
 def roles(user: Any) -> set[str]:
@@ -52,3 +55,45 @@ def can_change(user: Any, job: BatchJob) -> bool:
     if is_manager(user):
         return True
     return BATCH_USER in roles(user) and user.pk in (job.created_by_id, job.run_as_id)
+
+
+# --- what a task may run ----------------------------------------------------------------------
+
+
+def may_run(user: Any, process: registry.BatchProcess) -> bool:
+    """May ``user`` put ``process`` in a task, and may a task run it as them?
+
+    ``None`` is the system (a job no user made: the seeded clean-up, a django.tasks job without
+    RUN_AS): it runs everything. Superusers pass every rule, as Django's own has_perm does.
+    """
+    if user is None or process.run_by == registry.ANYONE:
+        return True
+    if process.run_by == MANAGER:
+        return is_manager(user)
+    if process.run_by == BATCH_USER:
+        return can_create(user)
+    return bool(user.is_active and user.has_perm(process.run_by))
+
+
+def check_processes(user: Any, names: Iterable[str], *, where: str = "") -> None:
+    """Raise ProcessNotAllowed for the first of ``names`` that ``user`` may not run (unknown
+    names pass here: the callers refuse those with their own message)."""
+    for name in names:
+        try:
+            process = registry.get(name)
+        except registry.UnknownProcess:
+            continue
+        if not may_run(user, process):
+            raise registry.ProcessNotAllowed(
+                f"{where}User {user.get_username()} may not run the batch process {name} "
+                f"({process.run_by_text()})."
+            )
+
+
+def time_limit_ceiling(user: Any) -> int | None:
+    """The longest time limit (seconds) a task run as ``user`` may have: the
+    BATCH_USER_MAX_TIME_LIMIT for anyone but managers and the system; None: no ceiling."""
+    ceiling: int = settings.BATCH_USER_MAX_TIME_LIMIT
+    if user is None or not ceiling or is_manager(user):
+        return None
+    return ceiling

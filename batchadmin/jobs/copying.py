@@ -1,6 +1,11 @@
 """Copy batch job (D365 copy-batch-job.md): the job, its tasks with their parameters, their
 conditions, its recurrence and its alerts (its users' and its webhooks), as a new job in
 Withhold. Save job to history and Critical come along with the header.
+
+A copy is a save like any other (issue 13): its processes must be ones the copier and the
+copy's Run by may run, its time limits stay under a Batch user's ceiling, and a copy made by
+someone who is not a manager carries neither Critical (a manager's choice) nor the alert
+subscriptions of other users.
 """
 
 from __future__ import annotations
@@ -8,11 +13,13 @@ from __future__ import annotations
 import copy
 import datetime as dt
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.forms.models import model_to_dict
 
 from batchadmin.alerts.models import BatchJobAlert, JobWebhook
+from batchadmin.jobs import access
 from batchadmin.jobs.models import (
     BatchJob,
     BatchRecurrence,
@@ -38,8 +45,17 @@ def copy_job(
     """Create the copy and return it.
 
     Tasks that ran in the source job's company run in the copy's company (the typical use:
-    the same job in another legal entity); tasks with a company of their own keep it.
+    the same job in another legal entity); tasks with a company of their own keep it. Raises
+    ProcessNotAllowed, before anything is written, for a process the copy may not run.
     """
+    tasks = list(source.tasks.order_by("position", "pk"))
+    for who in {by, run_as or by}:
+        access.check_processes(who, [t.process for t in tasks], where="Not copied: ")
+    ceiling = access.time_limit_ceiling(run_as or by)
+    manager = access.is_manager(by)
+    alerts = BatchJobAlert.objects.filter(job=source).order_by("pk")
+    if not manager:
+        alerts = alerts.filter(user=by)
     with transaction.atomic():
         job = BatchJob.objects.create(
             description=description,
@@ -47,7 +63,7 @@ def copy_job(
             priority=source.priority,
             priority_overridden=source.priority_overridden,
             save_history=source.save_history,
-            critical=source.critical,
+            critical=source.critical and manager,
             scheduled_start=scheduled_start,
             company=company,
             active_period_id=source.active_period_id,
@@ -56,7 +72,6 @@ def copy_job(
             created_by=by,
             run_as=run_as,
         )
-        tasks = list(source.tasks.order_by("position", "pk"))
         copies = BatchTask.objects.bulk_create(
             BatchTask(
                 job=job,
@@ -70,7 +85,7 @@ def copy_job(
                 group_id=t.group_id,
                 ignore_failure=t.ignore_failure,
                 max_retries=t.max_retries,
-                time_limit=t.time_limit,
+                time_limit=_capped(t.time_limit, ceiling),
                 condition_type=t.condition_type,
                 position=t.position,
             )
@@ -95,7 +110,7 @@ def copy_job(
                 popup=a.popup,
                 email=a.email,
             )
-            for a in BatchJobAlert.objects.filter(job=source).order_by("pk")
+            for a in alerts
         )
         JobWebhook.objects.bulk_create(
             JobWebhook(
@@ -108,3 +123,10 @@ def copy_job(
             fields = model_to_dict(recurrence, exclude=RECURRENCE_SKIP)
             BatchRecurrence.objects.create(job=job, **fields)
     return job
+
+
+def _capped(limit: int | None, ceiling: int | None) -> int | None:
+    """A task's time limit under the copy's ceiling (access.time_limit_ceiling)."""
+    if ceiling is None or (limit or settings.BATCH_TASK_TIME_LIMIT_SECONDS) <= ceiling:
+        return limit
+    return ceiling

@@ -150,6 +150,15 @@ class JobForm(forms.ModelForm[BatchJob]):
                 "A deadline is a time of day or a number of minutes after the start, not both: "
                 "empty one of them.",
             )
+        if self.instance.pk and "run_as" in self.changed_data:
+            # The tasks run as the new Run by from now on: it must be allowed their processes
+            # (the runner would refuse every attempt otherwise).
+            run_as = cleaned.get("run_as") or self.instance.created_by
+            processes = self.instance.tasks.values_list("process", flat=True).distinct()
+            try:
+                access.check_processes(run_as, processes)
+            except registry.ProcessNotAllowed as exc:
+                self.add_error("run_as", str(exc))
         # Not a model field of this form (see PRIORITY_CHOICES): written to the job here.
         chosen: int | None = cleaned.get("priority")
         self.instance.priority_overridden = chosen is not None
@@ -262,15 +271,20 @@ class ProcessSelect(forms.Select):
         return option
 
 
-def process_choices(current: str = "") -> list[Any]:
-    """Registered processes grouped by the first part of their name (demo, mail, reports)."""
+def process_choices(current: str = "", *, user: Any = None) -> list[Any]:
+    """Registered processes grouped by the first part of their name (demo, mail, reports):
+    those ``user`` may run (access.may_run; ``None``: all)."""
     groups: dict[str, list[tuple[str, str]]] = {}
     for p in registry.all_processes():
-        groups.setdefault(p.name.split(".")[0], []).append((p.name, f"{p.label} ({p.name})"))
+        if access.may_run(user, p):
+            groups.setdefault(p.name.split(".")[0], []).append((p.name, f"{p.label} ({p.name})"))
     choices: list[Any] = [("", "Choose a batch process…"), *groups.items()]
     if current and current not in {name for group in groups.values() for name, _ in group}:
-        # A process whose module is gone: keep it visible so the line reads true.
-        choices.append((current, f"{current} (no longer registered)"))
+        # A process whose module is gone, or one this user may not pick (a manager put it
+        # there): keep it visible so the line reads true; saving it is refused.
+        registered = current in {p.name for p in registry.all_processes()}
+        note = "you may not run it" if registered else "no longer registered"
+        choices.append((current, f"{current} ({note})"))
     return choices
 
 
@@ -302,11 +316,13 @@ class TaskForm(forms.ModelForm[BatchTask]):
             ),
         }
 
-    def __init__(self, *args: Any, job: BatchJob, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, job: BatchJob, user: User | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.job = job
+        self.user = user
         process = self.fields["process"]
         assert isinstance(process, forms.ChoiceField)
-        process.choices = process_choices(self.instance.process)
+        process.choices = process_choices(self.instance.process, user=user)
         company = self.fields["company"]
         assert isinstance(company, forms.ModelChoiceField)
         company.empty_label = f"The job's company ({job.company or 'none'})"
@@ -320,6 +336,11 @@ class TaskForm(forms.ModelForm[BatchTask]):
             "An attempt running longer is asked to stop, then aborted, and ends in Error. "
             f"Empty: the default, {default}."
         )
+        self.ceiling = access.time_limit_ceiling(job_run_as(job, user))
+        if self.ceiling is not None:
+            self.fields[
+                "time_limit"
+            ].help_text += f" At most {durations.whole(self.ceiling)} for a Batch user's task."
 
     def clean_process(self) -> str:
         name: str = self.cleaned_data["process"]
@@ -329,7 +350,27 @@ class TaskForm(forms.ModelForm[BatchTask]):
             raise forms.ValidationError(
                 f"{name} is no longer registered: choose another batch process."
             ) from None
+        # Both who saves the line and who the job runs as (they differ when a manager edits a
+        # Batch user's job): the runner checks the latter again at every attempt.
+        try:
+            for who in {self.user, job_run_as(self.job, self.user)}:
+                access.check_processes(who, [name])
+        except registry.ProcessNotAllowed as exc:
+            raise forms.ValidationError(str(exc)) from None
         return name
+
+    def clean_time_limit(self) -> int | None:
+        limit: int | None = self.cleaned_data.get("time_limit")
+        if self.ceiling is None:
+            return limit
+        if limit is None and self.ceiling < settings.BATCH_TASK_TIME_LIMIT_SECONDS:
+            return self.ceiling  # the default is above what this job may have
+        if limit is not None and limit > self.ceiling:
+            raise forms.ValidationError(
+                f"At most {self.ceiling} seconds ({durations.whole(self.ceiling)}) for a task "
+                "run as a Batch user (BATCH_USER_MAX_TIME_LIMIT)."
+            )
+        return limit
 
 
 class ConditionForm(forms.Form):
@@ -425,17 +466,30 @@ ConditionFormSet = cast(
 )
 
 
+def job_run_as(job: BatchJob, user: User | None) -> User | None:
+    """Who the job's tasks run as: Run by, else its creator, else (a job being made) ``user``."""
+    if job.run_as_id is not None:
+        return job.run_as
+    if job.created_by_id is not None:
+        return job.created_by
+    return user
+
+
 def parameter_form(
     process_name: str,
     *,
     data: Any = None,
     initial: dict[str, Any] | None = None,
     auto_id: str = "id_%s",
+    user: User | None = None,
 ) -> tuple[registry.BatchProcess | None, forms.Form]:
-    """The parameter form of a process, prefixed so its fields never clash with the task's."""
+    """The parameter form of a process, prefixed so its fields never clash with the task's;
+    none for a process ``user`` may not run (the process field says why)."""
     try:
         process = registry.get(process_name)
     except registry.UnknownProcess:
+        process = None
+    if process is None or not access.may_run(user, process):
         return None, registry.NoParameters(prefix=PARAMETER_PREFIX, auto_id=auto_id)
     form = process.form_class(data=data, initial=initial, prefix=PARAMETER_PREFIX, auto_id=auto_id)
     return process, form
@@ -553,6 +607,7 @@ def task_editor(
     job: BatchJob,
     task: BatchTask | None,
     *,
+    user: User | None,
     data: Any = None,
     process: str | None = None,
     add_condition: bool = False,
@@ -578,6 +633,7 @@ def task_editor(
         data,
         instance=instance,
         job=job,
+        user=user,
         initial=None if task else {"process": process or ""},
         auto_id=auto_id,
     )
@@ -592,7 +648,9 @@ def task_editor(
     )
     name = process or (data.get("process", "") if data is not None else instance.process)
     stored = instance.parameters if name == instance.process else None
-    params_process, params = parameter_form(name, data=data, initial=stored, auto_id=auto_id)
+    params_process, params = parameter_form(
+        name, data=data, initial=stored, auto_id=auto_id, user=user
+    )
     conditions = ConditionFormSet(
         data,
         initial=initial_conditions,

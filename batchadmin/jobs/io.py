@@ -24,7 +24,7 @@ from django.utils.timezone import is_naive, make_aware, now
 
 from batchadmin.alerts.models import BatchJobAlert, JobWebhook, Webhook
 from batchadmin.audit import trail
-from batchadmin.jobs import calendar_forms
+from batchadmin.jobs import access, calendar_forms
 from batchadmin.jobs.models import (
     CALENDAR_DATES_LIMIT,
     MAX_RETRIES_LIMIT,
@@ -217,6 +217,10 @@ def _date(value: Any, where: str) -> dt.date:
     return parsed
 
 
+class ImportRefused(ImportFailure):
+    """The file is well formed, but asks for what the importer's role may not have."""
+
+
 @dataclass
 class _Task:
     key: str
@@ -298,6 +302,8 @@ def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
         raise ImportFailure(f"calendar {twice[0]!r} is in the file twice.")
     calendar_dates = _calendar_dates(calendars)
     jobs = [_parse_job(j, i, known_groups, calendar_dates) for i, j in enumerate(raw_jobs, 1)]
+    for i, parsed in enumerate(jobs, 1):
+        _check_run_by(parsed, f"job {i} ({parsed.description!r})", user)
     hooks = _parse_webhooks(raw_hooks)
     known_hooks = set(Webhook.objects.values_list("code", flat=True)) | {h["code"] for h in hooks}
     alerts = [
@@ -503,6 +509,30 @@ def _parse_job(
         job.tasks.append(_parse_task(raw_task, i, where, known_groups, companies))
     _check_conditions(job, where)
     return job
+
+
+def _check_run_by(job: _Job, where: str, user: Any) -> None:
+    """The processes the importer and the job's Run by may run (access.may_run), and the time
+    limits a Batch user's task may have. ``user`` None: the shell's `batch import` without
+    --user, the system."""
+    run_as = job.run_as or user
+    ceiling = access.time_limit_ceiling(run_as)
+    for task in job.tasks:
+        here = f"{where}, task {task.key!r}"
+        try:
+            for who in {user, run_as}:
+                access.check_processes(who, [task.process])
+        except registry.ProcessNotAllowed as exc:
+            raise ImportRefused(f"{here}: {exc}") from None
+        if ceiling is None:
+            continue
+        if task.time_limit is not None and task.time_limit > ceiling:
+            raise ImportRefused(
+                f"{here}: time_limit {task.time_limit} is above {ceiling} seconds, the most a "
+                "task run as a Batch user may have (BATCH_USER_MAX_TIME_LIMIT)."
+            )
+        if task.time_limit is None and ceiling < settings.BATCH_TASK_TIME_LIMIT_SECONDS:
+            task.time_limit = ceiling  # the default is above what this job may have
 
 
 def _parse_deadline(raw: Any, where: str) -> tuple[dt.time | None, int | None]:

@@ -164,9 +164,9 @@ class TaskOverrides:
         return {name: self.form[name].data for name in self.form.changed_data}
 
 
-def _override_forms(job: BatchJob, data: Any) -> tuple[list[TaskOverrides], int]:
-    """The parameter forms of the job's tasks that have parameters (OVERRIDE_TASKS_SHOWN at
-    most), and how many tasks with parameters were left out."""
+def _override_forms(job: BatchJob, data: Any, user: Any) -> tuple[list[TaskOverrides], int]:
+    """The parameter forms of the job's tasks that have parameters and whose process ``user``
+    may run (OVERRIDE_TASKS_SHOWN at most), and how many tasks with parameters were left out."""
     shown: list[TaskOverrides] = []
     left_out = 0
     for task in job.tasks.order_by("position", "pk"):
@@ -174,7 +174,7 @@ def _override_forms(job: BatchJob, data: Any) -> tuple[list[TaskOverrides], int]
             process = registry.get(task.process)
         except registry.UnknownProcess:
             continue
-        if not process.form_class.base_fields:
+        if not process.form_class.base_fields or not access.may_run(user, process):
             continue
         if len(shown) >= OVERRIDE_TASKS_SHOWN:
             left_out += 1
@@ -191,7 +191,7 @@ def job_run_now(request: AuthedRequest, pk: int) -> HttpResponse:
     """Run now, optionally with parameter overrides for this run only."""
     job = _job_to_operate(request, pk)
     data = request.POST if request.method == "POST" else None
-    tasks, left_out = _override_forms(job, data)
+    tasks, left_out = _override_forms(job, data, request.user)
     error = ""
     if request.method == "POST" and all(t.form.is_valid() for t in tasks):
         overrides = {t.task.key: t.overrides() for t in tasks if t.form.changed_data}

@@ -34,6 +34,7 @@ from batchadmin.jobs.models import (
     Company,
 )
 from batchadmin.lib.http import AuthedRequest, close_dialog, render_dialog
+from batchadmin.processes.registry import ProcessNotAllowed
 
 PAGE_SIZE = 50
 BULK_ACTIONS = {
@@ -380,14 +381,16 @@ def task_edit(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
 
 def _task_editor(request: AuthedRequest, job: BatchJob, task: BatchTask | None) -> HttpResponse:
     if request.method == "GET":
-        editor = forms.task_editor(job, task)
+        editor = forms.task_editor(job, task, user=request.user)
         if job.is_running():
             editor.error = (
                 f"The job is {job.get_status_display()}: its tasks can't be changed until it ends."
             )
     else:
         add = "add-condition" in request.POST
-        editor = forms.task_editor(job, task, data=request.POST, add_condition=add)
+        editor = forms.task_editor(
+            job, task, user=request.user, data=request.POST, add_condition=add
+        )
         if not add and editor.is_valid():
             try:
                 saved = editor.save(by=request.user)
@@ -460,7 +463,7 @@ def task_parameters(request: AuthedRequest, pk: int) -> HttpResponse:
     job = _get_job(request, pk, change=True)
     ref = request.GET.get("task", forms.NEW)
     task = _task(job, int(ref)) if ref.isdigit() else None
-    editor = forms.task_editor(job, task, process=request.GET.get("process", ""))
+    editor = forms.task_editor(job, task, user=request.user, process=request.GET.get("process", ""))
     if not request.htmx:
         context = _job_page(request, job, all_tasks=True, editing=editor.task_ref, editor=editor)
         return render(request, "jobs/job_detail.html", context)
@@ -598,21 +601,30 @@ def job_copy(request: AuthedRequest, pk: int) -> HttpResponse:
     form = forms.CopyJobForm(request.POST or None, user=request.user, source=job)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        with transaction.atomic():
-            new = copying.copy_job(
-                job,
-                by=request.user,
-                description=data["description"],
-                company=data["company"],
-                scheduled_start=data["scheduled_start"],
-                run_as=data["run_as"],
-            )
-            trail.record(
-                trail.Action.JOB_COPY,
-                user=request.user,
-                job=new,
-                target=f"copy of job {job.pk}",
-                changes=trail.changed({}, trail.snapshot(new, forms.HEADER_FIELDS)),
+        try:
+            with transaction.atomic():
+                new = copying.copy_job(
+                    job,
+                    by=request.user,
+                    description=data["description"],
+                    company=data["company"],
+                    scheduled_start=data["scheduled_start"],
+                    run_as=data["run_as"],
+                )
+                trail.record(
+                    trail.Action.JOB_COPY,
+                    user=request.user,
+                    job=new,
+                    target=f"copy of job {job.pk}",
+                    changes=trail.changed({}, trail.snapshot(new, forms.HEADER_FIELDS)),
+                )
+        except ProcessNotAllowed as exc:
+            form.add_error(None, str(exc))
+            return render_dialog(
+                request,
+                "jobs/job_copy.html",
+                {"job": job, "form": form, "task_count": job.tasks.count()},
+                nav="jobs",
             )
         messages.success(
             request,

@@ -11,6 +11,7 @@ import datetime as dt
 from django import forms
 from django.utils.timezone import now
 
+from batchadmin.accounts.models import MANAGER
 from batchadmin.jobs import history
 from batchadmin.processes.registry import Context, register
 
@@ -61,6 +62,8 @@ class HistoryCleanupForm(forms.Form):
     description="Deletes batch job history (runs, task attempts, log lines) older than the "
     "history limit, a chunk per transaction; stops between chunks when canceled.",
     form=HistoryCleanupForm,
+    # It deletes every user's history and audit trail: upkeep is the managers' (issue 13).
+    run_by=MANAGER,
 )
 def history_cleanup(
     ctx: Context,

@@ -4,6 +4,12 @@ A batch process is a Python callable ``func(ctx, **parameters)`` registered unde
 with a label, a description and a Django form for its parameters. Only registered processes can
 be chosen for a task; parameters are validated by the form when the task is saved and again,
 from the stored JSON, when the task runs.
+
+Each process also says who may run it (``run_by``): anyone (the default: saving a task is
+already for roles that create jobs, and a job may run as a service account without a batch
+role), a batch role (accounts.models: a role that creates jobs, or managers only) or a Django
+permission ``"app_label.codename"``. The rule itself is ``jobs.access.may_run``, checked
+wherever a task is saved and again, against the job's run-as user, when it runs.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django import forms
 
+from batchadmin.accounts.models import BATCH_USER, MANAGER
 from batchadmin.lib import text
 
 if TYPE_CHECKING:
@@ -42,6 +49,7 @@ class Context(Protocol):
 
 
 ProcessFunc = Callable[..., None]
+ANYONE = ""  # run_by of a process any user may run
 
 
 class NoParameters(forms.Form):
@@ -55,6 +63,19 @@ class BatchProcess:
     description: str
     form_class: type[forms.Form]
     func: ProcessFunc
+    # Who may put it in a task and run it: ANYONE, BATCH_USER (every role that creates jobs),
+    # MANAGER, or a Django permission "app_label.codename".
+    run_by: str = ANYONE
+
+    def run_by_text(self) -> str:
+        """Who may run it, as the refusals say it."""
+        if self.run_by == ANYONE:
+            return "anyone may run it"
+        if self.run_by == MANAGER:
+            return "only a Batch job manager may run it"
+        if self.run_by == BATCH_USER:
+            return "only a Batch user or a Batch job manager may run it"
+        return f"it needs the permission {self.run_by}"
 
     def clean_parameters(self, data: dict[str, Any]) -> dict[str, Any]:
         """Validate ``data`` with the parameter form and return JSON-ready parameters.
@@ -109,16 +130,31 @@ class UnknownProcess(LookupError):
     pass
 
 
+class ProcessNotAllowed(PermissionError):
+    """A user may not run (or put in a task) a process; the message names both."""
+
+
 _REGISTRY: dict[str, BatchProcess] = {}
 
 
 def register(
-    name: str, *, label: str, description: str, form: type[forms.Form] = NoParameters
+    name: str,
+    *,
+    label: str,
+    description: str,
+    form: type[forms.Form] = NoParameters,
+    run_by: str = ANYONE,
 ) -> Callable[[ProcessFunc], ProcessFunc]:
+    if run_by not in (ANYONE, BATCH_USER, MANAGER) and run_by.count(".") != 1:
+        raise ValueError(
+            f"batch process {name!r}: run_by must be ANYONE, {BATCH_USER!r}, {MANAGER!r} or a "
+            f"Django permission 'app_label.codename', not {run_by!r}"
+        )
+
     def decorator(func: ProcessFunc) -> ProcessFunc:
         if name in _REGISTRY and _REGISTRY[name].func is not func:
             raise ValueError(f"batch process {name!r} is registered twice")
-        _REGISTRY[name] = BatchProcess(name, label, description, form, func)
+        _REGISTRY[name] = BatchProcess(name, label, description, form, func, run_by)
         return func
 
     return decorator

@@ -2,7 +2,9 @@
 
 Three checks, each bounded to about a second: the database answers, the broker (Redis)
 answers, and beat ticked recently. 200 when all pass, 503 with the failing check's error
-otherwise. No login, and nothing secret in the answer (no URLs, no passwords).
+otherwise. No login, and nothing secret in the answer (no URLs, no passwords). With
+BATCH_METRICS_TOKEN set (production), the checks' detail (timings, errors, beat's last tick)
+is for requests that carry the token; others get the status alone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from django.views.decorators.http import require_safe
 
 from batchadmin.engine import beat
 from batchadmin.lib import broker
+from batchadmin.servers import metrics
 
 STATEMENT_TIMEOUT_MS = 1000
 ERROR_MAX_CHARS = 300
@@ -97,9 +100,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
             "error": "Unknown: the database is unreachable.",
         }
     ok = all(check["ok"] for check in checks.values())
-    return JsonResponse(
-        {"status": "ok" if ok else "fail", "checks": checks}, status=200 if ok else 503
-    )
+    body: dict[str, Any] = {"status": "ok" if ok else "fail"}
+    if metrics.authorized(request):
+        body["checks"] = checks
+    return JsonResponse(body, status=200 if ok else 503)
 
 
 def _ms(started: float) -> float:

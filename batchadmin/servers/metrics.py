@@ -182,7 +182,8 @@ def broker_families(groups: list[str] | None) -> list[Metric]:
     return families
 
 
-def _authorized(request: HttpRequest) -> bool:
+def authorized(request: HttpRequest) -> bool:
+    """The request carries BATCH_METRICS_TOKEN (or none is set): /metrics, /healthz detail."""
     token = settings.BATCH_METRICS_TOKEN
     if not token:
         return True
@@ -197,7 +198,7 @@ def _authorized(request: HttpRequest) -> bool:
 @never_cache
 @require_safe
 def scrape(request: HttpRequest) -> HttpResponse:
-    if not _authorized(request):
+    if not authorized(request):
         response = HttpResponse(
             "Send the metrics token: Authorization: Bearer <BATCH_METRICS_TOKEN>.\n",
             status=401,

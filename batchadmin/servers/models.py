@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -16,12 +18,37 @@ from batchadmin.accounts.models import validate_time_zone
 CODE_VALIDATOR = RegexValidator(
     r"^[A-Za-z0-9_-]{1,50}$", "Use 1-50 letters, digits, hyphens or underscores."
 )
+SERVER_NAME_MAX = 50
+NODE_NAME_MAX = 200  # BatchServerReplica.hostname and the attempts' hostname
 QUEUE_PREFIX = "batch."
 DEFAULT_GROUP_CODE = "default"
 MAX_THREADS_LIMIT = 512
 # D365 Max concurrency on the batch group: 0 = no limit, N = per job, -1 = paused.
 NO_LIMIT = 0
 PAUSED = -1
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters; a cut one ends in a hash of the whole, so two long
+    names that share their first characters stay apart."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{text[: limit - 9]}-{digest}"
+
+
+def normalise_server_name(name: str) -> str:
+    """A worker's name (the node name before "@") as a BatchServer name that CODE_VALIDATOR
+    accepts: other characters become "-", a long name is cut (issue 13: a 51-character node
+    name failed every heartbeat). The same name always gives the same server."""
+    cleaned = _fit(re.sub(r"[^A-Za-z0-9_-]", "-", name) or "worker", SERVER_NAME_MAX)
+    CODE_VALIDATOR(cleaned)
+    return cleaned
+
+
+def normalise_node_name(hostname: str) -> str:
+    """A node name (name@host) as it is stored: at most NODE_NAME_MAX characters."""
+    return _fit(hostname, NODE_NAME_MAX)
 
 
 class Priority(models.IntegerChoices):

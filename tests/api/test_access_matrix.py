@@ -119,3 +119,15 @@ class AccessMatrixTestCase(ApiTestCase):
         # The API is for tokens; a browser's cookie (and so a forged cross-site request) is not.
         self.client.force_login(self.alice)
         assert self.client.get("/api/v1/jobs").status_code == 401
+
+    def test_a_process_is_saved_only_by_the_roles_it_names(self):
+        # Issue 13: history.cleanup deletes every user's history; only managers may run it.
+        cleanup = {
+            "description": "Purge",
+            "tasks": [{"key": "A", "process": "history.cleanup", "parameters": {"keep_days": 1}}],
+        }
+        users = dict(zip(ROLES, (None, self.bob, self.dave, self.erin, self.alice), strict=True))
+        for role, want in zip(ROLES, (401, 403, 403, 403, 201), strict=True):
+            with self.subTest(role):
+                r = self.call("POST", "/api/v1/jobs", as_user=users[role], body=cleanup)
+                assert r.status_code == want, (r.status_code, r.content)

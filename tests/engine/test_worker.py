@@ -33,6 +33,26 @@ class RegisterServerTestCase(BaseTestCase):
         assert worker.server_name("aos2@host1") == "aos2"
         assert worker.server_name("aos2") == "aos2"
 
+    def test_a_node_name_becomes_a_valid_server_name(self):
+        # Issue 13: a name the server-name validator refuses failed every heartbeat.
+        long = "reporting-" + "x" * 60
+        name = worker.server_name(f"{long}@host1")
+        assert len(name) == 50
+        assert name.startswith("reporting-xxx") and name != worker.server_name(long + "y")
+        assert worker.server_name(f"{long}@host2") == name  # replicas share their server
+        assert worker.server_name("aos 2.eu@host") == "aos-2-eu"
+        assert worker.server_name("@host") == "worker"
+
+    def test_a_worker_with_a_long_odd_node_name_heartbeats(self):
+        hostname = "night batch." + "y" * 300 + "@host1"
+        worker.heartbeat(fake_app([]), hostname, 2, worker.Beat())
+        worker.heartbeat(fake_app([]), hostname, 2, worker.Beat(queues=set(), threads=2))
+        replica = BatchServerReplica.objects.get()
+        assert len(replica.hostname) == 200
+        assert replica.server.name == worker.server_name(hostname)
+        assert replica.server.name.startswith("night-batch-yyy")
+        replica.server.full_clean()  # the name the server pages accept
+
     def test_it_registers_a_new_server_with_the_default_group(self):
         server = worker.register_server("aos2")
         assert server.enabled

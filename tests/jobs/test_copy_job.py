@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+from django.test import override_settings
+
 from batchadmin.alerts.models import BatchJobAlert
 from batchadmin.jobs import copying
 from batchadmin.jobs.models import (
@@ -14,6 +17,7 @@ from batchadmin.jobs.models import (
     Priority,
     SaveHistory,
 )
+from batchadmin.processes.registry import ProcessNotAllowed
 from batchadmin.servers.models import BatchGroup
 from tests.base import drain, start
 from tests.jobs.form_base import FormTestCase
@@ -81,8 +85,14 @@ class CopyServiceTestCase(FormTestCase):
             save_history=SaveHistory.ERRORS, critical=True
         )
         self.source.refresh_from_db()
-        copy = self.copy()
+        copy = self.copy(by=self.alice)
         assert (copy.save_history, copy.critical) == (SaveHistory.ERRORS, True)
+
+    def test_a_batch_users_copy_is_not_critical(self):
+        # Critical alerts every manager: a manager's choice, not carried into a user's copy.
+        BatchJob.objects.filter(pk=self.source.pk).update(critical=True)
+        self.source.refresh_from_db()
+        assert self.copy().critical is False
 
     def test_it_copies_every_task_with_its_parameters(self):
         copy = self.copy()
@@ -122,13 +132,46 @@ class CopyServiceTestCase(FormTestCase):
         assert len(conditions(copy)) == 7
         assert not BatchTaskCondition.objects.filter(task__job=copy).exclude(depends_on__job=copy)
 
-    def test_it_copies_the_alerts_of_every_user(self):
-        copy = self.copy()
-        alerts = {
+    def alerts(self, copy: BatchJob) -> dict[str, str]:
+        return {
             a.user.username: a.describe()
             for a in BatchJobAlert.objects.filter(job=copy).select_related("user")
         }
-        assert alerts == {"alice": "Error (popup, e-mail)", "dave": "Ended (popup)"}
+
+    def test_a_managers_copy_has_the_alerts_of_every_user(self):
+        copy = self.copy(by=self.alice)
+        assert self.alerts(copy) == {"alice": "Error (popup, e-mail)", "dave": "Ended (popup)"}
+
+    def test_a_batch_users_copy_has_only_their_own_alerts(self):
+        # Alice's e-mail subscription is hers: dave's copy must not mail her about his job.
+        assert self.alerts(self.copy()) == {"dave": "Ended (popup)"}
+
+    def test_it_refuses_a_process_the_copier_may_not_run(self):
+        BatchTask.objects.filter(pk=self.tasks["T3"].pk).update(process="history.cleanup")
+        jobs = BatchJob.objects.count()
+        with pytest.raises(ProcessNotAllowed) as excinfo:
+            self.copy()
+        assert str(excinfo.value) == (
+            "Not copied: User dave may not run the batch process history.cleanup (only a Batch "
+            "job manager may run it)."
+        )
+        assert BatchJob.objects.count() == jobs
+        assert self.copy(by=self.alice).tasks.filter(process="history.cleanup").exists()
+
+    def test_it_refuses_a_process_the_copys_run_by_may_not_run(self):
+        BatchTask.objects.filter(pk=self.tasks["T3"].pk).update(process="history.cleanup")
+        with pytest.raises(ProcessNotAllowed, match="User dave may not run"):
+            self.copy(by=self.alice, run_as=self.dave)
+
+    @override_settings(BATCH_USER_MAX_TIME_LIMIT=3600)
+    def test_a_batch_users_copy_keeps_its_time_limits_under_the_ceiling(self):
+        BatchTask.objects.filter(pk=self.tasks["T1"].pk).update(time_limit=7 * 24 * 3600)
+        BatchTask.objects.filter(pk=self.tasks["T2"].pk).update(time_limit=60)
+        limits = dict(self.copy().tasks.values_list("key", "time_limit"))
+        # T3 had none: the 6 h default is above the ceiling too.
+        assert (limits["T1"], limits["T2"], limits["T3"]) == (3600, 60, 3600)
+        limits = dict(self.copy(by=self.alice).tasks.values_list("key", "time_limit"))
+        assert (limits["T1"], limits["T3"]) == (7 * 24 * 3600, None)
 
     def test_it_copies_the_recurrence_with_a_fresh_run_count(self):
         recurrence = self.copy().get_recurrence()
@@ -225,6 +268,13 @@ class CopyDialogTestCase(FormTestCase):
         self.login(self.bob)
         assert self.client.get(self.url()).status_code == 404
         assert self.client.post(self.url(), self.data()).status_code == 404
+        assert BatchJob.objects.count() == self.jobs
+
+    def test_it_says_why_when_a_process_may_not_be_copied(self):
+        BatchTask.objects.filter(job=self.job, key="T2").update(process="history.cleanup")
+        r = self.client.post(self.url(), self.data(), headers=self.htmx("dialog"))
+        assert r.status_code == 200
+        assert "User dave may not run the batch process history.cleanup" in r.content.decode()
         assert BatchJob.objects.count() == self.jobs
 
     def test_a_batch_user_cannot_copy_the_jobs_of_others(self):

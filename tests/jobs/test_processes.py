@@ -288,3 +288,114 @@ class BusinessProcessTestCase(BaseTestCase):
         task.refresh_from_db()
         assert task.status == S.ENDED, BatchTaskRun.objects.get(task=task).error_message
         assert len(mail.outbox) == 1
+
+
+class ReportAccessTestCase(BusinessProcessTestCase):
+    """Issue 13: a report holds only the jobs its run-as user sees; documents go only to
+    allowed addresses; "latest" is the same job's report (issue 17)."""
+
+    def report_as(self, user: Any, **parameters: Any) -> list[list[str]]:
+        job = self.make_job(description="Reports", created_by=user)
+        task = self.make_task(
+            job, "R1", process="reports.task_history_csv", parameters={"days": 1, **parameters}
+        )
+        start(job)
+        drain(job)
+        task.refresh_from_db()
+        assert task.status == S.ENDED
+        (path,) = (self.media / "reports").glob(f"*-job{job.pk}-*")
+        with path.open(newline="") as f:
+            return list(csv.reader(f))
+
+    def test_a_report_holds_only_the_jobs_its_run_as_user_sees(self):
+        self.failed_job()  # alice's: dave gets a 404 on it
+        mine = self.make_job(description="Dave's posting", created_by=self.dave)
+        self.make_task(mine, "D1", process="demo.fail", parameters={"message": "No"})
+        start(mine)
+        drain(mine)
+        rows = self.report_as(self.dave, errors_only=True)
+        assert [r[1] for r in rows[1:]] == ["Dave's posting"]
+        rows = self.report_as(self.alice, errors_only=True)
+        assert sorted(r[1] for r in rows[1:]) == ["Dave's posting", "Posting"]
+
+    def test_cells_that_would_start_a_formula_are_escaped(self):
+        job = self.make_job(description='=HYPERLINK("http://evil.test","x")')
+        self.make_task(
+            job, "P1", process="demo.fail", description="+1", parameters={"message": "@SUM(A1)"}
+        )
+        start(job)
+        drain(job)
+        rows = self.report_as(self.alice, errors_only=True)
+        (row,) = rows[1:]
+        assert row[1] == '\'=HYPERLINK("http://evil.test","x")'
+        assert row[3] == "'+1"
+        assert row[9] == "DemoFailure: @SUM(A1)"  # starts with a letter: left alone
+
+    def test_the_spreadsheet_escape(self):
+        from batchadmin.lib import spreadsheet
+
+        for text in ("=1+2", "+1", "-1", "@A1", "\t=1", "\r=1"):
+            assert spreadsheet.cell(text) == "'" + text
+        assert spreadsheet.row(["plain", 12, -3, None, ""]) == ["plain", 12, -3, None, ""]
+
+    def mail_job(self, to: str, document: str = "latest", **job: Any) -> BatchTask:
+        job_row = self.make_job(**job)
+        return self.make_task(
+            job_row,
+            "M1",
+            process="mail.send_document",
+            parameters={"to": to, "subject": "s", "document": document},
+        )
+
+    @override_settings(BATCH_MAIL_ALLOWED_DOMAINS=["corp.test"])
+    def test_mail_goes_only_to_users_and_allowed_domains(self):
+        process = registry.get("mail.send_document")
+        ok = {"to": "Alice@Example.org, cfo@corp.test", "subject": "s", "document": "a.txt"}
+        assert process.clean_parameters(ok)["to"] == "Alice@Example.org, cfo@corp.test"
+        bad = ok | {"to": "alice@example.org, thief@evil.test, x@sub.corp.test"}
+        with pytest.raises(ParameterError) as excinfo:
+            process.clean_parameters(bad)
+        assert excinfo.value.errors == {
+            "to": [
+                "thief@evil.test, x@sub.corp.test: not a user of this system nor in a domain "
+                "that BATCH_MAIL_ALLOWED_DOMAINS allows."
+            ]
+        }
+
+    @override_settings(BATCH_MAIL_ALLOWED_DOMAINS=[])
+    def test_a_stored_address_no_longer_allowed_fails_at_run_time(self):
+        (self.media / "a.txt").write_text("A")
+        task = self.mail_job("finance@example.com", "a.txt")  # allowed when it was saved
+        start(task.job)
+        drain(task.job)
+        error = BatchTaskRun.objects.get(task=task).error_message
+        assert "finance@example.com: not a user of this system" in error
+        assert mail.outbox == []
+
+    def test_latest_is_the_newest_report_of_the_same_job(self):
+        other = self.make_job(description="Another job's report")
+        self.make_task(other, "R1", process="reports.task_history_csv", parameters={"days": 1})
+        start(other)
+        drain(other)
+        task = self.mail_job("finance@example.com")
+        start(task.job)
+        drain(task.job)
+        assert BatchTaskRun.objects.get(task=task).error_message == (
+            f"FileNotFoundError: Job {task.job_id} has written no report yet."
+        )
+        assert mail.outbox == []
+
+    def test_a_batch_user_may_not_mail_the_report_of_a_job_they_cannot_see(self):
+        self.report_as(self.alice)
+        (path,) = (self.media / "reports").iterdir()
+        task = self.mail_job("dave@example.org", f"reports/{path.name}", created_by=self.dave)
+        start(task.job)
+        drain(task.job)
+        error = BatchTaskRun.objects.get(task=task).error_message
+        assert error.startswith(f"PermissionError: reports/{path.name}: a report of job")
+        assert error.endswith("which dave may not see.")
+        assert mail.outbox == []
+        task = self.mail_job("dave@example.org", f"reports/{path.name}", created_by=self.alice)
+        start(task.job)
+        drain(task.job)
+        assert len(mail.outbox) == 1

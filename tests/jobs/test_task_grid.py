@@ -325,7 +325,9 @@ class TaskGridTestCase(FormTestCase):
 
     def test_a_job_that_started_meanwhile_loses_the_race_cleanly(self):
         task = self.make_task(self.job, "T1")
-        editor = forms.task_editor(self.job, task, data=task_data(description="After"))
+        editor = forms.task_editor(
+            self.job, task, user=self.alice, data=task_data(description="After")
+        )
         assert editor.is_valid()
         assert transitions.release_job(job_id=self.job.pk, by_id=None)
         start(self.job)
@@ -336,7 +338,9 @@ class TaskGridTestCase(FormTestCase):
 
     def test_a_parent_deleted_meanwhile_refuses_the_save(self):
         t1 = self.make_task(self.job, "T1")
-        editor = forms.task_editor(self.job, None, data=task_data([(t1.pk, "ended")]))
+        editor = forms.task_editor(
+            self.job, None, user=self.alice, data=task_data([(t1.pk, "ended")])
+        )
         assert editor.is_valid()
         t1.delete()
         with self.assertRaisesMessage(transitions.ChangeRefused, "deleted meanwhile"):
@@ -345,7 +349,7 @@ class TaskGridTestCase(FormTestCase):
 
     def test_a_task_deleted_meanwhile_refuses_the_save(self):
         task = self.make_task(self.job, "T1")
-        editor = forms.task_editor(self.job, task, data=task_data())
+        editor = forms.task_editor(self.job, task, user=self.alice, data=task_data())
         assert editor.is_valid()
         BatchTask.objects.filter(pk=task.pk).delete()
         r = self.client.post(self.edit_url(task), task_data(), headers=self.htmx())
@@ -358,7 +362,9 @@ class TaskGridTestCase(FormTestCase):
     def test_a_cycle_closed_by_a_change_made_meanwhile_is_refused(self):
         t1 = self.make_task(self.job, "T1")
         t2 = self.make_task(self.job, "T2")
-        editor = forms.task_editor(self.job, t1, data=task_data([(t2.pk, "ended")]))
+        editor = forms.task_editor(
+            self.job, t1, user=self.alice, data=task_data([(t2.pk, "ended")])
+        )
         assert editor.is_valid()
         self.add_condition(t2, t1)  # another user, between validating and saving
         with self.assertRaisesMessage(transitions.ChangeRefused, "would now make a cycle"):

@@ -176,3 +176,26 @@ class BeatLivenessTestCase(BaseTestCase):
         assert beat.last_tick() == NINE
         PeriodicTask.objects.filter(task=beat.TICK_TASK).update(enabled=False)
         assert beat.last_tick() is None
+
+
+class HealthzTokenTestCase(BaseTestCase):
+    """Issue 13: in production (BATCH_METRICS_TOKEN set) the detail needs the token."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.enterContext(override_settings(CELERY_BROKER_URL=REDIS_URL))
+        ticked(now())
+
+    @override_settings(BATCH_METRICS_TOKEN="s3cret")
+    def test_without_the_token_it_answers_the_status_alone(self):
+        r = self.client.get("/healthz")
+        assert (r.status_code, json.loads(r.content)) == (200, {"status": "ok"})
+        r = self.client.get("/healthz", headers={"Authorization": "Bearer wrong"})
+        assert json.loads(r.content) == {"status": "ok"}
+        r = self.client.get("/healthz", headers={"Authorization": "Bearer s3cret"})
+        assert set(json.loads(r.content)["checks"]) == {"database", "broker", "beat"}
+
+    @override_settings(BATCH_METRICS_TOKEN="s3cret", CELERY_BROKER_URL=DOWN_URL)
+    def test_a_failure_still_answers_503_without_the_token(self):
+        r = self.client.get("/healthz")
+        assert (r.status_code, json.loads(r.content)) == (503, {"status": "fail"})

@@ -48,7 +48,7 @@ def demo_jobs(start: dt.datetime) -> list[dict[str, Any]]:
                  "parameters": {"days": 1}, "group": "Reporting",
                  "conditions": [{"task": "settle", "status": "ended"}]},
                 {"key": "mail", "description": "Mail the report to finance", "process": "mail.send_document",
-                 "parameters": {"to": "finance@example.com", "subject": "Invoice journal", "document": "latest"},
+                 "parameters": {"to": "manager@example.com", "subject": "Invoice journal", "document": "latest"},
                  "conditions": [{"task": "report", "status": "ended"}]},
                 {"key": "alert", "description": "Log a warning when posting failed", "process": "demo.log",
                  "parameters": {"lines": 1}, "conditions": [{"task": "post", "status": "error"}]},
