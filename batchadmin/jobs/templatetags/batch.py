@@ -32,6 +32,7 @@ def sort_th(context: dict[str, Any], field: str, label: str) -> SafeString:
     current = query.get("o", "")
     query.pop("page", None)
     query.pop("poll", None)
+    query.pop("v", None)  # the live table's version (jobs/live.py)
     if current == field:
         query["o"], arrow, sort = f"-{field}", " ▲", "ascending"
     elif current == f"-{field}":
