@@ -13,7 +13,6 @@ from django.utils.timezone import get_current_timezone_name, now
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import (
     HttpResponseClientRedirect,
-    HttpResponseStopPolling,
     trigger_client_event,
 )
 
@@ -21,7 +20,7 @@ from batchadmin.alerts import forms as alert_forms
 from batchadmin.alerts.models import BatchJobAlert
 from batchadmin.audit import trail
 from batchadmin.engine import transitions
-from batchadmin.jobs import access, copying, forms, recurrence_forms, task_grid
+from batchadmin.jobs import access, copying, forms, live, recurrence_forms, task_grid
 from batchadmin.jobs.models import (
     BatchJob,
     BatchRecurrence,
@@ -105,6 +104,8 @@ def _job_page(
         **_row_urls(job),
     }
     context.update(extra)
+    if "version" not in context:
+        context["version"] = live.job_version(job)
     return context
 
 
@@ -167,15 +168,22 @@ def _diagram(request: AuthedRequest, job: BatchJob) -> HttpResponse:
     sections re-render for the new state; the new diagram polls with the new state, so this
     happens once.
     """
-    context = _job_page(request, job)
-    if not request.GET.get("poll"):
+    version = live.job_version(job)
+    polled = bool(request.GET.get("poll"))
+    if polled and not job.is_running() and live.unchanged(request, version):
+        # Nothing moved since the page was drawn; a running job's task lines move without
+        # a version change, so those polls always re-render.
+        return live.no_change()
+    context = _job_page(request, job, version=version)
+    if not polled:
         return render(request, "jobs/job_detail.html#job-diagram", context)
     html = render_to_string(
         "jobs/job_detail.html#job-diagram", context | {"oob": True}, request=request
     )
-    # The job has settled: show its final state once more and stop polling.
-    response = HttpResponse(html) if job.is_live() else HttpResponseStopPolling(html)
-    if (request.GET.get("editable") == "1") != context["editable"]:
+    response = HttpResponse(html)
+    # Started, ended, rescheduled or edited elsewhere since the page was drawn.
+    moved = "v" in request.GET and request.GET["v"] != version
+    if moved or (request.GET.get("editable") == "1") != context["editable"]:
         trigger_client_event(response, "job-changed", after="settle")
     return response
 
