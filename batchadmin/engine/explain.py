@@ -237,7 +237,8 @@ def job_due(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | 
     # The job became due at its start, or later when its start was moved into the past or it
     # was set Waiting with a past start (both write ``modified``). Before then beat had
     # nothing to start, so lateness counts from then, not from the start.
-    became_due = max(job.scheduled_start, job.modified or job.scheduled_start)
+    modified: dt.datetime | None = job.modified  # None on an unsaved job (pure tests)
+    became_due = max(job.scheduled_start, modified if modified is not None else job.scheduled_start)
     late = world.at - became_due
     ticks = world.beat
     not_ticked_since = (
