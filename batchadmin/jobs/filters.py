@@ -64,12 +64,12 @@ class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped pack
     created_by = django_filters.ModelChoiceFilter(
         queryset=get_user_model().objects.order_by("username"),
         label="Created by",
-        empty_label="Anyone",
+        empty_label="Created by anyone",
     )
     run_as = django_filters.ModelChoiceFilter(
         queryset=get_user_model().objects.order_by("username"),
         label="Run by",
-        empty_label="Anyone",
+        empty_label="Run by anyone",
     )
     group = django_filters.ModelChoiceFilter(
         queryset=BatchGroup.objects.all(),
