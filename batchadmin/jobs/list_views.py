@@ -31,6 +31,7 @@ BULK_ACTIONS = {
     "withhold": S.WITHHOLD,
     "cancel": S.CANCELING,
 }
+NO_TASKS = ""  # BulkPlan: left alone because it has no tasks
 BULK_LABELS = {"waiting": "Set Waiting", "withhold": "Withhold", "cancel": "Cancel"}
 # Parameters of the list's own machinery, never part of a filter (saved, exported, linked).
 NOT_FILTER = ("page", "poll", "v")
@@ -161,7 +162,7 @@ def _plan(action: str, jobs: list[BatchJob]) -> BulkPlan:
     )
     at = now()
     groups: Counter[tuple[str, str]] = Counter()  # (which jobs, what happens to them)
-    skipped: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()  # a status label, or NO_TASKS
     for job in jobs:
         status = S(job.status)
         if to not in transitions.USER_MOVES.get(status, ()):
@@ -170,7 +171,7 @@ def _plan(action: str, jobs: list[BatchJob]) -> BulkPlan:
             continue
         if to == S.WAITING and job.pk not in with_tasks:
             # As the Change status dialog: an empty job is set Waiting only when meant.
-            skipped["without tasks (set them Waiting one by one with Change status)"] += 1
+            skipped[NO_TASKS] += 1
             plan.refused[job.pk] = "no tasks: use Change status on the job to run it empty"
             continue
         plan.movable.append(job.pk)
@@ -188,8 +189,16 @@ def _plan(action: str, jobs: list[BatchJob]) -> BulkPlan:
             groups["finished", "will be set to Withhold"] += 1
     for (which, what), n in groups.items():
         plan.will.append(f"{n} {which} job{'' if n == 1 else 's'} {what}")
-    for status_label, n in skipped.items():
-        plan.unchanged.append(f"{_plural(n, 'job')} {status_label}: not changed")
+    for why, n in skipped.items():
+        if why == NO_TASKS:
+            plan.unchanged.append(
+                f"{_plural(n, 'job')} without tasks: not changed (set an empty job Waiting "
+                "with Change status on the job, which asks first)"
+            )
+        else:
+            plan.unchanged.append(
+                f"{_plural(n, 'job')} {'is' if n == 1 else 'are'} {why}: not changed"
+            )
     return plan
 
 

@@ -165,7 +165,7 @@ class BulkConfirmTestCase(BaseTestCase):
         html = r.content.decode()
         assert r.status_code == 200 and "<html" not in html
         assert "2 executing jobs will be canceled" in html
-        assert "1 job Waiting: not changed" in html
+        assert "1 job is Waiting: not changed" in html
         assert 'name="confirm" value="1"' in html and "Cancel 2 jobs" in html
         assert set(BatchJob.objects.values_list("status", flat=True)) == {S.EXECUTING, S.WAITING}
         self.client.post("/jobs/bulk-status/", data | {"confirm": "1"})
