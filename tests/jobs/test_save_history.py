@@ -359,9 +359,11 @@ class JobHeaderTestCase(FormTestCase):
         assert ">Critical job</span>" in row
         row = html[html.index(f'id="job-{plain.pk}"') :]
         assert ">Critical job</span>" not in row[: row.index("</tr>")]
-        # The polled row carries it too.
-        polled = self.client.get(f"/jobs/{critical.pk}/row/").content.decode()
-        assert ">Critical job</span>" in polled
+        # The live refresh of the table carries it too.
+        polled = self.client.get(
+            "/jobs/?poll=1&v=stale", headers={"HX-Request": "true", "HX-Target": "job-table"}
+        ).content.decode()
+        assert "<html" not in polled and ">Critical job</span>" in polled
 
 
 class AdminTestCase(BaseTestCase):
