@@ -22,6 +22,13 @@ LAST_RUN_STATUSES = (
 )
 
 
+# A job whose last run failed and that waits (or is held) for its next run. The status test
+# comes first so the last run's subquery runs for those jobs only, not for every job.
+LAST_RUN_FAILED = Q(status__in=[BatchStatus.WAITING, BatchStatus.WITHHOLD]) & Q(
+    last_run_status=BatchStatus.ERROR
+)
+
+
 class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped package
     """The Batch jobs list's filters; all of them live in the query string.
 
@@ -145,16 +152,14 @@ class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped pack
         failed = BatchTask.objects.filter(job=OuterRef("pk"), status=BatchStatus.ERROR)
         # A recurring job whose run failed is back in Waiting with its tasks reset: its last
         # run (BatchJobQuerySet.with_last_run) still says Error.
-        return qs.filter(
-            Q(status=BatchStatus.ERROR) | Exists(failed) | Q(last_run_status=BatchStatus.ERROR)
-        )
+        return qs.filter(Q(status=BatchStatus.ERROR) | Exists(failed) | LAST_RUN_FAILED)
 
     def filter_status(self, qs: QuerySet[BatchJob], name: str, value: Any) -> QuerySet[BatchJob]:
         if not value:
             return qs
         wanted = Q(status__in=value)
         if BatchStatus.ERROR in value:
-            wanted |= Q(last_run_status=BatchStatus.ERROR)
+            wanted |= LAST_RUN_FAILED
         return qs.filter(wanted)
 
     def filter_priority(self, qs: QuerySet[BatchJob], name: str, value: Any) -> QuerySet[BatchJob]:
