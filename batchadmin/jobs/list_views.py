@@ -31,6 +31,9 @@ BULK_ACTIONS = {
     "withhold": S.WITHHOLD,
     "cancel": S.CANCELING,
 }
+# "All jobs matching the filter" changes at most this many at once: each job is checked and
+# moved in its own transaction, and the confirmation lists them.
+BULK_MAX = 1000
 NO_TASKS = ""  # BulkPlan: left alone because it has no tasks
 BULK_LABELS = {"waiting": "Set Waiting", "withhold": "Withhold", "cancel": "Cancel"}
 # Parameters of the list's own machinery, never part of a filter (saved, exported, linked).
@@ -213,7 +216,7 @@ def _chosen(request: AuthedRequest) -> tuple[list[BatchJob], bool, str]:
             _, qs = _jobs(request)
         finally:
             request.GET = get
-        return list(qs.order_by("pk")), True, query
+        return list(qs.order_by("pk")[: BULK_MAX + 1]), True, query
     ids = [int(pk) for pk in request.POST.getlist("job") if pk.isdigit()]
     jobs = access.visible_jobs(request.user).filter(pk__in=ids).order_by("pk")
     return list(jobs), False, query
@@ -232,6 +235,12 @@ def bulk_status(request: AuthedRequest) -> HttpResponse:
     jobs, everything, query = _chosen(request)
     if not jobs:
         messages.warning(request, "Select one or more jobs first.")
+        return _back(request)
+    if len(jobs) > BULK_MAX:
+        messages.error(
+            request,
+            f"More than {BULK_MAX} jobs match the filter: narrow it down to change them at once.",
+        )
         return _back(request)
     if request.POST.get("confirm") != "1":
         context = {

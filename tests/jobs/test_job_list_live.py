@@ -4,6 +4,7 @@ import csv
 import datetime as dt
 import io
 from typing import Any
+from unittest import mock
 
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -11,6 +12,7 @@ from django.utils.timezone import now
 from openpyxl import load_workbook
 
 from batchadmin.engine import transitions
+from batchadmin.jobs import list_views
 from batchadmin.jobs.models import BatchJob, BatchJobRun, BatchStatus, SavedJobFilter
 from tests.base import BaseTestCase
 
@@ -198,6 +200,16 @@ class BulkConfirmTestCase(BaseTestCase):
         assert set(nights.values_list("status", flat=True)) == {S.WITHHOLD}
         other.refresh_from_db()
         assert other.status == S.WAITING
+
+    def test_it_refuses_more_jobs_than_it_changes_at_once(self):
+        for n in range(3):
+            self.make_job(description=f"Night {n}", status=S.WAITING)
+        self.client.force_login(self.alice)
+        data = {"action": "withhold", "scope": "all", "query": "description=night", "confirm": "1"}
+        with mock.patch.object(list_views, "BULK_MAX", 2):
+            r = self.client.post("/jobs/bulk-status/", data, follow=True)
+        assert b"More than 2 jobs match the filter" in r.content
+        assert not BatchJob.objects.filter(status=S.WITHHOLD).exists()
 
     def test_a_viewer_sees_no_bulk_control_and_is_refused(self):
         job = self.make_job(status=S.EXECUTING)
