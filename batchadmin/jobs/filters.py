@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django_filters.widgets import DateRangeWidget
 
-from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask
+from batchadmin.jobs.models import BatchJob, BatchJobQuerySet, BatchStatus, BatchTask
 from batchadmin.lib import clock
 from batchadmin.servers.models import BatchGroup
 
@@ -30,10 +30,7 @@ LAST_RUN_FAILED = Q(status__in=[BatchStatus.WAITING, BatchStatus.WITHHOLD]) & Q(
 
 
 class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped package
-    """The Batch jobs list's filters; all of them live in the query string.
-
-    The queryset must carry BatchJobQuerySet.with_last_run() and .with_status_rank(): the
-    status, Has errors and Last run filters and the status sort read them."""
+    """The Batch jobs list's filters; all of them live in the query string."""
 
     # distinct=False: status IN (...) on the job's own column cannot repeat a row, and the
     # DISTINCT django-filter adds by default made PostgreSQL sort every matching job twice
@@ -128,8 +125,15 @@ class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped pack
         "recurring",
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, data: Any = None, queryset: BatchJobQuerySet | None = None, **kwargs: Any
+    ) -> None:
+        # The status, Has errors and Last run filters and the status sort read the last run
+        # and the lifecycle rank: annotated here, so every caller (the list, its exports, the
+        # API's job list) filters the same way.
+        if queryset is not None and "status_rank" not in queryset.query.annotations:
+            queryset = queryset.with_last_run().with_status_rank()
+        super().__init__(data, queryset, **kwargs)
         for name in self.COLUMN_FILTERS:
             attrs = self.form.fields[name].widget.attrs
             attrs.update({"form": "job-filters", "hx-preserve": "true"})
