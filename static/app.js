@@ -153,6 +153,12 @@
     document.querySelectorAll(all.dataset.selectAll).forEach((box) => { box.checked = all.checked; });
   });
 
+  // A filter that applies as soon as it is chosen (the job list's column filters).
+  document.addEventListener("change", (event) => {
+    const field = event.target.closest("[data-autosubmit]");
+    if (field && field.form) field.form.requestSubmit();
+  });
+
   // Polling re-renders sections that hold <details> (history runs, tracebacks, logs): keep
   // each one open or closed as the user left it. They need an id to be recognised.
   let openState = new Map();

@@ -234,11 +234,25 @@ def job_due(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | 
         return None
     if _period_hold(job, world.at) is not None:
         return None
-    late = world.at - job.scheduled_start
-    if late < DUE_GRACE:
-        return Reason("due", "The job is due: the scheduler starts it within seconds")
-    since = f"Due since {when(job.scheduled_start, world.at)} ({durations.short(late)})"
+    # The job became due at its start, or later when its start was moved into the past or it
+    # was set Waiting with a past start (both write ``modified``). Before then beat had
+    # nothing to start, so lateness counts from then, not from the start.
+    modified: dt.datetime | None = job.modified  # None on an unsaved job (pure tests)
+    became_due = max(job.scheduled_start, modified if modified is not None else job.scheduled_start)
+    late = world.at - became_due
     ticks = world.beat
+    not_ticked_since = (
+        ticks is not None
+        and ticks.alive(world.at)
+        and ticks.last_tick is not None
+        and ticks.last_tick < became_due
+    )
+    if late < DUE_GRACE or not_ticked_since:
+        # A live beat whose recorded tick is not yet past the moment the job became due (the
+        # record is written every few seconds): it has not had its chance yet.
+        return Reason("due", "The job is due: the scheduler starts it within seconds")
+    late = world.at - job.scheduled_start
+    since = f"Due since {when(job.scheduled_start, world.at)} ({durations.short(late)})"
     if ticks is not None and not ticks.exists:
         return Reason(
             "beat_missing",

@@ -225,7 +225,9 @@ def _set_idle_status(*, job_id: int, to: BatchStatus, by_id: int | None) -> bool
         old = BatchJob.objects.values_list("status", flat=True).get(pk=job_id)
         if to not in JOB_ALLOWED[BatchStatus(old)]:
             return False
-        n = BatchJob.objects.filter(pk=job_id, status=old).update(status=to)
+        # ``modified`` too: a job set Waiting with a start already past became due now, and
+        # explain.job_due must not blame beat for the seconds before its next tick.
+        n = BatchJob.objects.filter(pk=job_id, status=old).update(status=to, modified=now())
         if n != 1:
             return False  # another request changed it first
         if old in TERMINAL_JOB_STATUSES:

@@ -8,9 +8,25 @@ from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django_filters.widgets import DateRangeWidget
 
-from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask
+from batchadmin.jobs.models import BatchJob, BatchJobQuerySet, BatchStatus, BatchTask
 from batchadmin.lib import clock
 from batchadmin.servers.models import BatchGroup
+
+# How a run can end (or that it is still going): the choices of the Last run filter.
+LAST_RUN_STATUSES = (
+    BatchStatus.EXECUTING,
+    BatchStatus.CANCELING,
+    BatchStatus.ERROR,
+    BatchStatus.ENDED,
+    BatchStatus.CANCELED,
+)
+
+
+# A job whose last run failed and that waits (or is held) for its next run. The status test
+# comes first so the last run's subquery runs for those jobs only, not for every job.
+LAST_RUN_FAILED = Q(status__in=[BatchStatus.WAITING, BatchStatus.WITHHOLD]) & Q(
+    last_run_status=BatchStatus.ERROR
+)
 
 
 class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped package
@@ -24,17 +40,40 @@ class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped pack
         widget=forms.CheckboxSelectMultiple,
         label="Status",
         distinct=False,
+        method="filter_status",
+        help_text="Error also finds jobs whose last run failed and that wait for their next run.",
+    )
+    # Per-column filters (the row under the list's headers).
+    id = django_filters.NumberFilter(field_name="pk", label="Job ID", min_value=1)
+    priority = django_filters.ChoiceFilter(
+        choices=BatchJob.Priority.choices,
+        label="Priority",
+        empty_label="Any",
+        method="filter_priority",
+    )
+    recurring = django_filters.BooleanFilter(
+        field_name="recurrence",
+        lookup_expr="isnull",
+        exclude=True,
+        label="Recurrence",
+        widget=forms.Select(choices=[("", "Any"), ("true", "Recurring"), ("false", "Once")]),
+    )
+    last_run = django_filters.ChoiceFilter(
+        choices=[(s, BatchStatus(s).label) for s in LAST_RUN_STATUSES],
+        field_name="last_run_status",
+        label="Last run",
+        empty_label="Any",
     )
     description = django_filters.CharFilter(lookup_expr="icontains", label="Description contains")
     created_by = django_filters.ModelChoiceFilter(
         queryset=get_user_model().objects.order_by("username"),
         label="Created by",
-        empty_label="Anyone",
+        empty_label="Created by anyone",
     )
     run_as = django_filters.ModelChoiceFilter(
         queryset=get_user_model().objects.order_by("username"),
         label="Run by",
-        empty_label="Anyone",
+        empty_label="Run by anyone",
     )
     group = django_filters.ModelChoiceFilter(
         queryset=BatchGroup.objects.all(),
@@ -58,19 +97,50 @@ class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped pack
         fields=(
             ("id", "id"),
             ("description", "description"),
-            ("status", "status"),
+            ("status_rank", "status"),  # the lifecycle's order, not the alphabet
             ("scheduled_start", "scheduled_start"),
             ("started_at", "started_at"),
             ("ended_at", "ended_at"),
             ("priority", "priority"),
             ("created_by__username", "created_by"),
             ("run_as__username", "run_as"),
+            ("last_run_ended", "last_run_ended"),
         )
     )
 
     class Meta:
         model = BatchJob
         fields: list[str] = []
+
+    # The filters in the row under the list's headers: inside the live table, so they belong
+    # to the filter form by its id, survive the table's refresh (hx-preserve), and a choice
+    # applies at once (app.js, data-autosubmit).
+    COLUMN_FILTERS = (
+        "id",
+        "description",
+        "last_run",
+        "created_by",
+        "run_as",
+        "priority",
+        "recurring",
+    )
+
+    def __init__(
+        self, data: Any = None, queryset: BatchJobQuerySet | None = None, **kwargs: Any
+    ) -> None:
+        # The status, Has errors and Last run filters and the status sort read the last run
+        # and the lifecycle rank: annotated here, so every caller (the list, its exports, the
+        # API's job list) filters the same way.
+        if queryset is not None and "status_rank" not in queryset.query.annotations:
+            queryset = queryset.with_last_run().with_status_rank()
+        super().__init__(data, queryset, **kwargs)
+        for name in self.COLUMN_FILTERS:
+            attrs = self.form.fields[name].widget.attrs
+            attrs.update({"form": "job-filters", "hx-preserve": "true"})
+            if name not in ("id", "description"):
+                attrs["data-autosubmit"] = "true"
+        self.form.fields["description"].widget.attrs["placeholder"] = "contains…"
+        self.form.fields["id"].widget.attrs["placeholder"] = "ID"
 
     def filter_group(self, qs: QuerySet[BatchJob], name: str, value: Any) -> QuerySet[BatchJob]:
         if not value:
@@ -84,4 +154,20 @@ class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped pack
         if not value:
             return qs
         failed = BatchTask.objects.filter(job=OuterRef("pk"), status=BatchStatus.ERROR)
-        return qs.filter(Q(status=BatchStatus.ERROR) | Exists(failed))
+        # A recurring job whose run failed is back in Waiting with its tasks reset: its last
+        # run (BatchJobQuerySet.with_last_run) still says Error.
+        return qs.filter(Q(status=BatchStatus.ERROR) | Exists(failed) | LAST_RUN_FAILED)
+
+    def filter_status(self, qs: QuerySet[BatchJob], name: str, value: Any) -> QuerySet[BatchJob]:
+        if not value:
+            return qs
+        wanted = Q(status__in=value)
+        if BatchStatus.ERROR in value:
+            wanted |= LAST_RUN_FAILED
+        return qs.filter(wanted)
+
+    def filter_priority(self, qs: QuerySet[BatchJob], name: str, value: Any) -> QuerySet[BatchJob]:
+        if not value:
+            return qs
+        # Only a job that overrides its groups' priority has one of its own.
+        return qs.filter(priority_overridden=True, priority=int(value))

@@ -26,7 +26,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from batchadmin.engine import transitions
-from batchadmin.jobs import access, history
+from batchadmin.jobs import access, history, live
 from batchadmin.jobs.models import (
     RUNNING_STATUSES,
     BatchJob,
@@ -349,6 +349,7 @@ def _head_context(
         and not job.is_running()
         and (job.status in transitions.TERMINAL_JOB_STATUSES or job.current_run_id is not None),
         "not_saved": history.not_saved_note(job),
+        "version": live.job_version(job),
     }
 
 
@@ -357,6 +358,10 @@ def job_history(request: AuthedRequest, pk: int) -> HttpResponse:
     job = _get_job(request, pk)
     template = "jobs/job_history.html"
     if request.htmx and request.htmx.target == "history-head":
+        # Polled whatever the job's status (a Waiting job starts; jobs/live.py): nothing
+        # moved since the page was drawn answers 204 in one query.
+        if not job.is_running() and live.unchanged(request, live.job_version(job)):
+            return live.no_change()
         context = _head_context(request, job)
         response = render(request, template + "#history-head", context)
         latest = context["latest_run"]
@@ -364,8 +369,6 @@ def job_history(request: AuthedRequest, pk: int) -> HttpResponse:
             # A run started (or a rerun began) since the page drew its runs, or the run it
             # showed ended and was not saved (Save job to history): redraw them.
             trigger_client_event(response, "history-changed")
-        if not context["live"]:
-            return _stop_polling(response)
         return response
     context = _history_context(request, job)
     if request.htmx:

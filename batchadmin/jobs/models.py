@@ -47,6 +47,20 @@ OPEN_TASK_STATUSES = (
 # "Running": a job or task whose process may be running now (Canceling ones run until they
 # stop). The one definition; BatchTask.objects.running() and the partial indexes use it.
 RUNNING_STATUSES = (BatchStatus.EXECUTING, BatchStatus.CANCELING)
+# The order of a status in a job's life, for sorting lists by status (not by the alphabet):
+# held, waiting, on its way, then how it ended.
+LIFECYCLE_ORDER = (
+    BatchStatus.WITHHOLD,
+    BatchStatus.WAITING,
+    BatchStatus.READY,
+    BatchStatus.EXECUTING,
+    BatchStatus.CANCELING,
+    BatchStatus.ERROR,
+    BatchStatus.ENDED,
+    BatchStatus.SKIPPED,
+    BatchStatus.NOT_RUN,
+    BatchStatus.CANCELED,
+)
 
 
 class SaveHistory(models.TextChoices):
@@ -195,6 +209,27 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
 
     def running(self) -> BatchJobQuerySet:
         return self.filter(status__in=RUNNING_STATUSES)
+
+    def with_last_run(self) -> Any:  # Any: the annotations are not in the model's type
+        """Annotate the newest run's ``last_run_status``, ``last_run_started`` and
+        ``last_run_ended``: a recurring job back in Waiting still shows how its run ended.
+        Each is an index lookup on jobrun_job_idx per job read."""
+        last = BatchJobRun.objects.filter(job=OuterRef("pk")).order_by("-started_at", "-pk")
+        return self.annotate(
+            last_run_status=Subquery(last.values("status")[:1]),
+            last_run_started=Subquery(last.values("started_at")[:1]),
+            last_run_ended=Subquery(last.values("ended_at")[:1]),
+        )
+
+    def with_status_rank(self) -> Any:
+        """Annotate ``status_rank``: the status's place in LIFECYCLE_ORDER, to sort by."""
+        return self.annotate(
+            status_rank=Case(
+                *(When(status=s, then=Value(i)) for i, s in enumerate(LIFECYCLE_ORDER)),
+                default=Value(len(LIFECYCLE_ORDER)),
+                output_field=models.IntegerField(),
+            )
+        )
 
     def with_effective_priority(self) -> Any:  # Any: see BatchTaskQuerySet's
         """Annotate ``effective_priority``: the job's own when it overrides its groups', else
@@ -1114,3 +1149,24 @@ class StatusChange(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id}: {self.old_status} -> {self.new_status}"
+
+
+class SavedJobFilter(models.Model):
+    """A filter of the job list a user saved under a name: the list's query string."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="saved_job_filters"
+    )
+    name = models.CharField("name", max_length=80)
+    query = models.CharField("query string", max_length=2000, blank=True)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        verbose_name = "saved job filter"
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "name"], name="saved_filter_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.name}"

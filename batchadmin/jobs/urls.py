@@ -2,13 +2,12 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from batchadmin.jobs import history_views, ops_views, views
+from batchadmin.jobs import history_views, list_views, ops_views, views
 
 app_name = "jobs"
 
 job_urls = [
     path("", views.job_detail, name="detail"),
-    path("row/", views.job_row, name="row"),
     path("change-status/", views.change_status, name="change-status"),
     path("alerts/", views.job_alerts, name="alerts"),
     path("copy/", views.job_copy, name="copy"),
@@ -31,8 +30,12 @@ job_urls = [
 ]
 
 urlpatterns = [
-    path("", views.job_list, name="list"),
+    path("", list_views.job_list, name="list"),
     path("new/", views.job_create, name="create"),
-    path("bulk-status/", views.bulk_status, name="bulk-status"),
+    path("bulk-status/", list_views.bulk_status, name="bulk-status"),
+    path("export.csv", list_views.job_export, {"fmt": "csv"}, name="export-csv"),
+    path("export.xlsx", list_views.job_export, {"fmt": "xlsx"}, name="export-xlsx"),
+    path("filters/", list_views.filter_save, name="filter-save"),
+    path("filters/<int:pk>/delete/", list_views.filter_delete, name="filter-delete"),
     path("<int:pk>/", include(job_urls)),
 ]

@@ -4,9 +4,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Page, Paginator
 from django.db import transaction
-from django.db.models import Count, QuerySet, Window
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -15,7 +13,6 @@ from django.utils.timezone import get_current_timezone_name, now
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import (
     HttpResponseClientRedirect,
-    HttpResponseStopPolling,
     trigger_client_event,
 )
 
@@ -23,10 +20,8 @@ from batchadmin.alerts import forms as alert_forms
 from batchadmin.alerts.models import BatchJobAlert
 from batchadmin.audit import trail
 from batchadmin.engine import transitions
-from batchadmin.jobs import access, copying, forms, recurrence_forms, task_grid
-from batchadmin.jobs.filters import JobFilter
+from batchadmin.jobs import access, copying, forms, live, recurrence_forms, task_grid
 from batchadmin.jobs.models import (
-    RUNNING_STATUSES,
     BatchJob,
     BatchRecurrence,
     BatchStatus,
@@ -35,15 +30,6 @@ from batchadmin.jobs.models import (
 )
 from batchadmin.lib.http import AuthedRequest, close_dialog, render_dialog
 from batchadmin.processes.registry import ProcessNotAllowed
-
-PAGE_SIZE = 50
-BULK_ACTIONS = {
-    "waiting": BatchStatus.WAITING,
-    "withhold": BatchStatus.WITHHOLD,
-    "cancel": BatchStatus.CANCELING,
-}
-# While any visible job is in one of these, the list polls for fresh statuses.
-LIVE_STATUSES = (*RUNNING_STATUSES, BatchStatus.WAITING)
 
 
 def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJob:
@@ -56,129 +42,6 @@ def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJ
     if change and not access.can_change(request.user, job):
         raise Http404("You can't change this batch job.")
     return job
-
-
-@require_GET
-def job_list(request: AuthedRequest) -> HttpResponse:
-    jobs = access.visible_jobs(request.user).select_related(
-        "created_by", "run_as", "recurrence", "django_task"
-    )
-    filterset = JobFilter(request.GET, queryset=jobs)
-    qs = filterset.qs if filterset.is_valid() else jobs.none()
-    if not request.GET.get("o"):
-        qs = qs.order_by("-pk")
-    searched = bool(filterset.is_valid() and filterset.form.cleaned_data.get("description"))
-    page, rows = _page(qs, request.GET.get("page"), count_in_page=searched)
-    live = any(job.status in LIVE_STATUSES for job in rows)
-    if request.htmx and request.htmx.target == "job-table" and request.GET.get("poll") and not live:
-        # Nothing visible can change by itself any more: stop the polling.
-        response: HttpResponse = HttpResponseStopPolling()
-        return response
-    query = request.GET.copy()
-    query.pop("page", None)
-    query.pop("poll", None)
-    context = {
-        "nav": "jobs",
-        "filter": filterset,
-        "page": page,
-        "rows": rows,
-        "live": live,
-        "query": query.urlencode(),
-        "order": request.GET.get("o", ""),
-        "now": now(),
-        "can_create": access.can_create(request.user),
-        "bulk_actions": BULK_ACTIONS,
-    }
-    template = "jobs/job_list.html"
-    if request.htmx and request.htmx.target == "job-table":
-        template += "#job-table"
-    return render(request, template, context)
-
-
-def _page(
-    qs: QuerySet[BatchJob], number: str | None, *, count_in_page: bool = False
-) -> tuple[Page[int], list[BatchJob]]:
-    """Page ``number`` of the list and its jobs. The OFFSET reads every row it skips, so it
-    runs on the job ids alone; the jobs with their joins are read for the 50 shown only (page
-    500 of 100,000 jobs: the joins ran for 25,000 rows, bench/pages.py).
-
-    ``count_in_page``: a filter no index serves in order (the description search, through its
-    trigram index) makes PostgreSQL read every match for the page as for the count, so the
-    page's query also counts them (COUNT(*) OVER ()) and the matches are read once, not twice.
-    A page past the last one finds no row to count on, and the paginator counts as usual.
-    """
-    paginator = Paginator(qs.values_list("pk", flat=True), PAGE_SIZE)
-    page: Page[int] | None = None
-    if count_in_page and (not number or (number.isdigit() and int(number) > 0)):
-        wanted = int(number or 1)
-        start = (wanted - 1) * PAGE_SIZE
-        counted = qs.annotate(total=Window(Count("pk"))).values_list("pk", "total")
-        found = list(counted[start : start + PAGE_SIZE])
-        if found or wanted == 1:
-            paginator.count = found[0][1] if found else 0  # a cached_property: set, not counted
-            page = paginator.page(wanted)
-            page.object_list = [pk for pk, _ in found]
-    if page is None:
-        page = paginator.get_page(number)
-    ids = list(page.object_list)
-    jobs = qs.in_bulk(ids)
-    return page, [jobs[pk] for pk in ids if pk in jobs]  # one deleted meanwhile is left out
-
-
-@require_POST
-def bulk_status(request: AuthedRequest) -> HttpResponse:
-    """Change status of the selected jobs at once; each job is checked on its own."""
-    action = request.POST.get("action", "")
-    if action not in BULK_ACTIONS:
-        messages.error(request, "Choose Waiting, Withhold or Cancel.")
-        return redirect(_back(request))
-    ids = [int(pk) for pk in request.POST.getlist("job") if pk.isdigit()]
-    if not ids:
-        messages.warning(request, "Select one or more jobs first.")
-        return redirect(_back(request))
-    done: list[str] = []
-    refused: list[str] = []
-    with_tasks = set(
-        BatchTask.objects.filter(job__in=ids).values_list("job_id", flat=True).distinct()
-    )
-    for job in access.visible_jobs(request.user).filter(pk__in=ids).order_by("pk"):
-        if not access.can_change(request.user, job):
-            refused.append(f"{job.pk} (not yours to change)")
-            continue
-        if action == "waiting" and job.pk not in with_tasks:
-            # As the Change status dialog: an empty job is set Waiting only when meant.
-            refused.append(f"{job.pk} (no tasks: use Change status on the job to run it empty)")
-            continue
-        try:
-            ok = transitions.change_status(
-                job_id=job.pk, to=BULK_ACTIONS[action], by_id=request.user.pk
-            )
-        except transitions.IllegalMove:
-            refused.append(f"{job.pk} ({job.get_status_display()})")
-            continue
-        (done if ok else refused).append(str(job.pk) if ok else f"{job.pk} (changed meanwhile)")
-    if done:
-        messages.success(request, f"Changed {len(done)} job(s): {', '.join(done)}.")
-    if refused:
-        messages.error(request, f"Not changed: {', '.join(refused)}.")
-    return redirect(_back(request))
-
-
-def _back(request: AuthedRequest) -> str:
-    query = request.POST.get("query", "")
-    return f"/jobs/?{query}" if query else "/jobs/"
-
-
-@require_GET
-def job_row(request: AuthedRequest, pk: int) -> HttpResponse:
-    """One row of the list, polled while the job is live; a finished row stops polling."""
-    job = get_object_or_404(
-        access.visible_jobs(request.user).select_related(
-            "created_by", "run_as", "recurrence", "django_task"
-        ),
-        pk=pk,
-    )
-    return render(request, "jobs/job_list.html#job-row", {"job": job})
 
 
 # --- The batch job form: header, task lines, diagram --------------------------------------
@@ -242,6 +105,8 @@ def _job_page(
         **_row_urls(job),
     }
     context.update(extra)
+    if "version" not in context:
+        context["version"] = live.job_version(job)
     return context
 
 
@@ -304,15 +169,22 @@ def _diagram(request: AuthedRequest, job: BatchJob) -> HttpResponse:
     sections re-render for the new state; the new diagram polls with the new state, so this
     happens once.
     """
-    context = _job_page(request, job)
-    if not request.GET.get("poll"):
+    version = live.job_version(job)
+    polled = bool(request.GET.get("poll"))
+    if polled and not job.is_running() and live.unchanged(request, version):
+        # Nothing moved since the page was drawn; a running job's task lines move without
+        # a version change, so those polls always re-render.
+        return live.no_change()
+    context = _job_page(request, job, version=version)
+    if not polled:
         return render(request, "jobs/job_detail.html#job-diagram", context)
     html = render_to_string(
         "jobs/job_detail.html#job-diagram", context | {"oob": True}, request=request
     )
-    # The job has settled: show its final state once more and stop polling.
-    response = HttpResponse(html) if job.is_live() else HttpResponseStopPolling(html)
-    if (request.GET.get("editable") == "1") != context["editable"]:
+    response = HttpResponse(html)
+    # Started, ended, rescheduled or edited elsewhere since the page was drawn.
+    moved = "v" in request.GET and request.GET["v"] != version
+    if moved or (request.GET.get("editable") == "1") != context["editable"]:
         trigger_client_event(response, "job-changed", after="settle")
     return response
 

@@ -61,6 +61,14 @@ class JobListTestCase(ApiTestCase):
         assert first["results"][0]["id"] == BatchJob.objects.latest("pk").pk
         assert ids(page="99") == []
         assert ids(o="id")[0] == BatchJob.objects.earliest("pk").pk
+        # As the list page: Error finds a job back in Waiting whose last run failed, and
+        # status sorts in lifecycle order (Waiting before Error), not by the alphabet.
+        BatchJobRun.objects.create(
+            job=in_group, status=BatchStatus.ERROR, scheduled_start=now(), ended_at=now()
+        )
+        assert set(ids(status="error")) == {failed.pk, in_group.pk}
+        by_status = ids(o="status")
+        assert by_status.index(in_group.pk) < by_status.index(failed.pk)
 
     def test_it_describes_each_job(self):
         job = self.make_job(created_by=self.dave, run_as=self.alice, critical=True)

@@ -13,7 +13,7 @@ def test_it_updates_the_job_list_without_reloading(cluster, web, page):
     sign_in(page, web, "manager")
     [job_id] = cluster.import_jobs(
         {"description": "Live list", "status": "withhold", "tasks": [
-            {"key": "S", "description": "nap", "process": "demo.sleep", "parameters": {"seconds": 4}}]}
+            {"key": "S", "description": "nap", "process": "demo.sleep", "parameters": {"seconds": 7}}]}
     )  # fmt: skip
     page.goto(f"{web}/jobs/")
     row = page.locator(f"#job-{job_id}")
@@ -21,7 +21,10 @@ def test_it_updates_the_job_list_without_reloading(cluster, web, page):
     # Select the row and set it Waiting with the bulk action, as an administrator would.
     row.locator("input[name=job]").check()
     page.click("button[value=waiting]")
-    page.wait_for_selector(f"#job-{job_id} .status-waiting")
+    # As the Change status dialog: it says what will happen first, then acts.
+    page.locator("#dialog", has_text="1 held job will start within seconds").wait_for()
+    page.click("#dialog button:has-text('Set Waiting 1 job')")
+    page.wait_for_selector(f"#job-{job_id} .status-waiting, #job-{job_id} .status-executing")
     navigations = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url))
     page.wait_for_selector(f"#job-{job_id} .status-executing", timeout=15_000)

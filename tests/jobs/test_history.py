@@ -7,7 +7,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from batchadmin.engine import transitions
-from batchadmin.jobs import history_views
+from batchadmin.jobs import history_views, live
 from batchadmin.jobs.models import BatchJob, BatchJobRun, BatchLogEntry, BatchStatus, BatchTaskRun
 from tests.base import BaseTestCase, drain, start
 
@@ -66,12 +66,15 @@ class HistoryTestCase(BaseTestCase):
         assert 'id="job-runs"' in html
         assert "Log line 1 of 3" in html
 
-    def test_it_stops_polling_the_head_once_the_job_is_over(self):
+    def test_it_keeps_polling_the_head_of_a_finished_job_and_answers_204_meanwhile(self):
         job = self.run_job()
-        r = self.client.get(self.url(job), headers={**HTMX, "HX-Target": "history-head"})
-        assert r.status_code == 286
+        head = {**HTMX, "HX-Target": "history-head"}
+        r = self.client.get(self.url(job), headers=head)
+        assert r.status_code == 200
         assert 'id="history-head"' in r.content.decode()
         assert "<html" not in r.content.decode()
+        r = self.client.get(self.url(job) + f"?v={live.job_version(job)}", headers=head)
+        assert r.status_code == 204
 
     def test_it_polls_the_head_while_the_job_runs_and_signals_a_new_run(self):
         job = self.make_job()
@@ -81,7 +84,7 @@ class HistoryTestCase(BaseTestCase):
             self.url(job) + "?latest=", headers={**HTMX, "HX-Target": "history-head"}
         )
         assert r.status_code == 200
-        assert 'hx-trigger="every 2s, job-changed from:body"' in r.content.decode()
+        assert "every 3s [document.visibilityState" in r.content.decode()
         assert "history-changed" in r.headers["HX-Trigger"]
         run = BatchJobRun.objects.get(job=job)
         r = self.client.get(
@@ -191,7 +194,7 @@ class HistoryTestCase(BaseTestCase):
         with self.assertNumQueries(len(few)):
             r = self.client.get(self.url(job))
         assert r.content.decode().count('class="card run"') == 8
-        assert len(few) <= 11, "\n".join(q["sql"][:150] for q in few.captured_queries)
+        assert len(few) <= 12, "\n".join(q["sql"][:150] for q in few.captured_queries)
 
 
 @override_settings(BATCH_RETRY_BACKOFF_SECONDS=0)

@@ -145,7 +145,7 @@ class DiagramThresholdTestCase(FormTestCase):
         start(job)
         self.login(self.dave)
         html = self.client.get(f"/jobs/{job.pk}/").content.decode()
-        assert "?poll=1&amp;editable=0&amp;diagram=0" in html
+        assert "?poll=1&amp;editable=0&amp;v=" in html and "&amp;diagram=0" in html
         poll = f"/jobs/{job.pk}/?poll=1&editable=0&diagram=0"
         lines = list(job.tasks.order_by("position", "pk").values_list("pk", flat=True))
 

@@ -255,6 +255,8 @@ class StuckTestCase(WorkspaceTestCase):
             description="Warehouse clean-up", scheduled_start=NOON - dt.timedelta(minutes=5)
         )
         self.make_task(job, "T1")
+        # Saved before its start (one saved with a past start just now is only due).
+        BatchJob.objects.filter(pk=job.pk).update(modified=NOON - dt.timedelta(hours=1))
         html = self.client.get(URL).content.decode()
         panel = html.split('id="stuck-head"')[1].split("</section>")[0]
         assert f"Job {job.pk}: Warehouse clean-up" in panel

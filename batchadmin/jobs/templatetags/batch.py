@@ -11,6 +11,7 @@ from django.utils.safestring import SafeString
 from django.utils.timezone import now
 
 from batchadmin.jobs import access
+from batchadmin.jobs.models import BatchStatus
 from batchadmin.lib import clock, durations
 
 register = template.Library()
@@ -32,6 +33,7 @@ def sort_th(context: dict[str, Any], field: str, label: str) -> SafeString:
     current = query.get("o", "")
     query.pop("page", None)
     query.pop("poll", None)
+    query.pop("v", None)  # the live table's version (jobs/live.py)
     if current == field:
         query["o"], arrow, sort = f"-{field}", " ▲", "ascending"
     elif current == f"-{field}":
@@ -41,6 +43,13 @@ def sort_th(context: dict[str, Any], field: str, label: str) -> SafeString:
     return format_html(
         '<th aria-sort="{}"><a href="?{}">{}{}</a></th>', sort, query.urlencode(), label, arrow
     )
+
+
+@register.filter
+def status_label(status: str | None) -> str:
+    """A status value's label ("not_run" -> "Didn't run"), for values read without their
+    model (an annotation such as the job list's last run)."""
+    return str(BatchStatus(status).label) if status in BatchStatus.values else (status or "")
 
 
 @register.simple_tag
