@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0013_skipped_status_and_manual_runs"),
+        ("jobs", "0014_dates_in_range"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
