@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import os
 
+# Production settings refuse to start without a key unless DEBUG is on; tests run with DEBUG
+# off, as production does.
+os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-not-used-anywhere-else-0123456789")
+
 from batchadmin.settings import *  # noqa: F403
 from batchadmin.settings import database_from_url
 
@@ -20,3 +24,6 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 BATCH_RETRY_BACKOFF_SECONDS = 0.1
 # Static files come from the finders in tests; no collectstatic needed.
 MIDDLEWARE = [m for m in MIDDLEWARE if m != "whitenoise.middleware.WhiteNoiseMiddleware"]  # noqa: F405
+# Sign-in throttling needs a request in every authenticate(); client.login() has none. The
+# lockout test (tests/accounts/test_lockout.py) turns it back on.
+AXES_ENABLED = False

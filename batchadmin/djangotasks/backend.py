@@ -33,7 +33,7 @@ from batchadmin.jobs.models import (
     BatchTaskRun,
     Priority,
 )
-from batchadmin.lib import tracing
+from batchadmin.lib import numbers, tracing
 from batchadmin.servers.models import BatchGroup
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class BatchadminBackend(compat.BaseTaskBackend):
         return result
 
     def get_result(self, result_id: str) -> compat.TaskResult[Any]:
-        pk = int(result_id) if str(result_id).isdigit() else None
+        pk = numbers.whole(str(result_id))
         record = EnqueuedTask.objects.select_related("job").filter(pk=pk).first() if pk else None
         if record is None:
             raise compat.TaskResultDoesNotExist(result_id)

@@ -39,6 +39,7 @@ from cron_descriptor import Options as CronOptions
 from croniter import CroniterError, croniter
 from dateutil import rrule
 
+from batchadmin.lib import numbers
 from batchadmin.lib.clock import format_when, zone_label
 
 MINUTES, HOURS, DAYS, WEEKS, MONTHS, YEARS, CRON = (
@@ -609,7 +610,7 @@ def _field(
     """The first problem of one field ("61", "*/0", "1-99,5"), or None."""
     for part in text.split(","):
         base, _, step = part.partition("/")
-        if step and (not step.isdigit() or int(step) == 0):
+        if step and not numbers.whole(step):
             return f"The step /{step} of the {name} field is not a whole number above 0."
         if base == "*":
             continue
@@ -617,10 +618,11 @@ def _field(
             low_value = value.lower()
             if names and low_value in names:
                 continue
-            if not value.isdigit():
+            number = numbers.whole(value)
+            if number is None:
                 hint = f" or a name ({names[0]}, {names[1]} ...)" if names else ""
                 return f"{name.capitalize()} {value!r} is not a number{hint}."
-            if not low <= int(value) <= high:
+            if not low <= number <= high:
                 return f"{name.capitalize()} {value} is out of range: {plural} are {low}-{high}."
     return None
 
