@@ -116,6 +116,8 @@ if not SECRET_KEY:
             "shows, or set DEBUG=1 on a development machine."
         )
     SECRET_KEY = "dev-only-secret-key-used-because-DEBUG-is-on"
+# The debug page and error reports never show a URL's password (the broker's, the cache's).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "batchadmin.lib.reporting.SettingsFilter"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 # Where people reach this site; links in alert e-mails start with it.
 SITE_ROOT = os.environ.get("SITE_ROOT", "http://localhost:8000").rstrip("/")

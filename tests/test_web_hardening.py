@@ -1,7 +1,10 @@
-"""Numeric query parameters are parsed strictly (lib/numbers.py), and every page carries the
-Content Security Policy (issue 13, item 6)."""
+"""Production defaults of the web side (issue 13, item 6): numeric query parameters parsed
+strictly (lib/numbers.py), the Content Security Policy on every page, and a debug page that
+shows no password."""
 
 from __future__ import annotations
+
+from django.views.debug import get_exception_reporter_filter
 
 from tests.base import BaseTestCase
 
@@ -32,3 +35,14 @@ class StrictParametersTestCase(BaseTestCase):
         assert "script-src 'self'" in policy
         assert "object-src 'none'" in policy
         assert "frame-ancestors 'none'" in policy
+
+
+class DebugPageSettingsTestCase(BaseTestCase):
+    def test_the_debug_page_hides_passwords_inside_urls(self):
+        with self.settings(
+            CELERY_BROKER_URL="redis://:s3cret@redis.internal:6379/0",
+            CACHES={"default": {"BACKEND": "x", "LOCATION": "redis://:s3cret@redis.internal"}},
+        ):
+            shown = get_exception_reporter_filter(None).get_safe_settings()
+        assert "s3cret" not in repr(shown)
+        assert shown["CELERY_BROKER_URL"] == "********************"
