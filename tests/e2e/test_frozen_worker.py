@@ -100,8 +100,19 @@ def test_a_frozen_worker_does_not_stall_the_tick(faults: FaultCluster) -> None: 
             timeout=30,
             what="the frozen finish to hold its transaction open",
         )
-        # Its lease (3 s) runs out while the lock is held: the tick's lease check meets the
-        # lock on every tick from now on. Another job falls due meanwhile.
+        # Its lease (3 s) runs out while the lock is held: from then on every tick's lease
+        # check meets the lock (a tick that waited on it would never end). Another job falls
+        # due after that.
+        frozen_task = tasks_of(c, stuck)["F"].id
+        wait_for(
+            lambda: c.rows(
+                "SELECT 1 FROM jobs_batchtask WHERE id = %s"
+                " AND lease_expires_at < now() - interval '2 seconds'",
+                frozen_task,
+            ),
+            timeout=30,
+            what="the frozen attempt's lease to run out",
+        )
         c.rows(
             "UPDATE jobs_batchjob SET scheduled_start = now() + interval '2 seconds'"
             " WHERE id = %s RETURNING id",
@@ -119,7 +130,7 @@ def test_a_frozen_worker_does_not_stall_the_tick(faults: FaultCluster) -> None: 
         # is gone and the tick fails the attempt whose server stopped renewing its lease.
         assert wait_until_final(c, stuck, timeout=IDLE_TIMEOUT + 40) == {stuck: "error"}
         assert _backend(c, pid) is None
-        [run] = runs_of(c, stuck)[tasks_of(c, stuck)["F"].id]
+        [run] = runs_of(c, stuck)[frozen_task]
         assert "Batch server lost" in run.error
     finally:
         os.killpg(c.procs[frozen].pid, signal.SIGCONT)
