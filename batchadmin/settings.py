@@ -122,7 +122,7 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 # Where people reach this site; links in alert e-mails start with it.
 SITE_ROOT = os.environ.get("SITE_ROOT", "http://localhost:8000").rstrip("/")
 
-# --- HTTPS (docs/deploy.md) -------------------------------------------------------------
+# --- HTTPS (README, Running in production) ---------------------------------------------
 # A site reached over https:// (SITE_ROOT) gets secure cookies, HSTS and a redirect of plain
 # HTTP by default; each can be set on its own. Behind a reverse proxy that ends TLS, name the
 # header it sets (SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto) so Django knows the request was
@@ -142,12 +142,12 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [f"{_site.scheme}://{_si
 # HTTPS for months: the domain owner's decision (SECURE_HSTS_PRELOAD=1), not a default.
 SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 
-# Content Security Policy (django-csp): scripts and styles from this site only, never from an
-# injected <script> or on*= attribute. Inline scripts need the request's nonce ({{ CSP_NONCE }};
-# django-htmx's tags add it). 'unsafe-eval': htmx evaluates the [condition] filters of
-# hx-trigger (the bell's poll only while the tab is visible) with Function(). Inline style=
-# attributes are allowed (layout tweaks in templates, htmx's indicator styles); styles cannot
-# run code.
+# Content Security Policy (django-csp): scripts from this site's files only, never from an
+# injected <script> or on*= attribute. The templates have no inline script; one added later
+# needs <script nonce="{{ CSP_NONCE }}">. 'unsafe-eval': htmx evaluates the [condition]
+# filters of hx-trigger (the bell polls only while the tab is visible) with Function().
+# Inline styles are allowed (style= in templates, the indicator styles htmx inserts): they
+# run no code, and img-src keeps a url() in them from sending anything elsewhere.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
