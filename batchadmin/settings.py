@@ -456,7 +456,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        # Its banner on every process start (each CLI command); lockouts still log warnings.
-        "axes.apps": {"level": "WARNING"},
+        # Its banner on every process start and a line per sign-in; lockouts are warnings.
+        "axes": {"level": "WARNING"},
     },
 }

@@ -24,7 +24,14 @@ def test_the_pages_work_under_the_content_security_policy(cluster, web, page):
     # htmx runs, [filter] triggers included (evaluated with Function()): the bell's poll fires.
     with page.expect_response(lambda r: "/alerts/poll/" in r.url):
         page.goto(f"{web}/jobs/")
-    for path in (f"/jobs/{job_id}/", "/groups/", "/servers/", "/alerts/", "/admin/", "/api/docs"):
+    for path in (
+        f"/jobs/{job_id}/",
+        "/groups/",
+        "/servers/",
+        "/alerts/notifications/",
+        "/admin/",
+        "/api/docs",
+    ):
         response = page.goto(f"{web}{path}")
         assert response is not None and response.status == 200, path
         assert "script-src 'self'" in response.headers["content-security-policy"]
