@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import os
 from importlib.util import find_spec
 from pathlib import Path
@@ -7,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import django_stubs_ext
+from csp.constants import NONCE, NONE, SELF, UNSAFE_EVAL, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 # Generic admin and queryset classes (ModelAdmin[BatchJob]) must be subscriptable at run time.
@@ -70,6 +72,14 @@ def database_from_url(url: str) -> dict[str, Any]:
         }
     if parts.scheme in ("postgres", "postgresql", "pgsql"):
         options = dict(parse_qsl(parts.query))
+        # A process stopped in the middle of a transaction (SIGSTOP, a debugger, a hung NFS
+        # read) would hold its row locks for ever; PostgreSQL ends such a session after this
+        # many seconds idle inside a transaction (0: never). Statements that run long are not
+        # idle, so no honest transaction is cut; only one left open while nothing happens.
+        idle = env_int("DB_IDLE_IN_TRANSACTION_TIMEOUT", 300)
+        if idle > 0:
+            flag = f"-c idle_in_transaction_session_timeout={idle * 1000}"
+            options["options"] = f"{options.get('options', '')} {flag}".strip()
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parts.path[1:]),
@@ -88,11 +98,70 @@ def database_from_url(url: str) -> dict[str, Any]:
     )
 
 
-SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-secret-key-change-me-in-production")
-DEBUG = env_bool("DEBUG", True)
-ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# Off unless asked for (bin/dev asks): the debug page shows settings, the broker URL among them.
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set it to a long random value (python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(50))'), as deploy/systemd/batchadmin.env.example "
+            "shows, or set DEBUG=1 on a development machine."
+        )
+    SECRET_KEY = "dev-only-secret-key-used-because-DEBUG-is-on"
+# The debug page and error reports never show a URL's password (the broker's, the cache's).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "batchadmin.lib.reporting.SettingsFilter"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 # Where people reach this site; links in alert e-mails start with it.
 SITE_ROOT = os.environ.get("SITE_ROOT", "http://localhost:8000").rstrip("/")
+
+# --- HTTPS (README, Running in production) ---------------------------------------------
+# A site reached over https:// (SITE_ROOT) gets secure cookies, HSTS and a redirect of plain
+# HTTP by default; each can be set on its own. Behind a reverse proxy that ends TLS, name the
+# header it sets (SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto) so Django knows the request was
+# https; only when the proxy always sets or strips it, or clients could forge it.
+HTTPS = urlsplit(SITE_ROOT).scheme == "https"
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", HTTPS)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+if proxy_header := os.environ.get("SECURE_PROXY_SSL_HEADER", ""):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + proxy_header.upper().replace("-", "_"), "https")
+_site = urlsplit(SITE_ROOT)
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [f"{_site.scheme}://{_site.netloc}"])
+# Asking browsers' preload lists for HSTS commits the whole domain and its subdomains to
+# HTTPS for months: the domain owner's decision (SECURE_HSTS_PRELOAD=1), not a default.
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+
+# Content Security Policy (django-csp): scripts from this site's files only, never from an
+# injected <script> or on*= attribute. The templates have no inline script; one added later
+# needs <script nonce="{{ CSP_NONCE }}">. 'unsafe-eval': htmx evaluates the [condition]
+# filters of hx-trigger (the bell polls only while the tab is visible) with Function().
+# Inline styles are allowed (style= in templates, the indicator styles htmx inserts): they
+# run no code, and img-src keeps a url() in them from sending anything elsewhere.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE, UNSAFE_EVAL],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -105,6 +174,8 @@ INSTALLED_APPS = [
     "django_filters",
     "template_partials",
     "django_celery_beat",
+    "axes",
+    "csp",
     "batchadmin.accounts",
     "batchadmin.servers",
     "batchadmin.jobs",
@@ -120,6 +191,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -130,6 +202,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "batchadmin.accounts.middleware.TimezoneMiddleware",
+    # Last, as django-axes requires: turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "batchadmin.urls"
@@ -151,6 +225,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "csp.context_processors.nonce",
             ],
             "builtins": ["template_partials.templatetags.partials"],
         },
@@ -164,8 +239,32 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": env_int("PASSWORD_MIN_LENGTH", 10)},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Sign-in throttling (django-axes): AxesStandaloneBackend comes first and refuses a locked-out
+# sign-in before ModelBackend hashes the password, so a flood of wrong passwords costs one
+# query each instead of a password hash each (100 concurrent ones froze the site for 35 s).
+# The REST API's personal tokens (accounts/tokens.py) do not go through these backends.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Locked out: this many failed sign-ins for one user name from one address ...
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# ... and for this long after the last of them (the failures are forgotten then too).
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env_float("AXES_COOLOFF_MINUTES", 15))
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "batchadmin.accounts.lockout.locked_out"
+# The address: REMOTE_ADDR, or behind this many reverse proxies (nginx in front of gunicorn:
+# 1) the one they recorded in X-Forwarded-For; otherwise every user would share the proxy's.
+BATCH_TRUSTED_PROXIES = env_int("BATCH_TRUSTED_PROXIES", 0)
+AXES_CLIENT_IP_CALLABLE = "batchadmin.accounts.lockout.client_address"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
@@ -361,6 +460,9 @@ BATCH_MAIL_ALLOWED_DOMAINS = [
 BATCH_RECURRENCE_GRACE_SECONDS = env_float("BATCH_RECURRENCE_GRACE_SECONDS", 60)
 # Upper bound of rows each step of one tick handles, so one tick stays short.
 BATCH_TICK_LIMIT = env_int("BATCH_TICK_LIMIT", 500)
+# The tick gives up on a row lock after this long and leaves the row for the next tick, so a
+# worker stopped inside its finish transaction (holding its job's row) never stalls the tick.
+BATCH_TICK_LOCK_TIMEOUT_SECONDS = env_float("BATCH_TICK_LOCK_TIMEOUT_SECONDS", 0.5)
 # /healthz reports beat as down when its last successful tick is older than this. Beat records
 # a tick at most every 5 s, so keep this well above that and above the tick's own interval.
 BATCH_BEAT_STALE_SECONDS = env_float("BATCH_BEAT_STALE_SECONDS", 30)
@@ -379,5 +481,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Its banner on every process start and a line per sign-in; lockouts are warnings.
+        "axes": {"level": "WARNING"},
+    },
 }

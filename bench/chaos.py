@@ -69,6 +69,8 @@ ENGINE_ENV = {
     "BATCH_CANCEL_GRACE_SECONDS": "3",
     "BATCH_PROCESS_MODULES": "bench.chaos_processes",
     "DEBUG": "0",
+    # DEBUG off refuses to start without a key (batchadmin/settings.py).
+    "SECRET_KEY": os.environ.get("SECRET_KEY") or "bench-only-secret-key-0123456789-abcdefghij",
     "LOG_LEVEL": "INFO",
     "PYTHONUNBUFFERED": "1",
 }

@@ -58,6 +58,9 @@ class PrivateDatabase:
             "DATABASE_URL": f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}",
             "CELERY_BROKER_URL": f"redis://{REDIS_HOST}/{redis_db}",
             "DEBUG": "0",
+            # DEBUG off refuses to start without a key (batchadmin/settings.py).
+            "SECRET_KEY": os.environ.get("SECRET_KEY")
+            or "bench-only-secret-key-0123456789-abcdefghij",
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
             ),

@@ -327,6 +327,9 @@ class Bench:
             "CELERY_BROKER_URL": self.redis_url,
             "BENCH_REDIS_URL": self.redis_url,
             "DEBUG": "1" if args.debug else "0",
+            # DEBUG off refuses to start without a key (batchadmin/settings.py).
+            "SECRET_KEY": os.environ.get("SECRET_KEY")
+            or "bench-only-secret-key-0123456789-abcdefghij",
             "LOG_LEVEL": args.loglevel,
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import os
 
+# Production settings refuse to start without a key unless DEBUG is on; tests run with DEBUG
+# off, as production does.
+os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-not-used-anywhere-else-0123456789")
+
 from batchadmin.settings import *  # noqa: F403
 from batchadmin.settings import database_from_url
 from tests import isolation
@@ -33,3 +37,6 @@ BATCH_METRICS_FLUSH_SECONDS = 0.0
 BATCH_MAIL_ALLOWED_DOMAINS = ["example.com"]
 # Role checks at run time read the user each attempt, so a test may change a role between two.
 BATCH_RUN_AS_CACHE_SECONDS = 0.0
+# Sign-in throttling needs a request in every authenticate(); client.login() has none. The
+# lockout test (tests/accounts/test_lockout.py) turns it back on.
+AXES_ENABLED = False

@@ -43,7 +43,7 @@ from batchadmin.alerts.models import (
 )
 from batchadmin.audit import trail
 from batchadmin.jobs import access
-from batchadmin.lib import durations
+from batchadmin.lib import durations, numbers
 from batchadmin.lib.http import AuthedRequest, HtmxHttpRequest, close_dialog, render_dialog
 
 POLL_SECONDS = 5  # templates/base.html polls at this interval; keep the two in step
@@ -290,9 +290,9 @@ def notification_read(request: AuthedRequest, pk: int) -> HttpResponse:
 def notification_read_all(request: AuthedRequest) -> HttpResponse:
     """Mark all read, up to the newest notification the user was shown (not one that came after)."""
     unread = _unread(request.user)
-    upto = request.POST.get("upto", "")
-    if upto.isdigit():
-        unread = unread.filter(pk__lte=int(upto))
+    upto = numbers.whole(request.POST.get("upto", ""))
+    if upto is not None:
+        unread = unread.filter(pk__lte=upto)
     count = unread.update(read_at=now())
     target = request.htmx.target if request.htmx else None
     if target == "notify-panel":

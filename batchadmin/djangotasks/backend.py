@@ -37,7 +37,7 @@ from batchadmin.jobs.models import (
     BatchTaskRun,
     Priority,
 )
-from batchadmin.lib import tracing
+from batchadmin.lib import numbers, tracing
 from batchadmin.processes.registry import ProcessNotAllowed
 from batchadmin.servers.models import BatchGroup
 
@@ -175,7 +175,7 @@ class BatchadminBackend(compat.BaseTaskBackend):
         return result
 
     def get_result(self, result_id: str) -> compat.TaskResult[Any]:
-        pk = int(result_id) if str(result_id).isdigit() else None
+        pk = numbers.whole(str(result_id))
         record = EnqueuedTask.objects.select_related("job").filter(pk=pk).first() if pk else None
         if record is None:
             raise compat.TaskResultDoesNotExist(result_id)

@@ -8,6 +8,7 @@ never wait behind busy batch threads, and beat is the one process there is exact
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from django.conf import settings
 from django.utils.timezone import now
 from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler
+
+from batchadmin.lib import db
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +35,40 @@ IN_PROCESS_TASKS = frozenset({TICK_TASK})
 LIVENESS_WRITE_SECONDS = 5.0
 
 
+# Beat started while the database is away waits for it, trying again after each of these
+# (the last repeats), as a worker starts and waits for its first heartbeat to get through.
+STARTUP_RETRY_SECONDS = (1.0, 2.0, 5.0)
+
+
 class BatchScheduler(DatabaseScheduler):  # type: ignore[misc]
     _liveness_written_at = float("-inf")  # time.monotonic() of the last liveness write
+    _waiting_for_database = False  # in setup_schedule's loop
+
+    def setup_schedule(self) -> None:
+        """Read the schedule, waiting for the database when it is down at beat's start.
+
+        django-celery-beat lives through database errors once running, but an error in this
+        first read ends the process; a beat restarted by its supervisor while PostgreSQL is
+        away would crash-loop and give up. So keep trying until the database answers.
+        """
+        if BatchScheduler._waiting_for_database:
+            # Re-entered: beat's SIGTERM/SIGINT handler syncs "the" scheduler, which is the one
+            # still being built here, so it builds another. Stop, as the signal asked.
+            raise SystemExit("beat stopped while waiting for the database")
+        BatchScheduler._waiting_for_database = True
+        try:
+            for tries in itertools.count():
+                try:
+                    super().setup_schedule()
+                    return
+                except db.BLIPS as exc:
+                    delay = STARTUP_RETRY_SECONDS[min(tries, len(STARTUP_RETRY_SECONDS) - 1)]
+                    log.warning("The database is unavailable (%s); retrying in %ss", exc, delay)
+                    db.reset()
+                    self._initial_read = True  # the read that failed must happen again
+                    time.sleep(delay)
+        finally:
+            BatchScheduler._waiting_for_database = False
 
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         if entry.task not in IN_PROCESS_TASKS:

@@ -5,6 +5,11 @@ conditional transition, so overlapping ticks or two beats do no harm. Task-to-ta
 event driven (transitions.finish_task); the tick only starts due jobs, fails attempts whose
 server is gone, sends messages for retries whose backoff is over, resends messages that were
 lost, and settles anything an interrupted worker left behind.
+
+No handler waits on a row lock another process holds (a worker frozen inside its finish
+transaction holds its job's row for as long as it is stopped): the tick's statements give up
+after BATCH_TICK_LOCK_TIMEOUT_SECONDS, and the row is left for the next tick while the others
+go on. PostgreSQL then ends the frozen transaction (idle_in_transaction_session_timeout).
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ import datetime as dt
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import cast
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
@@ -48,7 +55,9 @@ def tick(at: dt.datetime | None = None) -> dict[str, int]:
     global _lease_grace_until
     try:
         return _tick(at)
-    except db.BLIPS:
+    except db.BLIPS as exc:
+        if db.busy(exc):  # a locked row, not a lost database: the leases are renewed as usual
+            raise
         _lease_grace_until = time.monotonic() + settings.BATCH_LEASE_SECONDS
         raise
 
@@ -56,20 +65,21 @@ def tick(at: dt.datetime | None = None) -> dict[str, int]:
 def _tick(at: dt.datetime | None) -> dict[str, int]:
     close_old_connections()  # beat is long-lived: drop a connection the database has closed
     at = at or now()
-    counts = {
-        "withheld": handle_out_of_range_starts(),
-        "started": handle_due_jobs(at),
-        "leases_expired": handle_expired_leases(at),
-        "overdue": handle_overdue_tasks(at),
-        "dispatched": handle_ready_tasks(at),
-        "resent": handle_lost_messages(at),
-        "aged": handle_aging(at),
-        "released": handle_stranded_tasks(),
-        "settled": handle_stranded_jobs(at),
-    }
-    # Then what others hang on the tick (the alerts' checks, throttled; they never raise).
-    for _receiver, more in signals.ticked.send(None, at=at):
-        counts.update(cast(dict[str, int], more))
+    with db.lock_timeout(settings.BATCH_TICK_LOCK_TIMEOUT_SECONDS):
+        counts = {
+            "withheld": handle_out_of_range_starts(),
+            "started": handle_due_jobs(at),
+            "leases_expired": handle_expired_leases(at),
+            "overdue": handle_overdue_tasks(at),
+            "dispatched": handle_ready_tasks(at),
+            "resent": handle_lost_messages(at),
+            "aged": handle_aging(at),
+            "released": handle_stranded_tasks(),
+            "settled": handle_stranded_jobs(at),
+        }
+        # Then what others hang on the tick (the alerts' checks, throttled; they never raise).
+        for _receiver, more in signals.ticked.send(None, at=at):
+            counts.update(cast(dict[str, int], more))
     return counts
 
 
@@ -90,6 +100,18 @@ def handle_out_of_range_starts() -> int:
     return n
 
 
+@contextmanager
+def next_tick_if_busy(what: str) -> Iterator[None]:
+    """A row another process holds locked (a worker finishing, or frozen while it did): leave
+    ``what`` for the next tick rather than stop the tick's other rows and handlers."""
+    try:
+        yield
+    except db.BLIPS as exc:
+        if not db.busy(exc):
+            raise
+        log.warning("%s: a row it needs is locked by another process; next tick", what)
+
+
 def handle_due_jobs(at: dt.datetime) -> int:
     """Start waiting jobs whose scheduled start has passed, highest effective priority first
     (the priority their tasks will run with), then the longest due."""
@@ -102,7 +124,10 @@ def handle_due_jobs(at: dt.datetime) -> int:
     for job_id in due.values_list("pk", flat=True)[: settings.BATCH_TICK_LIMIT]:
         try:
             # The root of the run's trace (lib/tracing.py): its messages carry it to the workers.
-            with tracing.span("batchadmin.job.start", job_id=job_id):
+            with (
+                next_tick_if_busy(f"Starting batch job {job_id}"),
+                tracing.span("batchadmin.job.start", job_id=job_id),
+            ):
                 started += transitions.start_job(job_id=job_id, at=at)
         except Exception:
             # Crash-loop guard: one broken job must not stop the others from starting.
@@ -121,11 +146,14 @@ def handle_expired_leases(at: dt.datetime) -> int:
     )
     n = 0
     for task_id, attempt, group, started_at in expired[: settings.BATCH_TICK_LIMIT]:
-        if transitions.expire_lease(task_id=task_id, attempt=attempt, at=at):
-            log.warning("Task %s attempt %s: batch server lost", task_id, attempt)
-            n += 1
-            seconds = (at - started_at).total_seconds() if started_at else 0.0
-            counters.task_finished(task_id=task_id, status=S.ERROR, seconds=seconds, group=group)
+        with next_tick_if_busy(f"Task {task_id} attempt {attempt}'s lost lease"):
+            if transitions.expire_lease(task_id=task_id, attempt=attempt, at=at):
+                log.warning("Task %s attempt %s: batch server lost", task_id, attempt)
+                n += 1
+                seconds = (at - started_at).total_seconds() if started_at else 0.0
+                counters.task_finished(
+                    task_id=task_id, status=S.ERROR, seconds=seconds, group=group
+                )
     return n
 
 
@@ -145,16 +173,21 @@ def handle_overdue_tasks(at: dt.datetime) -> int:
         : settings.BATCH_TICK_LIMIT
     ]:
         try:
-            if status == S.EXECUTING and not timed_out:
-                if transitions.stop_for_time_limit(task_id=task_id, attempt=attempt, at=at):
-                    log.warning("Task %s attempt %s: time limit exceeded", task_id, attempt)
+            with next_tick_if_busy(f"Task {task_id} attempt {attempt}'s time limit"):
+                if status == S.EXECUTING and not timed_out:
+                    if transitions.stop_for_time_limit(task_id=task_id, attempt=attempt, at=at):
+                        log.warning("Task %s attempt %s: time limit exceeded", task_id, attempt)
+                        n += 1
+                elif transitions.abort_task(task_id=task_id, attempt=attempt, at=at):
+                    log.warning(
+                        "Task %s attempt %s: aborted after the grace period", task_id, attempt
+                    )
                     n += 1
-            elif transitions.abort_task(task_id=task_id, attempt=attempt, at=at):
-                log.warning("Task %s attempt %s: aborted after the grace period", task_id, attempt)
-                n += 1
-                final = S.CANCELED if status == S.CANCELING else S.ERROR
-                seconds = (at - started_at).total_seconds() if started_at else 0.0
-                counters.task_finished(task_id=task_id, status=final, seconds=seconds, group=group)
+                    final = S.CANCELED if status == S.CANCELING else S.ERROR
+                    seconds = (at - started_at).total_seconds() if started_at else 0.0
+                    counters.task_finished(
+                        task_id=task_id, status=final, seconds=seconds, group=group
+                    )
         except Exception:
             log.exception("Could not stop task %s attempt %s", task_id, attempt)
     return n
@@ -287,10 +320,16 @@ def handle_aging(at: dt.datetime) -> int:
 def _redispatch(rows: list[tuple[int, str, int]], at: dt.datetime) -> int:
     if not rows:
         return 0
-    BatchTask.objects.filter(pk__in=[row[0] for row in rows], status=S.READY).update(
-        dispatched_at=at
-    )
-    return dispatch.send([(pk, QUEUE_PREFIX + code, step) for pk, code, step in rows])
+    # Rows a finishing worker holds (it is making them Ready or holding them back) are left
+    # for the next tick, which sees what that worker decided.
+    with transaction.atomic():
+        free = set(
+            BatchTask.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=[row[0] for row in rows], status=S.READY)
+            .values_list("pk", flat=True)
+        )
+        BatchTask.objects.filter(pk__in=free).update(dispatched_at=at)
+    return dispatch.send([(pk, QUEUE_PREFIX + c, step) for pk, c, step in rows if pk in free])
 
 
 def handle_stranded_tasks() -> int:
@@ -319,14 +358,19 @@ def handle_stranded_tasks() -> int:
     by_job: dict[int, list[int]] = defaultdict(list)
     for job_id, parent_id in parents:
         by_job[job_id].append(parent_id)
-    return sum(transitions.release_stranded(job_id=j, parent_ids=p) for j, p in by_job.items())
+    released = 0
+    for job_id, parent_ids in by_job.items():
+        with next_tick_if_busy(f"Releasing the stranded tasks of batch job {job_id}"):
+            released += transitions.release_stranded(job_id=job_id, parent_ids=parent_ids)
+    return released
 
 
 def handle_stranded_jobs(at: dt.datetime) -> int:
     """Settle running jobs none of whose tasks is open any more."""
     open_tasks = BatchTask.objects.filter(job=OuterRef("pk"), status__in=OPEN_TASK_STATUSES)
     stranded = BatchJob.objects.running().exclude(Exists(open_tasks))
-    return sum(
-        transitions.settle_stranded_job(job_id=pk, at=at)
-        for pk in stranded.values_list("pk", flat=True)[: settings.BATCH_TICK_LIMIT]
-    )
+    settled = 0
+    for job_id in stranded.values_list("pk", flat=True)[: settings.BATCH_TICK_LIMIT]:
+        with next_tick_if_busy(f"Settling batch job {job_id}"):
+            settled += transitions.settle_stranded_job(job_id=job_id, at=at)
+    return settled

@@ -37,6 +37,7 @@ from batchadmin.jobs.models import (
     BatchTaskRun,
     StatusChange,
 )
+from batchadmin.lib import numbers
 from batchadmin.lib.http import AuthedRequest
 
 S = BatchStatus
@@ -426,10 +427,10 @@ def run_log(request: AuthedRequest, pk: int, run_pk: int) -> HttpResponseBase:
     )
     one: BatchTaskRun | None = None
     line_page: Page[BatchLogEntry] | None = None
-    if request.GET.get("task_run", "").isdigit():
+    if (task_run := numbers.whole(request.GET.get("task_run"))) is not None:
         # Every line of one attempt, a page at a time (the "see all lines" link), and its
         # whole error and traceback.
-        one = attempt_rows.filter(pk=int(request.GET["task_run"])).first()
+        one = attempt_rows.filter(pk=task_run).first()
         if one is None:
             raise Http404("No such attempt in this run.")
         rows = [one]

@@ -22,6 +22,7 @@ from batchadmin.engine import transitions
 from batchadmin.jobs import access, exports, live
 from batchadmin.jobs.filters import JobFilter
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, SavedJobFilter
+from batchadmin.lib import numbers
 from batchadmin.lib.http import AuthedRequest
 
 S = BatchStatus
@@ -107,7 +108,7 @@ def _page(
     """
     paginator = Paginator(qs.values_list("pk", flat=True), PAGE_SIZE)
     page: Page[int] | None = None
-    if count_in_page and (not number or (number.isdigit() and int(number) > 0)):
+    if count_in_page and (not number or (numbers.whole(number) or 0) > 0):
         wanted = int(number or 1)
         start = (wanted - 1) * PAGE_SIZE
         counted = qs.annotate(total=Window(Count("pk"))).values_list("pk", "total")
@@ -214,7 +215,7 @@ def _chosen(request: AuthedRequest) -> tuple[list[BatchJob], bool, str]:
         finally:
             request.GET = get
         return list(qs.order_by("pk")[: BULK_MAX + 1]), True, query
-    ids = [int(pk) for pk in request.POST.getlist("job") if pk.isdigit()]
+    ids = [pk for pk in map(numbers.whole, request.POST.getlist("job")) if pk is not None]
     jobs = access.visible_jobs(request.user).filter(pk__in=ids).order_by("pk")
     return list(jobs), False, query
 

@@ -28,6 +28,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     Company,
 )
+from batchadmin.lib import numbers
 from batchadmin.lib.http import AuthedRequest, close_dialog, render_dialog
 from batchadmin.processes.registry import ProcessNotAllowed
 
@@ -74,8 +75,8 @@ def _job_page(
     limit: int | None = TASK_PAGE
     if all_tasks or want_diagram:
         limit = None
-    elif polled.isdigit():
-        limit = max(int(polled), TASK_PAGE)
+    elif (lines := numbers.whole(polled)) is not None:
+        limit = max(lines, TASK_PAGE)
     # A job small enough to draw its diagram inline needs every task for the drawing.
     grid = task_grid.load(job, limit=limit, all_up_to=DIAGRAM_INLINE_MAX)
     draw = grid.total <= DIAGRAM_INLINE_MAX or want_diagram
@@ -311,13 +312,12 @@ def task_row(request: AuthedRequest, pk: int, task_pk: int) -> HttpResponse:
 def task_page(request: AuthedRequest, pk: int) -> HttpResponse:
     """The next TASK_PAGE task lines from ?offset=, followed by the next "Load more" line."""
     job = _get_job(request, pk)
-    offset = request.GET.get("offset", "")
-    if not offset.isdigit():
+    start = numbers.whole(request.GET.get("offset", ""))
+    if start is None:
         return HttpResponse("offset must be a whole number of lines.", status=400)
     if not request.htmx:
         # Without htmx the link shows the whole grid, on the line where the page stopped.
         return redirect(reverse("jobs:detail", args=[job.pk]) + "?tasks=all")
-    start = int(offset)
     grid = task_grid.load(job, offset=start, limit=TASK_PAGE)
     context = {
         "job": job,
@@ -333,8 +333,8 @@ def task_page(request: AuthedRequest, pk: int) -> HttpResponse:
 def task_parameters(request: AuthedRequest, pk: int) -> HttpResponse:
     """The parameter fields of the process chosen in a task line (swapped in on change)."""
     job = _get_job(request, pk, change=True)
-    ref = request.GET.get("task", forms.NEW)
-    task = _task(job, int(ref)) if ref.isdigit() else None
+    ref = numbers.whole(request.GET.get("task", forms.NEW))
+    task = _task(job, ref) if ref is not None else None
     editor = forms.task_editor(job, task, user=request.user, process=request.GET.get("process", ""))
     if not request.htmx:
         context = _job_page(request, job, all_tasks=True, editing=editor.task_ref, editor=editor)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from typing import TypeVar
 
 from django.db import InterfaceError, OperationalError, connection
@@ -46,3 +47,34 @@ def retry(fn: Callable[[], T], *, delays: Sequence[float], log: logging.Logger, 
             if delay:
                 time.sleep(delay)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+# PostgreSQL's lock_not_available: a statement gave up waiting for a row lock (lock_timeout,
+# NOWAIT). Django raises it as an OperationalError, like a blip, but the connection is fine.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def busy(exc: BaseException) -> bool:
+    """``exc`` is a lock another transaction holds, given up on (not a lost connection)."""
+    return getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE
+
+
+@contextmanager
+def lock_timeout(seconds: float) -> Iterator[None]:
+    """Statements on this connection wait at most ``seconds`` for a lock, then raise (``busy``).
+
+    Session-wide for the block rather than ``SET LOCAL`` in each transaction: the block spans
+    many short transactions (each of the tick's transitions has its own). PostgreSQL only;
+    SQLite has one writer lock and its own busy timeout.
+    """
+    if connection.vendor != "postgresql" or seconds <= 0:
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = {max(1, round(seconds * 1000))}")
+    try:
+        yield
+    finally:
+        # Left set on a connection the database closed: nothing to undo.
+        with suppress(*BLIPS), connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout TO DEFAULT")

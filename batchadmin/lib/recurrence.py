@@ -39,7 +39,7 @@ from cron_descriptor import Options as CronOptions
 from croniter import CroniterError, croniter
 from dateutil import rrule
 
-from batchadmin.lib import daterange
+from batchadmin.lib import daterange, numbers
 from batchadmin.lib.clock import format_when, zone_label
 
 MINUTES, HOURS, DAYS, WEEKS, MONTHS, YEARS, CRON = (
@@ -477,6 +477,10 @@ class Rule:
                 continue  # it ran before ``after``, or runs after the last run listed
             rows.append(Planned(t, moved, merged=moved in plain_runs or moved in landed))
             landed.add(moved)
+        if len(scanned) == PLAN_SCAN_LIMIT:
+            # A dense pattern over many calendar dates (every minute, a week off): the scan
+            # stopped short of the horizon. The runs past it are listed plainly, unmarked.
+            rows += [Planned(t, t) for t in runs if t > scanned[-1]]
         return sorted(rows, key=lambda p: (p.when, p.original))
 
     def runs_left(self, runs_done: int) -> int | None:
@@ -629,7 +633,7 @@ def _field(
     """The first problem of one field ("61", "*/0", "1-99,5"), or None."""
     for part in text.split(","):
         base, _, step = part.partition("/")
-        if step and (not step.isdigit() or int(step) == 0):
+        if step and not numbers.whole(step):
             return f"The step /{step} of the {name} field is not a whole number above 0."
         if base == "*":
             continue
@@ -637,10 +641,11 @@ def _field(
             low_value = value.lower()
             if names and low_value in names:
                 continue
-            if not value.isdigit():
+            number = numbers.whole(value)
+            if number is None:
                 hint = f" or a name ({names[0]}, {names[1]} ...)" if names else ""
                 return f"{name.capitalize()} {value!r} is not a number{hint}."
-            if not low <= int(value) <= high:
+            if not low <= number <= high:
                 return f"{name.capitalize()} {value} is out of range: {plural} are {low}-{high}."
     return None
 

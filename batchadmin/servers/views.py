@@ -29,6 +29,7 @@ from django_htmx.http import (
 from batchadmin.audit import trail
 from batchadmin.jobs import access
 from batchadmin.jobs.models import RUNNING_STATUSES, BatchTask
+from batchadmin.lib import numbers
 from batchadmin.lib.http import AuthedRequest
 from batchadmin.servers import coverage, forms
 from batchadmin.servers.models import (
@@ -118,8 +119,7 @@ def _group_pane(
 
 
 def _selected_pk(query: QueryDict) -> int | None:
-    value = query.get("group", "")
-    return int(value) if value.isdigit() else None
+    return numbers.whole(query.get("group", ""))
 
 
 @require_GET
@@ -393,8 +393,7 @@ def _server_page(
 def schedule_row(request: AuthedRequest) -> HttpResponse:
     """One more empty schedule row for the formset (htmx appends it and bumps TOTAL_FORMS)."""
     _require_manager(request)
-    total = request.GET.get("schedule-TOTAL_FORMS", "")
-    index = int(total) if total.isdigit() else 0
+    index = numbers.whole(request.GET.get("schedule-TOTAL_FORMS", "")) or 0
     formset = forms.ScheduleFormSet(prefix="schedule")
     form = formset.empty_form  # with the formset's extra fields (id, server, DELETE)
     form.prefix = formset.add_prefix(index)

@@ -38,6 +38,10 @@ ENGINE_ENV = {
     "BATCH_REDISPATCH_AFTER_SECONDS": "5",
     # A process that ignores a cancel or its time limit is aborted 2 s after being asked to stop.
     "BATCH_CANCEL_GRACE_SECONDS": "2",
+    # The development settings (the web serves static files from the finders); with DEBUG=0
+    # a server needs a key (batchadmin/settings.py).
+    "DEBUG": "1",
+    "SECRET_KEY": "e2e-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
     "LOG_LEVEL": "INFO",
 }
 
