@@ -221,6 +221,10 @@ class GroupOut(Schema):
     priority: str
     max_concurrency: int = Field(description="0 no limit, N per job, -1 paused.")
     reserved_capacity: int = Field(description="Percent of the group's threads.")
+    max_tasks: int = Field(
+        description="Maximum running tasks of the whole group, all jobs together; 0 no limit."
+    )
+    running_tasks: int = Field(description="Executing and Canceling tasks of the group now.")
     servers: list[str]
     served: bool = Field(description="An enabled, online server serves the group now.")
     waiting_tasks: int = Field(description="Ready tasks of the group.")

@@ -20,7 +20,7 @@ from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import EmptyPage, Paginator
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.urls import reverse
@@ -48,6 +48,7 @@ from batchadmin.jobs.models import (
     BatchJobRun,
     BatchLogEntry,
     BatchStatus,
+    BatchTask,
     BatchTaskRun,
     Calendar,
     Company,
@@ -718,6 +719,9 @@ def group_list(request: HttpRequest) -> list[dict[str, Any]]:
     groups = list(BatchGroup.objects.order_by("code"))
     servers = coverage.servers_with_settings()
     cover = coverage.coverage(groups, servers)
+    running = dict(
+        BatchTask.objects.running().values_list("group_id").order_by().annotate(n=Count("pk"))
+    )
     return [
         {
             "code": g.code,
@@ -725,6 +729,8 @@ def group_list(request: HttpRequest) -> list[dict[str, Any]]:
             "priority": _priority_name(g.default_priority),
             "max_concurrency": g.max_concurrency,
             "reserved_capacity": g.reserved_capacity,
+            "max_tasks": g.max_tasks,
+            "running_tasks": running.get(g.pk, 0),
             "servers": [s.name for s in servers if g in s.groups.all()],
             "served": cover[g.pk].ok,
             "waiting_tasks": cover[g.pk].waiting_tasks,

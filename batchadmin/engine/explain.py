@@ -7,8 +7,9 @@ page by ``world.load_world``. A page explains any number of tasks with a fixed n
 at most one broker round trip per batch group; the rules themselves never query.
 
 Scheduling controls are rules of their own, in TASK_RULES before ``threads_busy``: a paused
-group (D365 Max concurrency -1), a job's concurrency limit (limits.py) and a group's reserved
-capacity (priority.py); after it, the higher-priority tasks queued ahead.
+group (D365 Max concurrency -1), a job's concurrency limit and a group's maximum running tasks
+(limits.py) and a group's reserved capacity (priority.py); after it, the higher-priority tasks
+queued ahead.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ class World:
     running: dict[tuple[int, int], int] = field(default_factory=dict)
     # (group id, effective priority) -> its Ready tasks that were sent, for priority_behind
     ready: dict[tuple[int, int], int] = field(default_factory=dict)
+    # group id -> its Executing and Canceling tasks, for groups with a maximum running tasks
+    group_running: dict[int, int] = field(default_factory=dict)
     # group id -> its running tasks other than Reserved capacity, for groups that reserve some
     shared_running: dict[int, int] = field(default_factory=dict)
 
@@ -488,6 +491,22 @@ def job_limit_reached(view: TaskView, world: World) -> Reason | None:
     )
 
 
+def group_limit_reached(view: TaskView, world: World) -> Reason | None:
+    """The group's maximum running tasks: at most N tasks of the group run at once, all jobs
+    together (limits.py). Held tasks of different jobs take turns."""
+    task = view.task
+    group = world.group(task.group_id)
+    if task.status != S.READY or group is None:
+        return None
+    cap = group.group.task_cap()
+    if cap is None:
+        return None
+    running = world.group_running.get(task.group_id, 0)
+    if running < cap:
+        return None
+    return Reason("group_limit", f"Group {group.code} is at its limit: {running} of {cap} running")
+
+
 def task_priority(view: TaskView, world: World) -> int:
     """The task's effective scheduling priority (its job's when overridden, else its group's)."""
     group = world.group(view.task.group_id)
@@ -544,6 +563,7 @@ TASK_RULES: tuple[TaskRule, ...] = (
     servers_closed,
     group_paused,
     job_limit_reached,
+    group_limit_reached,
     reserved_capacity_kept,
     threads_busy,
     priority_behind,

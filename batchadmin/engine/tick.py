@@ -144,7 +144,8 @@ def handle_overdue_tasks(at: dt.datetime) -> int:
 
 def handle_ready_tasks(at: dt.datetime) -> int:
     """Send messages for ready tasks that have none yet: a retry whose backoff is over, or a
-    task its group's max concurrency held back (limits.py) that may go now."""
+    task its group's max concurrency or maximum running tasks held back (limits.py) that may
+    go now."""
     # Held tasks whose job is still at its limit, or whose group is paused, are left out in
     # SQL so that they do not crowd the others out of the tick's batch.
     taken = (
@@ -165,6 +166,12 @@ def handle_ready_tasks(at: dt.datetime) -> int:
     full = [gid for gid, n in room.items() if n <= 0]
     if full:
         ready = ready.exclude(Q(group_id__in=full) & ~Q(effective_priority=Priority.RESERVED))
+    # Maximum running tasks: groups with no free slot send nothing (left out in SQL too).
+    caps = limits.cached_caps()
+    slots = limits.group_slots(caps)
+    capped_full = [code for code, cap in caps.items() if slots.by_group[code] >= cap]
+    if capped_full:
+        ready = ready.exclude(group__code__in=capped_full)
     rows = list(
         ready.filter(
             Q(group__max_concurrency=NO_LIMIT)
@@ -182,7 +189,16 @@ def handle_ready_tasks(at: dt.datetime) -> int:
         )[: settings.BATCH_TICK_LIMIT]
     )
     extra = {row[0]: row[4:] for row in rows}
-    allowed = limits.dispatchable([limits.Candidate(*row[:4]) for row in rows])
+    allowed = limits.capped(
+        limits.dispatchable(
+            [
+                limits.Candidate(pk, job, code, limit, eff)
+                for pk, job, code, limit, _, eff, _ in rows
+            ]
+        ),
+        caps,
+        slots,
+    )
     send: list[tuple[int, str, int]] = []
     for c in allowed:
         group_id, eff, ready_at = extra[c.task_id]

@@ -1152,6 +1152,9 @@ def _claim_limited(
     tasks of one job are serialised, so the count of running tasks is exact. A refused task
     stays Ready without a message (held) until a task of its job finishes or the tick sends it.
 
+    Maximum running tasks: at most N tasks of the group run at once, all jobs together. The
+    claim takes the group's row lock (after the job's) and counts the group's running tasks.
+
     Reserved capacity: a task that is not of priority Reserved capacity may not start while the
     group's other running tasks fill its shared threads (priority.usable). Those claims take
     the group's row lock (after the job's, the one order used) so that the count is exact;
@@ -1162,7 +1165,7 @@ def _claim_limited(
         if cursor.fetchone() is None:
             return None
         cursor.execute(sql.LIMIT_STATE, [connection.ops.adapt_datetimefield_value(at), task_id])
-        status, due, job_id, group_id, limit, reserved, task_priority = cursor.fetchone()
+        status, due, job_id, group_id, limit, reserved, task_priority, cap = cursor.fetchone()
         if status != S.READY or not due:
             return None  # someone else claimed it, or its retry backoff is not over
         if limit != NO_LIMIT:
@@ -1171,6 +1174,15 @@ def _claim_limited(
                 cursor.execute(sql.RUNNING_IN_GROUP, [job_id, group_id, *RUNNING_STATUSES])
                 (running,) = cursor.fetchone()
             if limit == PAUSED or running >= limit:
+                cursor.execute(sql.HOLD, [task_id, S.READY])
+                return None
+        if cap != NO_LIMIT:
+            # Maximum running tasks of the group: every job's claims in the group queue on the
+            # group's row, so the count is exact however many workers claim at once.
+            cursor.execute(sql.LOCK_GROUP + sql.for_update(), [group_id])
+            cursor.execute(sql.GROUP_RUNNING, [group_id, *RUNNING_STATUSES])
+            (in_group,) = cursor.fetchone()
+            if in_group >= cap:
                 cursor.execute(sql.HOLD, [task_id, S.READY])
                 return None
         if reserved and task_priority != Priority.RESERVED:
@@ -1222,9 +1234,13 @@ def finish_task(
         cursor.execute(sql.LOCK_JOB + sql.for_update(), [task_id])
         (job_id,) = cursor.fetchone()
         cursor.execute(sql.TASK_STATE, [task_id])
-        task_attempt, status, retries, max_retries, group_id, limit = cursor.fetchone()
+        task_attempt, status, retries, max_retries, group_id, limit, cap = cursor.fetchone()
         if task_attempt != attempt or status not in RUNNING_STATUSES:
             return False
+        if cap:
+            # Maximum running tasks: the group's lock before any task row is written (job, then
+            # group, then tasks: the claim's order), for release_group_held below.
+            cursor.execute(sql.LOCK_GROUP + sql.for_update(), [group_id])
         canceling = status == S.CANCELING
         if not outcome.error:
             new = S.CANCELED if canceling and outcome.canceled else S.ENDED
@@ -1261,14 +1277,10 @@ def finish_task(
                 # long-delayed (ETA) messages out of the broker and the workers' memory.
                 dispatched_at=None,
             )
-            if limit > 0:
-                limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
+            _release_slot(job_id=job_id, group_id=group_id, limit=limit, cap=cap, at=at)
             return True
         cursor.execute(sql.FINISH_TASK, [new, adapt(at), task_id])
-        if limit > 0:
-            # Max concurrency: a slot of this job in the group is free; the next held task
-            # goes now, not at the next tick.
-            limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
+        _release_slot(job_id=job_id, group_id=group_id, limit=limit, cap=cap, at=at)
         cursor.execute(sql.WHAT_FOLLOWS, [task_id, S.WAITING, job_id, *OPEN_TASK_STATUSES])
         has_dependents, has_open = cursor.fetchone()
         # The common case (no dependents, other tasks still open) ends here; the rest stays
@@ -1278,6 +1290,16 @@ def finish_task(
         if has_dependents or not has_open:
             _settle_job_if_done(job_id, at=at)
     return True
+
+
+def _release_slot(*, job_id: int, group_id: int, limit: int, cap: int, at: dt.datetime) -> None:
+    """A task stopped running: the next held task of its job (max concurrency) or of its group
+    (maximum running tasks) goes now, not at the next tick. The caller holds the job's lock,
+    and the group's when ``cap``."""
+    if limit > 0:
+        limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
+    if cap > 0:
+        limits.release_group_held(group_id=group_id, cap=cap, job_limit=limit, at=at, locked=True)
 
 
 def expire_lease(*, task_id: int, attempt: int, at: dt.datetime | None = None) -> bool:
@@ -1353,8 +1375,9 @@ def _make_ready(tasks: list[tuple[int, str, int]], *, at: dt.datetime) -> None:
         return
     ids = [tid for tid, _, _ in tasks]
     group_limits = limits.cached_limits()  # per-process cache: no query for unlimited groups
-    if any(code in group_limits for _, code, _ in tasks):
-        tasks, held = _apply_limits(tasks, group_limits)
+    caps = limits.cached_caps()
+    if any(code in group_limits or code in caps for _, code, _ in tasks):
+        tasks, held = _apply_limits(tasks, group_limits, caps)
         # Max concurrency of the group: these stay Ready without a message (held).
         BatchTask.objects.filter(pk__in=held, status=S.WAITING).update(
             status=S.READY, ready_at=at, dispatched_at=None
@@ -1367,19 +1390,20 @@ def _make_ready(tasks: list[tuple[int, str, int]], *, at: dt.datetime) -> None:
 
 
 def _apply_limits(
-    tasks: list[tuple[int, str, int]], group_limits: dict[str, int]
+    tasks: list[tuple[int, str, int]], group_limits: dict[str, int], caps: dict[str, int]
 ) -> tuple[list[tuple[int, str, int]], list[int]]:
-    """Split tasks becoming Ready into those sent now and those held by their group's limit."""
+    """Split tasks becoming Ready into those sent now and those held by their group's limit
+    (max concurrency per job, then the group's maximum running tasks)."""
     job_ids = dict(
         BatchTask.objects.filter(
-            pk__in=[tid for tid, code, _ in tasks if code in group_limits]
+            pk__in=[tid for tid, code, _ in tasks if code in group_limits or code in caps]
         ).values_list("pk", "job_id")
     )
     candidates = [
         limits.Candidate(tid, job_ids.get(tid, 0), code, group_limits.get(code, 0))
         for tid, code, _ in tasks
     ]
-    allowed = {c.task_id for c in limits.dispatchable(candidates)}
+    allowed = {c.task_id for c in limits.capped(limits.dispatchable(candidates), caps)}
     return [t for t in tasks if t[0] in allowed], [t[0] for t in tasks if t[0] not in allowed]
 
 

@@ -116,7 +116,15 @@ TASK_KEYS = {
 }
 WEBHOOK_KEYS = {"code", "url", "secret", "format", "description"}
 ALERT_EVENTS = ("ended", "error", "canceled", "deadline")
-GROUP_KEYS = {"code", "description", "servers", "priority", "max_concurrency", "reserved_capacity"}
+GROUP_KEYS = {
+    "code",
+    "description",
+    "servers",
+    "priority",
+    "max_concurrency",
+    "max_tasks",
+    "reserved_capacity",
+}
 
 
 class ImportFailure(ValueError):
@@ -163,6 +171,7 @@ class _Group:
     priority: Priority | None = None  # the group's scheduling priority; None: leave it
     max_concurrency: int | None = None  # -1 pause, 0 no limit, N per job; None: leave it
     reserved_capacity: ReservedCapacity | None = None  # None: leave it
+    max_tasks: int | None = None  # 0 no limit, N for the whole group; None: leave it
 
 
 @dataclass
@@ -311,7 +320,24 @@ def _parse_group(raw: Any, index: int) -> _Group:
                 f"{', '.join(map(str, levels))} (percent of the group's threads)."
             )
         reserved = levels[value]
-    return _Group(code, description, servers, priority, max_concurrency, reserved)
+    max_tasks = None
+    if "max_tasks" in raw:
+        max_tasks = _max_tasks(raw["max_tasks"], where)
+    return _Group(code, description, servers, priority, max_concurrency, reserved, max_tasks)
+
+
+def _max_tasks(value: Any, where: str) -> int:
+    """0 (no limit) or 1-10000 tasks of the whole group at once."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ImportFailure(
+            f"{where}: max_tasks must be a whole number from 0 (no limit) up, got {value!r}."
+        )
+    try:
+        for validate in BatchGroup._meta.get_field("max_tasks").validators:
+            validate(value)
+    except ValidationError as exc:
+        raise ImportFailure(f"{where}: max_tasks {value}: {' '.join(exc.messages)}") from None
+    return value
 
 
 def _max_concurrency(value: Any, where: str) -> int:
@@ -715,6 +741,7 @@ GROUP_AUDIT_FIELDS = [
     "description",
     "default_priority",
     "max_concurrency",
+    "max_tasks",
     "reserved_capacity",
     "servers",
 ]
@@ -733,6 +760,8 @@ def _save_group(group: _Group, user: Any) -> None:
         defaults["max_concurrency"] = group.max_concurrency
     if group.reserved_capacity is not None:
         defaults["reserved_capacity"] = group.reserved_capacity
+    if group.max_tasks is not None:
+        defaults["max_tasks"] = group.max_tasks
     obj, _ = BatchGroup.objects.update_or_create(code=group.code, defaults=defaults)
     if group.servers is None:
         _audit_group(obj, existing, before, user)

@@ -905,6 +905,12 @@ class BatchTask(models.Model):
                 name="task_deadline_idx",
                 condition=Q(status__in=list(RUNNING_STATUSES)),
             ),
+            # A group's maximum running tasks: the claim's sql.GROUP_RUNNING count.
+            models.Index(
+                fields=["group"],
+                name="task_group_running_idx",
+                condition=Q(status__in=list(RUNNING_STATUSES)),
+            ),
         ]
 
     def __str__(self) -> str:
