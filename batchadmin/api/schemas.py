@@ -122,6 +122,23 @@ class RunNowIn(Schema):
     )
 
 
+class PauseIn(Schema):
+    reason: str = Field(description="Why the recurrence is paused; shown with the job, audited.")
+    until: dt.datetime | None = Field(
+        None,
+        description="Resume by itself then (ISO 8601; without an offset, read in the "
+        "recurrence's zone). Left out: until someone resumes it.",
+    )
+
+
+class PauseOut(Schema):
+    id: int
+    status: str
+    paused: bool
+    note: str = Field(description='"Paused by alice on ...: why; until ...", or "".')
+    paused_until: When | None
+
+
 class AuditOut(Schema):
     at: When
     user: str

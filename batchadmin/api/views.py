@@ -498,6 +498,62 @@ def job_run_now(request: HttpRequest, job_id: int, body: schemas.RunNowIn) -> di
     )
 
 
+def _pause_state(job_id: int) -> dict[str, Any]:
+    job = BatchJob.objects.select_related("recurrence__paused_by").get(pk=job_id)
+    recurring = job.get_recurrence()
+    return {
+        "id": job.pk,
+        "status": job.status,
+        "paused": bool(recurring and recurring.is_paused()),
+        "note": recurring.pause_note() if recurring else "",
+        "paused_until": recurring.paused_until if recurring else None,
+    }
+
+
+@v1.post(
+    "/jobs/{job_id}/pause",
+    response={200: schemas.PauseOut, 409: Error, **ERRORS},
+    summary="Pause a job's recurrence",
+)
+def job_pause(request: HttpRequest, job_id: int, body: schemas.PauseIn) -> dict[str, Any]:
+    """Pause the recurrence with a note (why, and optionally until when): no run starts until
+    it is resumed, by hand or at ``until``. A run in progress finishes."""
+    job = _job(request, job_id, change=True)
+    recurring = job.get_recurrence()
+    if recurring is None:
+        raise HttpError(409, f"Nothing was changed. Job {job.pk} has no recurrence to pause.")
+    until = recurring.aware(body.until) if body.until else None
+    _act(
+        job,
+        lambda: transitions.pause_recurrence(
+            job_id=job.pk,
+            by_id=request.user.pk,
+            reason=body.reason,
+            until=until,
+            via=trail.Via.API,
+        ),
+    )
+    return _pause_state(job.pk)
+
+
+@v1.post(
+    "/jobs/{job_id}/resume",
+    response={200: schemas.PauseOut, 409: Error, **ERRORS},
+    summary="Resume a job's paused recurrence",
+)
+def job_resume(request: HttpRequest, job_id: int) -> dict[str, Any]:
+    """Resume the paused recurrence: the job next starts at its first occurrence from now (the
+    ones that passed while paused are recorded as missed)."""
+    job = _job(request, job_id, change=True)
+    _act(
+        job,
+        lambda: transitions.resume_recurrence(
+            job_id=job.pk, by_id=request.user.pk, via=trail.Via.API
+        ),
+    )
+    return _pause_state(job.pk)
+
+
 @v1.get(
     "/jobs/{job_id}/audit",
     response={200: list[schemas.AuditOut], **ERRORS},

@@ -222,8 +222,16 @@ def job_outside_active_period(
     )
 
 
+def job_paused(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | None:
+    """A paused recurrence (issue 14, item 6): the tick starts no run until it is resumed."""
+    note = job.pause_note
+    if job.status != S.WAITING or not note:
+        return None
+    return Reason("recurrence_paused", f"{note}: no run starts until it is resumed", WARN)
+
+
 def job_scheduled(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | None:
-    if job.status != S.WAITING or job.scheduled_start <= world.at:
+    if job.status != S.WAITING or job.scheduled_start <= world.at or job.pause_note:
         return None
     if _period_hold(job, world.at) is not None:
         return None  # the active period's opening is the later and the one that counts
@@ -233,7 +241,7 @@ def job_scheduled(job: BatchJob, world: World, group_ids: frozenset[int]) -> Rea
 def job_due(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | None:
     """Due and not started: the tick starts it within about a second, so after DUE_GRACE the
     scheduler is not doing its work. beat's own record of the tick tells whether it runs."""
-    if job.status != S.WAITING or job.scheduled_start > world.at:
+    if job.status != S.WAITING or job.scheduled_start > world.at or job.pause_note:
         return None
     if _period_hold(job, world.at) is not None:
         return None
@@ -298,6 +306,7 @@ def job_groups_unserved(job: BatchJob, world: World, group_ids: frozenset[int]) 
 
 JOB_RULES: tuple[JobRule, ...] = (
     job_withhold,
+    job_paused,
     job_outside_active_period,
     job_scheduled,
     job_due,

@@ -22,10 +22,12 @@ from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 from redis.exceptions import RedisError
 
+from batchadmin.audit import trail
 from batchadmin.engine import counters, dispatch, limits, priority, signals, transitions
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
     BatchJob,
+    BatchRecurrence,
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
@@ -57,6 +59,7 @@ def _tick(at: dt.datetime | None) -> dict[str, int]:
     close_old_connections()  # beat is long-lived: drop a connection the database has closed
     at = at or now()
     counts = {
+        "resumed": handle_paused_until(at),
         "started": handle_due_jobs(at),
         "leases_expired": handle_expired_leases(at),
         "overdue": handle_overdue_tasks(at),
@@ -90,6 +93,22 @@ def handle_due_jobs(at: dt.datetime) -> int:
             # Crash-loop guard: one broken job must not stop the others from starting.
             log.exception("Could not start batch job %s", job_id)
     return started
+
+
+def handle_paused_until(at: dt.datetime) -> int:
+    """Resume paused recurrences whose "paused until" has come (recurrence_paused_until_idx),
+    before the due jobs start, so a job due now starts in this same tick."""
+    rows = BatchRecurrence.objects.filter(paused_until__lte=at).values_list("job_id", flat=True)
+    resumed = 0
+    for job_id in rows[: settings.BATCH_TICK_LIMIT]:
+        try:
+            resumed += transitions.resume_recurrence(
+                job_id=job_id, by_id=None, via=trail.Via.SCHEDULER, at=at, automatic=True
+            )
+        except Exception:
+            # Crash-loop guard: one broken row must not stop the tick.
+            log.exception("Could not resume the recurrence of batch job %s", job_id)
+    return resumed
 
 
 def handle_expired_leases(at: dt.datetime) -> int:

@@ -1038,6 +1038,125 @@ def reschedule_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         return n == 1
 
 
+# --- Pausing a recurrence (issue 14, item 6) -----------------------------------------------
+
+PAUSE_REASON_MAX = BatchRecurrence._meta.get_field("pause_reason").max_length or 500
+
+
+def pause_recurrence(
+    *,
+    job_id: int,
+    by_id: int | None,
+    reason: str,
+    until: dt.datetime | None = None,
+    via: str = trail.Via.WEB,
+    at: dt.datetime | None = None,
+) -> bool:
+    """Pause a recurring job: the tick starts no run until it is resumed, by hand or at
+    ``until``. A run in progress finishes; the job's status and next start stay as they are.
+
+    Refused (nothing changed) without a recurrence, without a reason, with an ``until`` that
+    has passed, or when it is paused already. The audit entry is written in the same
+    transaction.
+    """
+    at = at or now()
+    reason = reason.strip()
+    if not reason:
+        raise Refused("Give a reason to pause a recurrence: it is shown with the job.")
+    if len(reason) > PAUSE_REASON_MAX:
+        raise Refused(f"The reason is longer than {PAUSE_REASON_MAX} characters.")
+    if until is not None and until <= at:
+        raise Refused(f"Paused until {clock.format_when(until, 'tz')}: that time has passed.")
+    with transaction.atomic():
+        job = _lock_job(job_id)
+        recurring = job.get_recurrence()
+        if recurring is None:
+            raise Refused(f"Job {job_id} has no recurrence to pause.")
+        if recurring.is_paused():
+            raise Refused(f"Job {job_id}: {recurring.pause_note()}. Resume it first.")
+        n = BatchRecurrence.objects.filter(pk=recurring.pk, paused_at=None).update(
+            paused_at=at, paused_by_id=by_id, pause_reason=reason, paused_until=until
+        )
+        if n != 1:
+            return False
+        trail.record(
+            trail.Action.RECURRENCE_PAUSE,
+            user=by_id,
+            job=job_id,
+            target=f"batch job {job_id}",
+            changes={"Paused until": [None, until.isoformat() if until else "resumed by hand"]},
+            reason=reason,
+            via=via,
+            at=at,
+        )
+    return True
+
+
+def resume_recurrence(
+    *,
+    job_id: int,
+    by_id: int | None,
+    via: str = trail.Via.WEB,
+    at: dt.datetime | None = None,
+    automatic: bool = False,
+) -> bool:
+    """Resume a paused recurrence (by hand, or by the tick at its ``paused_until``).
+
+    1. Clear the pause (conditional: a second resume finds nothing paused and returns False).
+    2. A Waiting job whose start passed while paused is not run for the occurrences it missed:
+       they are recorded as missed ("paused") and the job moves to its first occurrence from
+       now; with none left, the recurrence is over and the job is withheld.
+    3. The audit entry, in the same transaction.
+    """
+    at = at or now()
+    with transaction.atomic():
+        job = _lock_job(job_id)
+        recurring = job.get_recurrence()
+        if recurring is None or not recurring.is_paused():
+            if automatic:
+                return False  # another beat resumed it first
+            raise Refused(f"Job {job_id}'s recurrence is not paused.")
+        note = recurring.pause_note()
+        n = BatchRecurrence.objects.filter(pk=recurring.pk, paused_at=recurring.paused_at).update(
+            paused_at=None, paused_by=None, pause_reason="", paused_until=None
+        )
+        if n != 1:
+            return False
+        if job.status == S.WAITING and job.scheduled_start < at:
+            _catch_up_after_pause(job, recurring, at=at)
+        trail.record(
+            trail.Action.RECURRENCE_RESUME,
+            user=by_id,
+            job=job_id,
+            target=f"batch job {job_id}",
+            changes={"Paused": [note, None]},
+            reason="Resumed at the date set when it was paused." if automatic else "",
+            via=via,
+            at=at,
+        )
+    return True
+
+
+def _catch_up_after_pause(job: BatchJob, recurring: BatchRecurrence, *, at: dt.datetime) -> None:
+    try:
+        rule = recurring.rule()
+        _record_missed(
+            job,
+            rule.span(job.scheduled_start, at - _TINY, limit=MISSED_COUNT_LIMIT),
+            MissedOccurrence.Reason.PAUSED,
+        )
+        following = recurring.next_occurrence(at, inclusive=True)
+    except recurrence.RuleError:
+        log.exception("Batch job %s: invalid recurrence, resumed as it was", job.pk)
+        return
+    if following is not None:
+        _move_start(job, following)
+        return
+    n = BatchJob.objects.filter(pk=job.pk, status=S.WAITING).update(status=S.WITHHOLD)
+    if n == 1:
+        _record(job.pk, S.WAITING, S.WITHHOLD, reason="Recurrence over while it was paused.", at=at)
+
+
 def claim_task(
     *,
     task_id: int,

@@ -191,7 +191,12 @@ HAS_DEADLINE = Q(deadline_time__isnull=False) | Q(deadline_minutes__isnull=False
 
 class BatchJobQuerySet(models.QuerySet["BatchJob"]):
     def due(self, at: dt.datetime) -> BatchJobQuerySet:
-        return self.filter(status=BatchStatus.WAITING, scheduled_start__lte=at)
+        # A paused recurrence starts nothing (a LEFT JOIN on the one-to-one, per due row).
+        return self.filter(
+            Q(recurrence__isnull=True) | Q(recurrence__paused_at__isnull=True),
+            status=BatchStatus.WAITING,
+            scheduled_start__lte=at,
+        )
 
     def running(self) -> BatchJobQuerySet:
         return self.filter(status__in=RUNNING_STATUSES)
@@ -475,6 +480,12 @@ class BatchJob(models.Model):
             return None
 
     @property
+    def pause_note(self) -> str:
+        """Who paused the recurrence, why and until when ("" when it is not paused)."""
+        recurring = self.get_recurrence()
+        return recurring.pause_note() if recurring else ""
+
+    @property
     def recurrence_words(self) -> str:
         """The recurrence in words for the job list ("Every 2 weeks on Mon ..."), or ""."""
         recurrence = self.get_recurrence()
@@ -628,6 +639,26 @@ class BatchRecurrence(models.Model):
         help_text="Skip the run, or run it on the next working day (the next date not in the "
         "calendar) at the same time.",
     )
+    # Paused (issue 14, item 6): the tick starts no run while paused_at is set. Who, why and
+    # until when are the operator's note; the tick resumes it at paused_until.
+    paused_at = models.DateTimeField("paused at", null=True, blank=True)
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name="paused by",
+    )
+    pause_reason = models.CharField(
+        "why paused", max_length=500, blank=True, help_text="Why the recurrence is paused."
+    )
+    paused_until = models.DateTimeField(
+        "paused until",
+        null=True,
+        blank=True,
+        help_text="Resumed by itself at this time; empty: until someone resumes it.",
+    )
     # Runs started under this recurrence; End after counts them. Saving the dialog restarts it.
     runs = models.PositiveIntegerField(default=0)
     _calendar_dates: tuple[int, frozenset[dt.date]] | None = None  # see calendar_dates()
@@ -651,10 +682,46 @@ class BatchRecurrence(models.Model):
             models.CheckConstraint(
                 condition=~Q(unit="cron") | ~Q(cron=""), name="recurrence_cron_expression"
             ),
+            models.CheckConstraint(
+                condition=Q(paused_until=None) | Q(paused_at__isnull=False),
+                name="recurrence_paused_until_only_when_paused",
+            ),
+        ]
+        indexes = [
+            # The tick's automatic resume (tick.handle_paused_until).
+            models.Index(
+                fields=["paused_until"],
+                name="recurrence_paused_until_idx",
+                condition=Q(paused_until__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
         return self.describe()
+
+    def is_paused(self) -> bool:
+        return self.paused_at is not None
+
+    def pause_note(self) -> str:
+        """ "Paused by alice on 2026-12-03 10:40 Europe/Oslo: month-end freeze; until 2026-12-05
+        06:00 Europe/Oslo", or "" when not paused."""
+        if self.paused_at is None:
+            return ""
+        zone = recurrence.zone(self.time_zone)
+        who = f" by {self.paused_by.get_username()}" if self.paused_by_id and self.paused_by else ""
+        note = f"Paused{who} on {clock.format_when(self.paused_at.astimezone(zone), 'tz')}"
+        if self.pause_reason:
+            note += f": {self.pause_reason}"
+        if self.paused_until is not None:
+            note += f"; until {clock.format_when(self.paused_until.astimezone(zone), 'tz')}"
+        return note
+
+    def aware(self, when: dt.datetime) -> dt.datetime:
+        """``when`` as given when it has an offset, else read as wall-clock time in the
+        recurrence's zone (a time in a DST gap: the first instant after it)."""
+        if when.tzinfo is not None:
+            return when
+        return recurrence.localize(when, recurrence.zone(self.time_zone))
 
     def start(self) -> dt.datetime:
         """The local (naive) start date and time, in ``time_zone``."""
@@ -721,6 +788,7 @@ class MissedOccurrence(models.Model):
     class Reason(models.TextChoices):
         RUNNING = "running", "The job was still running"
         LATE = "late", "Not started in time; skipped"
+        PAUSED = "paused", "The recurrence was paused"
 
     job = models.ForeignKey(BatchJob, models.CASCADE, related_name="missed_occurrences")
     scheduled_start = models.DateTimeField("scheduled start date/time")

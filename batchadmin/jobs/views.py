@@ -49,7 +49,7 @@ def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJ
     """The job if the user may see it (404 otherwise, so ids of others' jobs do not leak)."""
     # The header shows the recurrence and the active period: one query with the job.
     jobs = access.visible_jobs(request.user).select_related(
-        "recurrence", "active_period", "django_task"
+        "recurrence__paused_by", "active_period", "django_task"
     )
     job = get_object_or_404(jobs, pk=pk)
     if change and not access.can_change(request.user, job):
@@ -60,7 +60,7 @@ def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJ
 @require_GET
 def job_list(request: AuthedRequest) -> HttpResponse:
     jobs = access.visible_jobs(request.user).select_related(
-        "created_by", "run_as", "recurrence", "django_task"
+        "created_by", "run_as", "recurrence__paused_by", "django_task"
     )
     filterset = JobFilter(request.GET, queryset=jobs)
     qs = filterset.qs if filterset.is_valid() else jobs.none()
@@ -173,7 +173,7 @@ def job_row(request: AuthedRequest, pk: int) -> HttpResponse:
     """One row of the list, polled while the job is live; a finished row stops polling."""
     job = get_object_or_404(
         access.visible_jobs(request.user).select_related(
-            "created_by", "run_as", "recurrence", "django_task"
+            "created_by", "run_as", "recurrence__paused_by", "django_task"
         ),
         pk=pk,
     )

@@ -333,6 +333,7 @@ class TickTestCase(BaseTestCase):
         ):
             counts = tick.tick(NINE)
         assert counts == {
+            "resumed": 0,
             "started": 1,
             "leases_expired": 0,
             "overdue": 0,
