@@ -60,6 +60,7 @@ def _tick(at: dt.datetime | None) -> dict[str, int]:
     at = at or now()
     counts = {
         "resumed": handle_paused_until(at),
+        "overlaps": handle_overlaps(at),
         "started": handle_due_jobs(at),
         "leases_expired": handle_expired_leases(at),
         "overdue": handle_overdue_tasks(at),
@@ -109,6 +110,21 @@ def handle_paused_until(at: dt.datetime) -> int:
             # Crash-loop guard: one broken row must not stop the tick.
             log.exception("Could not resume the recurrence of batch job %s", job_id)
     return resumed
+
+
+def handle_overlaps(at: dt.datetime) -> int:
+    """Overlap policy "cancel_running": cancel runs whose next occurrence has come
+    (recurrence_overlap_at_idx); their settling starts the next run (transitions)."""
+    rows = BatchRecurrence.objects.filter(overlap_at__lte=at, job__status=S.EXECUTING).values_list(
+        "job_id", flat=True
+    )
+    canceled = 0
+    for job_id in rows[: settings.BATCH_TICK_LIMIT]:
+        try:
+            canceled += transitions.cancel_for_overlap(job_id=job_id, at=at)
+        except Exception:
+            log.exception("Could not cancel batch job %s for its overlap policy", job_id)
+    return canceled
 
 
 def handle_expired_leases(at: dt.datetime) -> int:

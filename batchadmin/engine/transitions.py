@@ -243,11 +243,14 @@ def _reset_tasks(
     )
 
 
-def cancel_job(*, job_id: int, by_id: int | None) -> bool:
+def cancel_job(
+    *, job_id: int, by_id: int | None, reason: str = "", at: dt.datetime | None = None
+) -> bool:
     """Executing -> Canceling (D365 batch-abort.md).
 
     Unstarted tasks become Didn't run; running tasks become Canceling, which a process sees
     through ``ctx.cancel_requested()``. The job ends Canceled when the last running task stops.
+    ``reason`` goes into the status history (the engine's cancels say why).
     """
     with transaction.atomic():
         job = BatchJob.objects.select_for_update().get(pk=job_id)
@@ -256,7 +259,7 @@ def cancel_job(*, job_id: int, by_id: int | None) -> bool:
         )
         if n != 1:
             return False
-        at = now()
+        at = at or now()
         BatchJobRun.objects.filter(job_id=job_id, pk=job.current_run_id or 0).update(
             canceled_by_id=by_id
         )
@@ -272,6 +275,7 @@ def cancel_job(*, job_id: int, by_id: int | None) -> bool:
             S.CANCELING,
             run_id=job.current_run_id,
             by_id=by_id,
+            reason=reason,
             at=at,
         )
         _settle_job_if_done(job_id, at=at)
@@ -936,7 +940,11 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         )
         BatchJob.objects.filter(pk=job_id).update(current_run=run)
         if recurring is not None:
-            BatchRecurrence.objects.filter(pk=recurring.pk).update(runs=F("runs") + 1)
+            BatchRecurrence.objects.filter(pk=recurring.pk).update(
+                runs=F("runs") + 1,
+                overlap_at=_overlap_at(job, recurring, scheduled),
+                overlap_canceled=False,
+            )
         _record(job_id, S.WAITING, S.EXECUTING, run_id=run.pk, at=at)
         roots = BatchTask.objects.filter(job_id=job_id, status=S.WAITING, conditions__isnull=True)
         _make_ready(
@@ -952,6 +960,52 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         _release_dependents(list(decided.values_list("pk", flat=True)), at=at)
         _settle_job_if_done(job_id, at=at)  # a job without tasks ends at once
         return True
+
+
+def _overlap_at(
+    job: BatchJob, recurring: BatchRecurrence, scheduled: dt.datetime
+) -> dt.datetime | None:
+    """Overlap "cancel_running": when the run starting now must give way to the next one (the
+    occurrence after the one it stands for); None for the other policies."""
+    if recurring.overlap != BatchRecurrence.Overlap.CANCEL_RUNNING:
+        return None
+    try:
+        return recurring.rule().next_after(scheduled, runs_done=recurring.runs + 1)
+    except recurrence.RuleError:
+        log.exception("Batch job %s: invalid recurrence, no overlap check", job.pk)
+        return None
+
+
+def cancel_for_overlap(*, job_id: int, at: dt.datetime | None = None) -> bool:
+    """Overlap "cancel_running" (beyond D365): the next occurrence came while this run still
+    executes. Cancel the run, with the reason in the status history, and mark it so that its
+    settling starts the next run at once (_schedule_next_run). False when the run ended or was
+    canceled meanwhile, or the recurrence changed or is paused."""
+    at = at or now()
+    with transaction.atomic():
+        job = _lock_job(job_id)
+        recurring = job.get_recurrence()
+        if (
+            job.status != S.EXECUTING
+            or job.manual_run
+            or recurring is None
+            or recurring.overlap != BatchRecurrence.Overlap.CANCEL_RUNNING
+            or recurring.overlap_at is None
+            or recurring.overlap_at > at
+            or recurring.is_paused()
+        ):
+            return False
+        came = clock.format_when(recurring.overlap_at.astimezone(recurring.rule().tz), "tz")
+        BatchRecurrence.objects.filter(pk=recurring.pk).update(
+            overlap_at=None, overlap_canceled=True
+        )
+        return cancel_job(
+            job_id=job_id,
+            by_id=None,
+            reason=f"Overlap policy: the occurrence of {came} came while this run still "
+            "executed; canceled to start it.",
+            at=at,
+        )
 
 
 def _skip_missed(
@@ -1549,9 +1603,16 @@ def _settle_job_if_done(job_id: int, *, at: dt.datetime) -> bool:
     # in this transaction, before the history may go.
     signals.job_settled.send(BatchJob, job=job, run_id=job.current_run_id, final=final, at=at)
     history.apply_save_policy(job, run_id=job.current_run_id, final=final)
+    recurring = job.get_recurrence()
+    overlap_canceled = recurring is not None and recurring.overlap_canceled
+    if recurring is not None and (recurring.overlap_at or overlap_canceled):
+        # The overlap check was for this run only.
+        BatchRecurrence.objects.filter(pk=recurring.pk).update(
+            overlap_at=None, overlap_canceled=False
+        )
     if job.manual_run:
         _end_manual_run(job, final=final, at=at)
-    elif final != S.CANCELED:
+    elif final != S.CANCELED or overlap_canceled:
         _schedule_next_run(job, final=final, at=at)
     return True
 
@@ -1559,7 +1620,9 @@ def _settle_job_if_done(job_id: int, *, at: dt.datetime) -> bool:
 def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) -> bool:
     """D365: a recurring job goes back to Waiting after Ended and after Error, while its range
     lasts; the next start is the first occurrence after now. Occurrences that passed while it
-    ran are recorded as missed and not replayed. (A canceled job stays Canceled.)
+    ran are recorded as missed and not replayed. (A canceled job stays Canceled, unless the
+    overlap policy canceled it.) Beyond D365, the recurrence's overlap policy "buffer_one" or
+    "cancel_running" runs the latest of those occurrences at once instead.
     """
     recurring = job.get_recurrence()
     if recurring is None:
@@ -1571,7 +1634,23 @@ def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) ->
         # A row edited by hand into nonsense must not fail the finish of the task.
         log.exception("Batch job %s: invalid recurrence, no further runs", job.pk)
         return False
-    if following is None:
+    rule = recurring.rule()
+    started = max(job.started_at or at, job.scheduled_start)
+    missed = rule.span(started + _TINY, at, limit=MISSED_COUNT_LIMIT)
+    reason = "Recurrence: next run " + (
+        clock.format_when(following.astimezone(rule.tz), "tz") if following else ""
+    )
+    if missed is not None and _runs_overlapping(recurring):
+        # Overlap "buffer_one" / "cancel_running": the latest occurrence that came while the
+        # job ran runs now (once, however many came); the ones before it were missed.
+        reason = (
+            f"Overlap policy: the occurrence of "
+            f"{clock.format_when(missed.last.astimezone(rule.tz), 'tz')} came while the job "
+            "ran; it runs now"
+        )
+        missed = rule.span(started + _TINY, missed.last - _TINY, limit=MISSED_COUNT_LIMIT)
+        following = at
+    elif following is None:
         return False  # the range is over: the job keeps its final status
     n = BatchJob.objects.filter(pk=job.pk, status=final).update(
         status=S.WAITING, scheduled_start=following
@@ -1579,19 +1658,17 @@ def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) ->
     if n != 1:
         return False
     _reset_tasks(job.pk)
-    started = max(job.started_at or at, job.scheduled_start)
-    missed = recurring.rule().span(started + _TINY, at, limit=MISSED_COUNT_LIMIT)
     _record_missed(job, missed, MissedOccurrence.Reason.RUNNING)
-    _record(
-        job.pk,
-        final,
-        S.WAITING,
-        run_id=job.current_run_id,
-        reason="Recurrence: next run "
-        + clock.format_when(following.astimezone(recurring.rule().tz), "tz"),
-        at=at,
-    )
+    _record(job.pk, final, S.WAITING, run_id=job.current_run_id, reason=reason, at=at)
     return True
+
+
+def _runs_overlapping(recurring: BatchRecurrence) -> bool:
+    """Whether an occurrence that came during a run is run after it (overlap policy), while
+    the recurrence has runs left and is not paused."""
+    if recurring.overlap == BatchRecurrence.Overlap.SKIP or recurring.is_paused():
+        return False
+    return recurring.runs_left() != 0
 
 
 def _record_unattempted_tasks(job_id: int, run_id: int) -> None:

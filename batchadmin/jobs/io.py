@@ -89,7 +89,16 @@ JOB_KEYS = {
     "tasks",
     "alerts",
 }
-RECURRENCE_KEYS = {"start", "timezone", "end", "pattern", "missed", "calendar", "on_calendar_date"}
+RECURRENCE_KEYS = {
+    "start",
+    "timezone",
+    "end",
+    "pattern",
+    "missed",
+    "overlap",
+    "calendar",
+    "on_calendar_date",
+}
 CALENDAR_KEYS = {"code", "description", "dates"}
 TOP_LEVEL_KEYS = {"jobs", "groups", "calendars", "webhooks"}
 # The pattern keys each unit takes besides "unit" and "every" (a cron pattern is {"cron": ...}).
@@ -514,6 +523,11 @@ def _parse_recurrence(
             raw.get("missed", BatchRecurrence.Missed.RUN_ONCE),
             {m.value: m.value for m in BatchRecurrence.Missed},
             f"{where}: missed",
+        ),
+        "overlap": _choice(
+            raw.get("overlap", BatchRecurrence.Overlap.SKIP),
+            {o.value: o.value for o in BatchRecurrence.Overlap},
+            f"{where}: overlap",
         ),
     }
     values |= _parse_end(raw.get("end"), where)
@@ -1087,6 +1101,7 @@ def export_recurrence(r: BatchRecurrence) -> dict[str, Any]:
         "end": end,
         "pattern": pattern,
         "missed": r.missed,
+        "overlap": r.overlap,
     }
     if r.calendar is not None:
         data |= {"calendar": r.calendar.code, "on_calendar_date": r.on_calendar_date}

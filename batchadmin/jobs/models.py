@@ -543,6 +543,12 @@ class BatchRecurrence(models.Model):
         RUN_ONCE = "run_once", "Run once now"
         SKIP = "skip", "Skip to the next occurrence"
 
+    class Overlap(models.TextChoices):
+        # Beyond D365 (issue 14, item 4); import/export use these values.
+        SKIP = "skip", "Skip it (recorded as missed)"
+        BUFFER_ONE = "buffer_one", "Run it as soon as the current run ends"
+        CANCEL_RUNNING = "cancel_running", "Cancel the running one and start"
+
     class OnCalendarDate(models.TextChoices):
         # The values are batchadmin.lib.recurrence's SKIP and NEXT_DAY.
         SKIP = "skip", "Skip it"
@@ -639,6 +645,20 @@ class BatchRecurrence(models.Model):
         help_text="Skip the run, or run it on the next working day (the next date not in the "
         "calendar) at the same time.",
     )
+    overlap = models.CharField(
+        "when the next run comes while one runs",
+        max_length=14,
+        choices=Overlap.choices,
+        default=Overlap.SKIP,
+        help_text="An occurrence that comes while the job still runs: skip it, run it once as "
+        "soon as the current run ends (one, however many passed), or cancel the running one "
+        "and start.",
+    )
+    # Overlap "cancel_running": the occurrence after the running run's, set when a run starts;
+    # the tick cancels the run when it comes (tick.handle_overlaps). And the run was canceled
+    # for it: its settling starts the next run at once.
+    overlap_at = models.DateTimeField(null=True, blank=True)
+    overlap_canceled = models.BooleanField(default=False)
     # Paused (issue 14, item 6): the tick starts no run while paused_at is set. Who, why and
     # until when are the operator's note; the tick resumes it at paused_until.
     paused_at = models.DateTimeField("paused at", null=True, blank=True)
@@ -688,6 +708,12 @@ class BatchRecurrence(models.Model):
             ),
         ]
         indexes = [
+            # The tick's overlap check of running jobs (tick.handle_overlaps).
+            models.Index(
+                fields=["overlap_at"],
+                name="recurrence_overlap_at_idx",
+                condition=Q(overlap_at__isnull=False),
+            ),
             # The tick's automatic resume (tick.handle_paused_until).
             models.Index(
                 fields=["paused_until"],

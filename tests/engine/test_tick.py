@@ -334,6 +334,7 @@ class TickTestCase(BaseTestCase):
             counts = tick.tick(NINE)
         assert counts == {
             "resumed": 0,
+            "overlaps": 0,
             "started": 1,
             "leases_expired": 0,
             "overdue": 0,
