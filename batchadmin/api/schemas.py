@@ -45,6 +45,11 @@ class JobSummary(Schema):
     created_by: str | None
     run_as: str | None
     recurrence: str = Field(description="The recurrence in words, or empty.")
+    overlap: str | None = Field(
+        description="A recurring job's overlap policy (skip, buffer_one, cancel_running): "
+        "what an occurrence that comes while the job runs does; null without a recurrence."
+    )
+    paused: str = Field(description="Who paused the recurrence, why and until when, or empty.")
     url: str = Field(description="The job's page.")
 
 

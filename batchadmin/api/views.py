@@ -229,6 +229,8 @@ def _summary(job: BatchJob) -> dict[str, Any]:
         "created_by": _username(job.created_by),
         "run_as": _username(job.run_as),
         "recurrence": job.recurrence_words,
+        "overlap": recurring.overlap if (recurring := job.get_recurrence()) else None,
+        "paused": job.pause_note,
         "url": settings.SITE_ROOT + reverse("jobs:detail", args=[job.pk]),
     }
 
@@ -315,7 +317,7 @@ def job_list(
     if not o:
         qs = qs.order_by("-pk")
     ids, count, pages = _paged(qs.values_list("pk", flat=True), page, page_size)
-    found = qs.select_related("created_by", "run_as", "recurrence").in_bulk(ids)
+    found = qs.select_related("created_by", "run_as", "recurrence__paused_by").in_bulk(ids)
     rows = [_summary(found[pk]) for pk in ids if pk in found]
     return schemas.page_of(rows, count=count, page=page, pages=pages)
 

@@ -81,6 +81,8 @@ class JobListTestCase(ApiTestCase):
             "created_by": "dave",
             "run_as": "alice",
             "recurrence": "",
+            "overlap": None,
+            "paused": "",
             "url": f"http://localhost:8000/jobs/{job.pk}/",
         }
 
