@@ -152,3 +152,13 @@ class CancelRunningTestCase(OverlapTestCase):
         )
         assert tick.handle_overlaps(NINE + HOUR) == 0
         assert BatchJob.objects.get(pk=job.pk).status == S.EXECUTING
+
+
+class CancelRunningMinutesTestCase(OverlapTestCase):
+    def test_every_minute_with_an_end(self):
+        job = self.make_recurring(
+            unit=BatchRecurrence.Unit.MINUTES, overlap=Overlap.CANCEL_RUNNING, end_after=2
+        )
+        self.start_and_claim(job, NINE + dt.timedelta(milliseconds=500))
+        assert BatchRecurrence.objects.get(job=job).overlap_at == NINE + MINUTE
+        assert tick.handle_overlaps(NINE + MINUTE + dt.timedelta(milliseconds=500)) == 1
