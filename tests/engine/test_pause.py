@@ -160,6 +160,48 @@ class PausePagesTestCase(RecurrenceTestCase):
         assert "no run starts until it is resumed" in page
 
 
+class PauseDialogTestCase(RecurrenceTestCase):
+    def test_a_manager_pauses_from_the_job_page_and_resumes(self):
+        job = self.make_recurring()
+        self.client.force_login(self.alice)
+        page = self.client.get(f"/jobs/{job.pk}/").content.decode()
+        assert f'hx-get="/jobs/{job.pk}/pause/"' in page
+        dialog = self.client.get(f"/jobs/{job.pk}/pause/", headers={"HX-Request": "true"})
+        assert "<html" not in dialog.content.decode()
+        assert "Pause the recurrence" in dialog.content.decode()
+        r = self.client.post(
+            f"/jobs/{job.pk}/pause/", {"reason": "freeze", "until": "2099-01-02T06:00"}
+        )
+        assert r.status_code == 302
+        recurring = BatchRecurrence.objects.get(job=job)
+        assert recurring.pause_reason == "freeze"
+        assert recurring.paused_until == dt.datetime(2099, 1, 2, 6, tzinfo=dt.UTC)
+        page = self.client.get(f"/jobs/{job.pk}/").content.decode()
+        assert f'action="/jobs/{job.pk}/resume/"' in page
+        assert self.client.post(f"/jobs/{job.pk}/resume/").status_code == 302
+        assert not BatchRecurrence.objects.get(job=job).is_paused()
+
+    def test_bad_input_is_named_and_nothing_is_paused(self):
+        job = self.make_recurring()
+        self.client.force_login(self.alice)
+        r = self.client.post(
+            f"/jobs/{job.pk}/pause/",
+            {"reason": "x", "until": "soon"},
+            headers={"HX-Request": "true"},
+        )
+        assert "Write a date and time as YYYY-MM-DD HH:MM" in r.content.decode()
+        assert not BatchRecurrence.objects.get(job=job).is_paused()
+
+    def test_a_viewer_may_not_pause_or_resume(self):
+        job = self.make_recurring()
+        self.client.force_login(self.bob)
+        assert self.client.post(f"/jobs/{job.pk}/pause/", {"reason": "x"}).status_code == 403
+        assert self.client.post(f"/jobs/{job.pk}/resume/").status_code == 403
+        self.client.force_login(self.charlie)
+        assert self.client.post(f"/jobs/{job.pk}/pause/", {"reason": "x"}).status_code in (403, 404)
+        assert not BatchRecurrence.objects.get(job=job).is_paused()
+
+
 class PauseApiTestCase(ApiTestCase):
     def test_pause_and_resume_over_the_api(self):
         job = self.make_job(scheduled_start=NINE)
