@@ -45,6 +45,11 @@ class JobSummary(Schema):
     created_by: str | None
     run_as: str | None
     recurrence: str = Field(description="The recurrence in words, or empty.")
+    overlap: str | None = Field(
+        description="A recurring job's overlap policy (skip, buffer_one, cancel_running): "
+        "what an occurrence that comes while the job runs does; null without a recurrence."
+    )
+    paused: str = Field(description="Who paused the recurrence, why and until when, or empty.")
     url: str = Field(description="The job's page.")
 
 
@@ -120,6 +125,23 @@ class RunNowIn(Schema):
         default_factory=dict,
         description='Parameters for this run only, by task ID: {"T2": {"lines": 5}}.',
     )
+
+
+class PauseIn(Schema):
+    reason: str = Field(description="Why the recurrence is paused; shown with the job, audited.")
+    until: dt.datetime | None = Field(
+        None,
+        description="Resume by itself then (ISO 8601; without an offset, read in the "
+        "recurrence's zone). Left out: until someone resumes it.",
+    )
+
+
+class PauseOut(Schema):
+    id: int
+    status: str
+    paused: bool
+    note: str = Field(description='"Paused by alice on ...: why; until ...", or "".')
+    paused_until: When | None
 
 
 class AuditOut(Schema):
@@ -221,6 +243,10 @@ class GroupOut(Schema):
     priority: str
     max_concurrency: int = Field(description="0 no limit, N per job, -1 paused.")
     reserved_capacity: int = Field(description="Percent of the group's threads.")
+    max_tasks: int = Field(
+        description="Maximum running tasks of the whole group, all jobs together; 0 no limit."
+    )
+    running_tasks: int = Field(description="Executing and Canceling tasks of the group now.")
     servers: list[str]
     served: bool = Field(description="An enabled, online server serves the group now.")
     waiting_tasks: int = Field(description="Ready tasks of the group.")

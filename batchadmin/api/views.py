@@ -20,7 +20,7 @@ from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import EmptyPage, Paginator
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.urls import reverse
@@ -48,6 +48,7 @@ from batchadmin.jobs.models import (
     BatchJobRun,
     BatchLogEntry,
     BatchStatus,
+    BatchTask,
     BatchTaskRun,
     Calendar,
     Company,
@@ -230,6 +231,8 @@ def _summary(job: BatchJob) -> dict[str, Any]:
         "created_by": _username(job.created_by),
         "run_as": _username(job.run_as),
         "recurrence": job.recurrence_words,
+        "overlap": recurring.overlap if (recurring := job.get_recurrence()) else None,
+        "paused": job.pause_note,
         "url": settings.SITE_ROOT + reverse("jobs:detail", args=[job.pk]),
     }
 
@@ -316,7 +319,7 @@ def job_list(
     if not o:
         qs = qs.order_by("-pk")
     ids, count, pages = _paged(qs.values_list("pk", flat=True), page, page_size)
-    found = qs.select_related("created_by", "run_as", "recurrence").in_bulk(ids)
+    found = qs.select_related("created_by", "run_as", "recurrence__paused_by").in_bulk(ids)
     rows = [_summary(found[pk]) for pk in ids if pk in found]
     return schemas.page_of(rows, count=count, page=page, pages=pages)
 
@@ -501,6 +504,62 @@ def job_run_now(request: HttpRequest, job_id: int, body: schemas.RunNowIn) -> di
             job_id=job.pk, by_id=request.user.pk, overrides=body.overrides, via=trail.Via.API
         ),
     )
+
+
+def _pause_state(job_id: int) -> dict[str, Any]:
+    job = BatchJob.objects.select_related("recurrence__paused_by").get(pk=job_id)
+    recurring = job.get_recurrence()
+    return {
+        "id": job.pk,
+        "status": job.status,
+        "paused": bool(recurring and recurring.is_paused()),
+        "note": recurring.pause_note() if recurring else "",
+        "paused_until": recurring.paused_until if recurring else None,
+    }
+
+
+@v1.post(
+    "/jobs/{job_id}/pause",
+    response={200: schemas.PauseOut, 409: Error, **ERRORS},
+    summary="Pause a job's recurrence",
+)
+def job_pause(request: HttpRequest, job_id: int, body: schemas.PauseIn) -> dict[str, Any]:
+    """Pause the recurrence with a note (why, and optionally until when): no run starts until
+    it is resumed, by hand or at ``until``. A run in progress finishes."""
+    job = _job(request, job_id, change=True)
+    recurring = job.get_recurrence()
+    if recurring is None:
+        raise HttpError(409, f"Nothing was changed. Job {job.pk} has no recurrence to pause.")
+    until = recurring.aware(body.until) if body.until else None
+    _act(
+        job,
+        lambda: transitions.pause_recurrence(
+            job_id=job.pk,
+            by_id=request.user.pk,
+            reason=body.reason,
+            until=until,
+            via=trail.Via.API,
+        ),
+    )
+    return _pause_state(job.pk)
+
+
+@v1.post(
+    "/jobs/{job_id}/resume",
+    response={200: schemas.PauseOut, 409: Error, **ERRORS},
+    summary="Resume a job's paused recurrence",
+)
+def job_resume(request: HttpRequest, job_id: int) -> dict[str, Any]:
+    """Resume the paused recurrence: the job next starts at its first occurrence from now (the
+    ones that passed while paused are recorded as missed)."""
+    job = _job(request, job_id, change=True)
+    _act(
+        job,
+        lambda: transitions.resume_recurrence(
+            job_id=job.pk, by_id=request.user.pk, via=trail.Via.API
+        ),
+    )
+    return _pause_state(job.pk)
 
 
 @v1.get(
@@ -731,6 +790,9 @@ def group_list(request: HttpRequest) -> list[dict[str, Any]]:
     groups = list(BatchGroup.objects.order_by("code"))
     servers = coverage.servers_with_settings()
     cover = coverage.coverage(groups, servers)
+    running = dict(
+        BatchTask.objects.running().values_list("group_id").order_by().annotate(n=Count("pk"))
+    )
     return [
         {
             "code": g.code,
@@ -738,6 +800,8 @@ def group_list(request: HttpRequest) -> list[dict[str, Any]]:
             "priority": _priority_name(g.default_priority),
             "max_concurrency": g.max_concurrency,
             "reserved_capacity": g.reserved_capacity,
+            "max_tasks": g.max_tasks,
+            "running_tasks": running.get(g.pk, 0),
             "servers": [s.name for s in servers if g in s.groups.all()],
             "served": cover[g.pk].ok,
             "waiting_tasks": cover[g.pk].waiting_tasks,

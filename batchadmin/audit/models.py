@@ -32,6 +32,8 @@ class Action(models.TextChoices):
     TASK_DELETE = "task_delete", "Delete task"
     RECURRENCE_EDIT = "recurrence_edit", "Edit recurrence"
     RECURRENCE_REMOVE = "recurrence_remove", "Remove recurrence"
+    RECURRENCE_PAUSE = "recurrence_pause", "Pause recurrence"
+    RECURRENCE_RESUME = "recurrence_resume", "Resume recurrence"
     ALERTS_EDIT = "alerts_edit", "Edit alerts"
     # Settings that are no job's
     RULE_ADD = "rule_add", "Add alert rule"
@@ -53,6 +55,7 @@ class Via(models.TextChoices):
     CLI = "cli", "Command line"
     IMPORT = "import", "Import"
     API = "api", "REST API"
+    SCHEDULER = "tick", "Scheduler"  # the engine on its own (a pause that ends at its date)
 
 
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):

@@ -7,8 +7,9 @@ page by ``world.load_world``. A page explains any number of tasks with a fixed n
 at most one broker round trip per batch group; the rules themselves never query.
 
 Scheduling controls are rules of their own, in TASK_RULES before ``threads_busy``: a paused
-group (D365 Max concurrency -1), a job's concurrency limit (limits.py) and a group's reserved
-capacity (priority.py); after it, the higher-priority tasks queued ahead.
+group (D365 Max concurrency -1), a job's concurrency limit and a group's maximum running tasks
+(limits.py) and a group's reserved capacity (priority.py); after it, the higher-priority tasks
+queued ahead.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ class World:
     running: dict[tuple[int, int], int] = field(default_factory=dict)
     # (group id, effective priority) -> its Ready tasks that were sent, for priority_behind
     ready: dict[tuple[int, int], int] = field(default_factory=dict)
+    # group id -> its Executing and Canceling tasks, for groups with a maximum running tasks
+    group_running: dict[int, int] = field(default_factory=dict)
     # group id -> its running tasks other than Reserved capacity, for groups that reserve some
     shared_running: dict[int, int] = field(default_factory=dict)
 
@@ -219,8 +222,16 @@ def job_outside_active_period(
     )
 
 
+def job_paused(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | None:
+    """A paused recurrence (issue 14, item 6): the tick starts no run until it is resumed."""
+    note = job.pause_note
+    if job.status != S.WAITING or not note:
+        return None
+    return Reason("recurrence_paused", f"{note}: no run starts until it is resumed", WARN)
+
+
 def job_scheduled(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | None:
-    if job.status != S.WAITING or job.scheduled_start <= world.at:
+    if job.status != S.WAITING or job.scheduled_start <= world.at or job.pause_note:
         return None
     if _period_hold(job, world.at) is not None:
         return None  # the active period's opening is the later and the one that counts
@@ -230,7 +241,7 @@ def job_scheduled(job: BatchJob, world: World, group_ids: frozenset[int]) -> Rea
 def job_due(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | None:
     """Due and not started: the tick starts it within about a second, so after DUE_GRACE the
     scheduler is not doing its work. beat's own record of the tick tells whether it runs."""
-    if job.status != S.WAITING or job.scheduled_start > world.at:
+    if job.status != S.WAITING or job.scheduled_start > world.at or job.pause_note:
         return None
     if _period_hold(job, world.at) is not None:
         return None
@@ -309,6 +320,7 @@ def job_groups_unserved(job: BatchJob, world: World, group_ids: frozenset[int]) 
 
 JOB_RULES: tuple[JobRule, ...] = (
     job_withhold,
+    job_paused,
     job_outside_active_period,
     job_scheduled,
     job_due,
@@ -502,6 +514,22 @@ def job_limit_reached(view: TaskView, world: World) -> Reason | None:
     )
 
 
+def group_limit_reached(view: TaskView, world: World) -> Reason | None:
+    """The group's maximum running tasks: at most N tasks of the group run at once, all jobs
+    together (limits.py). Held tasks of different jobs take turns."""
+    task = view.task
+    group = world.group(task.group_id)
+    if task.status != S.READY or group is None:
+        return None
+    cap = group.group.task_cap()
+    if cap is None:
+        return None
+    running = world.group_running.get(task.group_id, 0)
+    if running < cap:
+        return None
+    return Reason("group_limit", f"Group {group.code} is at its limit: {running} of {cap} running")
+
+
 def task_priority(view: TaskView, world: World) -> int:
     """The task's effective scheduling priority (its job's when overridden, else its group's)."""
     group = world.group(view.task.group_id)
@@ -558,6 +586,7 @@ TASK_RULES: tuple[TaskRule, ...] = (
     servers_closed,
     group_paused,
     job_limit_reached,
+    group_limit_reached,
     reserved_capacity_kept,
     threads_busy,
     priority_behind,

@@ -63,6 +63,7 @@ class GroupSettings(NamedTuple):
     default_priority: int
     reserved_capacity: int
     max_concurrency: int
+    max_tasks: int
 
 
 class _Cache:
@@ -75,7 +76,12 @@ class _Cache:
         with self.lock:
             if time.monotonic() - self.loaded > CACHE_SECONDS:
                 rows = BatchGroup.objects.values_list(
-                    "code", "pk", "default_priority", "reserved_capacity", "max_concurrency"
+                    "code",
+                    "pk",
+                    "default_priority",
+                    "reserved_capacity",
+                    "max_concurrency",
+                    "max_tasks",
                 )
                 self.groups = {code: GroupSettings(*values) for code, *values in rows}
                 self.loaded = time.monotonic()
@@ -90,8 +96,8 @@ _cache = _Cache()
 
 
 def group_settings() -> dict[str, GroupSettings]:
-    """Group code -> (id, default priority, reserved capacity %, max concurrency), cached per
-    process."""
+    """Group code -> (id, default priority, reserved capacity %, max concurrency, maximum
+    running tasks), cached per process."""
     return _cache.get()
 
 

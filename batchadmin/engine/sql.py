@@ -70,14 +70,15 @@ DEADLINE = (
     if POSTGRESQL
     else "strftime('%%Y-%%m-%%d %%H:%%M:%%f', %s, '+' || COALESCE(time_limit, %s) || ' seconds')"
 )
-# Ready -> Executing, unless the task's group limits it (then _claim_limited decides first and
-# passes its "checked" flag).
+# Ready -> Executing, unless the task's group limits it (max concurrency, reserved capacity or
+# maximum running tasks: then _claim_limited decides first and passes its "checked" flag).
 CLAIM = f"""
     UPDATE {_T} SET status = %s, attempt = retries + 1, server_id = %s, hostname = %s,
         started_at = %s, ended_at = NULL, lease_expires_at = %s, progress = NULL,
         deadline_at = {DEADLINE}, timed_out = FALSE
     WHERE id = %s AND status = %s AND (ready_at IS NULL OR ready_at <= %s)
         AND (%s OR (SELECT max_concurrency = {NO_LIMIT} AND reserved_capacity = 0
+                        AND max_tasks = {NO_LIMIT}
                     FROM {_G} WHERE id = group_id))
     RETURNING job_id, attempt, key, process,
         COALESCE(run_parameters, parameters) AS parameters, company_id, time_limit,
@@ -108,13 +109,13 @@ CLAIM_PG = f"""
     FROM run, claimed c
 """
 
-# --- claim of a limited task (max concurrency, reserved capacity) -----------------------------
+# --- claim of a limited task (max concurrency, reserved capacity, maximum running tasks) ------
 
 # The job row of a task, to lock (with for_update()): claims and finishes of one job queue here.
 LOCK_JOB = f"SELECT id FROM {_J} WHERE id = (SELECT job_id FROM {_T} WHERE id = %s)"
 LIMIT_STATE = f"""
     SELECT t.status, (t.ready_at IS NULL OR t.ready_at <= %s), t.job_id, t.group_id,
-        g.max_concurrency, g.reserved_capacity, {EFFECTIVE_PRIORITY}
+        g.max_concurrency, g.reserved_capacity, {EFFECTIVE_PRIORITY}, g.max_tasks
     FROM {_T} t JOIN {_G} g ON g.id = t.group_id JOIN {_J} j ON j.id = t.job_id
     WHERE t.id = %s
 """
@@ -127,6 +128,8 @@ SHARED_RUNNING = f"""
 RUNNING_IN_GROUP = (
     f"SELECT count(*) FROM {_T} WHERE job_id = %s AND group_id = %s AND status IN (%s, %s)"
 )
+# Running tasks of a group, all jobs (what its maximum running tasks limits).
+GROUP_RUNNING = f"SELECT count(*) FROM {_T} WHERE group_id = %s AND status IN (%s, %s)"
 # Refused by its limit: the task stays Ready without a message (held).
 HOLD = f"UPDATE {_T} SET dispatched_at = NULL WHERE id = %s AND status = %s"
 
@@ -134,7 +137,8 @@ HOLD = f"UPDATE {_T} SET dispatched_at = NULL WHERE id = %s AND status = %s"
 
 # The common finish in one statement, run under the job lock (LOCK_JOB, a statement of its own
 # so that this one's snapshot sees every finish committed before the lock was granted): an
-# attempt that ended without error, of an Executing task whose group has no max concurrency.
+# attempt that ended without error, of an Executing task whose group has no max concurrency
+# and no maximum running tasks (those free a slot: the general path).
 # Its task and its history row become Ended, and it answers what finish_task needs next: does
 # it have waiting dependents, and has its job another open task. (The snapshot does not see
 # this statement's own writes, hence "o.id <> t.id".) No row: not that case (a retry, an
@@ -143,7 +147,7 @@ FINISH_ENDED = f"""
     WITH t AS (
         UPDATE {_T} SET status = %(ended)s, ended_at = %(at)s, lease_expires_at = NULL
         WHERE id = %(task)s AND attempt = %(attempt)s AND status = %(executing)s
-            AND (SELECT max_concurrency FROM {_G} WHERE id = group_id) <= {NO_LIMIT}
+            AND (SELECT max_concurrency <= {NO_LIMIT} AND max_tasks = 0 FROM {_G} WHERE id = group_id)
         RETURNING id, job_id
     ), r AS (
         UPDATE {_R} SET status = %(ended)s, ended_at = %(at)s, error_message = '', traceback = ''
@@ -159,9 +163,9 @@ FINISH_ENDED = f"""
 """
 
 TASK_STATE = f"""
-    SELECT attempt, status, retries, max_retries, group_id,
-        (SELECT max_concurrency FROM {_G} WHERE id = group_id)
-    FROM {_T} WHERE id = %s
+    SELECT t.attempt, t.status, t.retries, t.max_retries, t.group_id, g.max_concurrency,
+        g.max_tasks
+    FROM {_T} t JOIN {_G} g ON g.id = t.group_id WHERE t.id = %s
 """
 FINISH_RUN = f"""
     UPDATE {_R} SET status = %s, ended_at = %s, error_message = %s, traceback = %s

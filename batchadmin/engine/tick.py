@@ -29,10 +29,12 @@ from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 from redis.exceptions import RedisError
 
+from batchadmin.audit import trail
 from batchadmin.engine import counters, dispatch, limits, priority, signals, transitions
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
     BatchJob,
+    BatchRecurrence,
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
@@ -68,6 +70,8 @@ def _tick(at: dt.datetime | None) -> dict[str, int]:
     with db.lock_timeout(settings.BATCH_TICK_LOCK_TIMEOUT_SECONDS):
         counts = {
             "withheld": handle_out_of_range_starts(),
+            "resumed": handle_paused_until(at),
+            "overlaps": handle_overlaps(at),
             "started": handle_due_jobs(at),
             "leases_expired": handle_expired_leases(at),
             "overdue": handle_overdue_tasks(at),
@@ -135,6 +139,37 @@ def handle_due_jobs(at: dt.datetime) -> int:
     return started
 
 
+def handle_paused_until(at: dt.datetime) -> int:
+    """Resume paused recurrences whose "paused until" has come (recurrence_paused_until_idx),
+    before the due jobs start, so a job due now starts in this same tick."""
+    rows = BatchRecurrence.objects.filter(paused_until__lte=at).values_list("job_id", flat=True)
+    resumed = 0
+    for job_id in rows[: settings.BATCH_TICK_LIMIT]:
+        try:
+            resumed += transitions.resume_recurrence(
+                job_id=job_id, by_id=None, via=trail.Via.SCHEDULER, at=at, automatic=True
+            )
+        except Exception:
+            # Crash-loop guard: one broken row must not stop the tick.
+            log.exception("Could not resume the recurrence of batch job %s", job_id)
+    return resumed
+
+
+def handle_overlaps(at: dt.datetime) -> int:
+    """Overlap policy "cancel_running": cancel runs whose next occurrence has come
+    (recurrence_overlap_at_idx); their settling starts the next run (transitions)."""
+    rows = BatchRecurrence.objects.filter(overlap_at__lte=at, job__status=S.EXECUTING).values_list(
+        "job_id", flat=True
+    )
+    canceled = 0
+    for job_id in rows[: settings.BATCH_TICK_LIMIT]:
+        try:
+            canceled += transitions.cancel_for_overlap(job_id=job_id, at=at)
+        except Exception:
+            log.exception("Could not cancel batch job %s for its overlap policy", job_id)
+    return canceled
+
+
 def handle_expired_leases(at: dt.datetime) -> int:
     """Fail attempts whose batch server stopped renewing their lease (it died)."""
     if time.monotonic() < _lease_grace_until:
@@ -195,7 +230,8 @@ def handle_overdue_tasks(at: dt.datetime) -> int:
 
 def handle_ready_tasks(at: dt.datetime) -> int:
     """Send messages for ready tasks that have none yet: a retry whose backoff is over, or a
-    task its group's max concurrency held back (limits.py) that may go now."""
+    task its group's max concurrency or maximum running tasks held back (limits.py) that may
+    go now."""
     # Held tasks whose job is still at its limit, or whose group is paused, are left out in
     # SQL so that they do not crowd the others out of the tick's batch.
     taken = (
@@ -216,6 +252,12 @@ def handle_ready_tasks(at: dt.datetime) -> int:
     full = [gid for gid, n in room.items() if n <= 0]
     if full:
         ready = ready.exclude(Q(group_id__in=full) & ~Q(effective_priority=Priority.RESERVED))
+    # Maximum running tasks: groups with no free slot send nothing (left out in SQL too).
+    caps = limits.cached_caps()
+    slots = limits.group_slots(caps)
+    capped_full = [code for code, cap in caps.items() if slots.by_group[code] >= cap]
+    if capped_full:
+        ready = ready.exclude(group__code__in=capped_full)
     rows = list(
         ready.filter(
             Q(group__max_concurrency=NO_LIMIT)
@@ -233,7 +275,16 @@ def handle_ready_tasks(at: dt.datetime) -> int:
         )[: settings.BATCH_TICK_LIMIT]
     )
     extra = {row[0]: row[4:] for row in rows}
-    allowed = limits.dispatchable([limits.Candidate(*row[:4]) for row in rows])
+    allowed = limits.capped(
+        limits.dispatchable(
+            [
+                limits.Candidate(pk, job, code, limit, eff)
+                for pk, job, code, limit, _, eff, _ in rows
+            ]
+        ),
+        caps,
+        slots,
+    )
     send: list[tuple[int, str, int]] = []
     for c in allowed:
         group_id, eff, ready_at = extra[c.task_id]

@@ -264,11 +264,14 @@ def _reset_tasks(
     )
 
 
-def cancel_job(*, job_id: int, by_id: int | None) -> bool:
+def cancel_job(
+    *, job_id: int, by_id: int | None, reason: str = "", at: dt.datetime | None = None
+) -> bool:
     """Executing -> Canceling (D365 batch-abort.md).
 
     Unstarted tasks become Didn't run; running tasks become Canceling, which a process sees
     through ``ctx.cancel_requested()``. The job ends Canceled when the last running task stops.
+    ``reason`` goes into the status history (the engine's cancels say why).
     """
     with transaction.atomic():
         job = BatchJob.objects.select_for_update().get(pk=job_id)
@@ -277,7 +280,7 @@ def cancel_job(*, job_id: int, by_id: int | None) -> bool:
         )
         if n != 1:
             return False
-        at = now()
+        at = at or now()
         BatchJobRun.objects.filter(job_id=job_id, pk=job.current_run_id or 0).update(
             canceled_by_id=by_id
         )
@@ -293,6 +296,7 @@ def cancel_job(*, job_id: int, by_id: int | None) -> bool:
             S.CANCELING,
             run_id=job.current_run_id,
             by_id=by_id,
+            reason=reason,
             at=at,
         )
         _settle_job_if_done(job_id, at=at)
@@ -969,7 +973,11 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         )
         BatchJob.objects.filter(pk=job_id).update(current_run=run)
         if recurring is not None:
-            BatchRecurrence.objects.filter(pk=recurring.pk).update(runs=F("runs") + 1)
+            BatchRecurrence.objects.filter(pk=recurring.pk).update(
+                runs=F("runs") + 1,
+                overlap_at=_overlap_at(job, recurring, scheduled),
+                overlap_canceled=False,
+            )
         _record(job_id, S.WAITING, S.EXECUTING, run_id=run.pk, at=at)
         # In one query: the roots (waiting, without conditions), and the tasks skipped for
         # this run before it started (skip_task), which are decided already.
@@ -994,6 +1002,52 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         if not roots and not released:
             _settle_job_if_done(job_id, at=at)  # a job without tasks (left) ends at once
         return True
+
+
+def _overlap_at(
+    job: BatchJob, recurring: BatchRecurrence, scheduled: dt.datetime
+) -> dt.datetime | None:
+    """Overlap "cancel_running": when the run starting now must give way to the next one (the
+    occurrence after the one it stands for); None for the other policies."""
+    if recurring.overlap != BatchRecurrence.Overlap.CANCEL_RUNNING:
+        return None
+    try:
+        return recurring.rule().next_after(scheduled, runs_done=recurring.runs + 1)
+    except recurrence.RuleError:
+        log.exception("Batch job %s: invalid recurrence, no overlap check", job.pk)
+        return None
+
+
+def cancel_for_overlap(*, job_id: int, at: dt.datetime | None = None) -> bool:
+    """Overlap "cancel_running" (beyond D365): the next occurrence came while this run still
+    executes. Cancel the run, with the reason in the status history, and mark it so that its
+    settling starts the next run at once (_schedule_next_run). False when the run ended or was
+    canceled meanwhile, or the recurrence changed or is paused."""
+    at = at or now()
+    with transaction.atomic():
+        job = _lock_job(job_id)
+        recurring = job.get_recurrence()
+        if (
+            job.status != S.EXECUTING
+            or job.manual_run
+            or recurring is None
+            or recurring.overlap != BatchRecurrence.Overlap.CANCEL_RUNNING
+            or recurring.overlap_at is None
+            or recurring.overlap_at > at
+            or recurring.is_paused()
+        ):
+            return False
+        came = clock.format_when(recurring.overlap_at.astimezone(recurring.rule().tz), "tz")
+        BatchRecurrence.objects.filter(pk=recurring.pk).update(
+            overlap_at=None, overlap_canceled=True
+        )
+        return cancel_job(
+            job_id=job_id,
+            by_id=None,
+            reason=f"Overlap policy: the occurrence of {came} came while this run still "
+            "executed; canceled to start it.",
+            at=at,
+        )
 
 
 def _skip_missed(
@@ -1078,6 +1132,125 @@ def reschedule_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
             return n == 1
         n = BatchJob.objects.filter(pk=job_id, status=job.status).update(scheduled_start=following)
         return n == 1
+
+
+# --- Pausing a recurrence (issue 14, item 6) -----------------------------------------------
+
+PAUSE_REASON_MAX = BatchRecurrence._meta.get_field("pause_reason").max_length or 500
+
+
+def pause_recurrence(
+    *,
+    job_id: int,
+    by_id: int | None,
+    reason: str,
+    until: dt.datetime | None = None,
+    via: str = trail.Via.WEB,
+    at: dt.datetime | None = None,
+) -> bool:
+    """Pause a recurring job: the tick starts no run until it is resumed, by hand or at
+    ``until``. A run in progress finishes; the job's status and next start stay as they are.
+
+    Refused (nothing changed) without a recurrence, without a reason, with an ``until`` that
+    has passed, or when it is paused already. The audit entry is written in the same
+    transaction.
+    """
+    at = at or now()
+    reason = reason.strip()
+    if not reason:
+        raise Refused("Give a reason to pause a recurrence: it is shown with the job.")
+    if len(reason) > PAUSE_REASON_MAX:
+        raise Refused(f"The reason is longer than {PAUSE_REASON_MAX} characters.")
+    if until is not None and until <= at:
+        raise Refused(f"Paused until {clock.format_when(until, 'tz')}: that time has passed.")
+    with transaction.atomic():
+        job = _lock_job(job_id)
+        recurring = job.get_recurrence()
+        if recurring is None:
+            raise Refused(f"Job {job_id} has no recurrence to pause.")
+        if recurring.is_paused():
+            raise Refused(f"Job {job_id}: {recurring.pause_note()}. Resume it first.")
+        n = BatchRecurrence.objects.filter(pk=recurring.pk, paused_at=None).update(
+            paused_at=at, paused_by_id=by_id, pause_reason=reason, paused_until=until
+        )
+        if n != 1:
+            return False
+        trail.record(
+            trail.Action.RECURRENCE_PAUSE,
+            user=by_id,
+            job=job_id,
+            target=f"batch job {job_id}",
+            changes={"Paused until": [None, until.isoformat() if until else "resumed by hand"]},
+            reason=reason,
+            via=via,
+            at=at,
+        )
+    return True
+
+
+def resume_recurrence(
+    *,
+    job_id: int,
+    by_id: int | None,
+    via: str = trail.Via.WEB,
+    at: dt.datetime | None = None,
+    automatic: bool = False,
+) -> bool:
+    """Resume a paused recurrence (by hand, or by the tick at its ``paused_until``).
+
+    1. Clear the pause (conditional: a second resume finds nothing paused and returns False).
+    2. A Waiting job whose start passed while paused is not run for the occurrences it missed:
+       they are recorded as missed ("paused") and the job moves to its first occurrence from
+       now; with none left, the recurrence is over and the job is withheld.
+    3. The audit entry, in the same transaction.
+    """
+    at = at or now()
+    with transaction.atomic():
+        job = _lock_job(job_id)
+        recurring = job.get_recurrence()
+        if recurring is None or not recurring.is_paused():
+            if automatic:
+                return False  # another beat resumed it first
+            raise Refused(f"Job {job_id}'s recurrence is not paused.")
+        note = recurring.pause_note()
+        n = BatchRecurrence.objects.filter(pk=recurring.pk, paused_at=recurring.paused_at).update(
+            paused_at=None, paused_by=None, pause_reason="", paused_until=None
+        )
+        if n != 1:
+            return False
+        if job.status == S.WAITING and job.scheduled_start < at:
+            _catch_up_after_pause(job, recurring, at=at)
+        trail.record(
+            trail.Action.RECURRENCE_RESUME,
+            user=by_id,
+            job=job_id,
+            target=f"batch job {job_id}",
+            changes={"Paused": [note, None]},
+            reason="Resumed at the date set when it was paused." if automatic else "",
+            via=via,
+            at=at,
+        )
+    return True
+
+
+def _catch_up_after_pause(job: BatchJob, recurring: BatchRecurrence, *, at: dt.datetime) -> None:
+    try:
+        rule = recurring.rule()
+        _record_missed(
+            job,
+            rule.span(job.scheduled_start, at - _TINY, limit=MISSED_COUNT_LIMIT),
+            MissedOccurrence.Reason.PAUSED,
+        )
+        following = recurring.next_occurrence(at, inclusive=True)
+    except recurrence.RuleError:
+        log.exception("Batch job %s: invalid recurrence, resumed as it was", job.pk)
+        return
+    if following is not None:
+        _move_start(job, following)
+        return
+    n = BatchJob.objects.filter(pk=job.pk, status=S.WAITING).update(status=S.WITHHOLD)
+    if n == 1:
+        _record(job.pk, S.WAITING, S.WITHHOLD, reason="Recurrence over while it was paused.", at=at)
 
 
 def claim_task(
@@ -1211,6 +1384,9 @@ def _claim_limited(
     tasks of one job are serialised, so the count of running tasks is exact. A refused task
     stays Ready without a message (held) until a task of its job finishes or the tick sends it.
 
+    Maximum running tasks: at most N tasks of the group run at once, all jobs together. The
+    claim takes the group's row lock (after the job's) and counts the group's running tasks.
+
     Reserved capacity: a task that is not of priority Reserved capacity may not start while the
     group's other running tasks fill its shared threads (priority.usable). Those claims take
     the group's row lock (after the job's, the one order used) so that the count is exact;
@@ -1221,7 +1397,7 @@ def _claim_limited(
         if cursor.fetchone() is None:
             return None
         cursor.execute(sql.LIMIT_STATE, [connection.ops.adapt_datetimefield_value(at), task_id])
-        status, due, job_id, group_id, limit, reserved, task_priority = cursor.fetchone()
+        status, due, job_id, group_id, limit, reserved, task_priority, cap = cursor.fetchone()
         if status != S.READY or not due:
             return None  # someone else claimed it, or its retry backoff is not over
         if limit != NO_LIMIT:
@@ -1230,6 +1406,15 @@ def _claim_limited(
                 cursor.execute(sql.RUNNING_IN_GROUP, [job_id, group_id, *RUNNING_STATUSES])
                 (running,) = cursor.fetchone()
             if limit == PAUSED or running >= limit:
+                cursor.execute(sql.HOLD, [task_id, S.READY])
+                return None
+        if cap != NO_LIMIT:
+            # Maximum running tasks of the group: every job's claims in the group queue on the
+            # group's row, so the count is exact however many workers claim at once.
+            cursor.execute(sql.LOCK_GROUP + sql.for_update(), [group_id])
+            cursor.execute(sql.GROUP_RUNNING, [group_id, *RUNNING_STATUSES])
+            (in_group,) = cursor.fetchone()
+            if in_group >= cap:
                 cursor.execute(sql.HOLD, [task_id, S.READY])
                 return None
         if reserved and task_priority != Priority.RESERVED:
@@ -1301,9 +1486,13 @@ def finish_task(
                 _what_follows(job_id, task_id, has_dependents, has_open, at=at)
                 return True
         cursor.execute(sql.TASK_STATE, [task_id])
-        task_attempt, status, retries, max_retries, group_id, limit = cursor.fetchone()
+        task_attempt, status, retries, max_retries, group_id, limit, cap = cursor.fetchone()
         if task_attempt != attempt or status not in RUNNING_STATUSES:
             return False
+        if cap:
+            # Maximum running tasks: the group's lock before any task row is written (job, then
+            # group, then tasks: the claim's order), for release_group_held below.
+            cursor.execute(sql.LOCK_GROUP + sql.for_update(), [group_id])
         canceling = status == S.CANCELING
         if not outcome.error:
             new = S.CANCELED if canceling and outcome.canceled else S.ENDED
@@ -1341,14 +1530,10 @@ def finish_task(
                 # long-delayed (ETA) messages out of the broker and the workers' memory.
                 dispatched_at=None,
             )
-            if limit > 0:
-                limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
+            _release_slot(job_id=job_id, group_id=group_id, limit=limit, cap=cap, at=at)
             return True
         cursor.execute(sql.FINISH_TASK, [new, adapt(at), task_id])
-        if limit > 0:
-            # Max concurrency: a slot of this job in the group is free; the next held task
-            # goes now, not at the next tick.
-            limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
+        _release_slot(job_id=job_id, group_id=group_id, limit=limit, cap=cap, at=at)
         cursor.execute(sql.WHAT_FOLLOWS, [task_id, S.WAITING, job_id, *OPEN_TASK_STATUSES])
         has_dependents, has_open = cursor.fetchone()
         _what_follows(job_id, task_id, has_dependents, has_open, at=at)
@@ -1364,6 +1549,16 @@ def _what_follows(
     # A dependent made Ready keeps the job open: no need to look.
     if not released and (has_dependents or not has_open):
         _settle_job_if_done(job_id, at=at, none_open=not has_dependents and not has_open)
+
+
+def _release_slot(*, job_id: int, group_id: int, limit: int, cap: int, at: dt.datetime) -> None:
+    """A task stopped running: the next held task of its job (max concurrency) or of its group
+    (maximum running tasks) goes now, not at the next tick. The caller holds the job's lock,
+    and the group's when ``cap``."""
+    if limit > 0:
+        limits.release_held(job_id=job_id, group_id=group_id, limit=limit, at=at)
+    if cap > 0:
+        limits.release_group_held(group_id=group_id, cap=cap, job_limit=limit, at=at, locked=True)
 
 
 def expire_lease(*, task_id: int, attempt: int, at: dt.datetime | None = None) -> bool:
@@ -1442,8 +1637,9 @@ def _make_ready(tasks: list[tuple[int, str, int]], *, at: dt.datetime) -> None:
         return
     ids = [tid for tid, _, _ in tasks]
     group_limits = limits.cached_limits()  # per-process cache: no query for unlimited groups
-    if any(code in group_limits for _, code, _ in tasks):
-        tasks, held = _apply_limits(tasks, group_limits)
+    caps = limits.cached_caps()
+    if any(code in group_limits or code in caps for _, code, _ in tasks):
+        tasks, held = _apply_limits(tasks, group_limits, caps)
         # Max concurrency of the group: these stay Ready without a message (held).
         BatchTask.objects.filter(pk__in=held, status=S.WAITING).update(
             status=S.READY, ready_at=at, dispatched_at=None
@@ -1456,19 +1652,20 @@ def _make_ready(tasks: list[tuple[int, str, int]], *, at: dt.datetime) -> None:
 
 
 def _apply_limits(
-    tasks: list[tuple[int, str, int]], group_limits: dict[str, int]
+    tasks: list[tuple[int, str, int]], group_limits: dict[str, int], caps: dict[str, int]
 ) -> tuple[list[tuple[int, str, int]], list[int]]:
-    """Split tasks becoming Ready into those sent now and those held by their group's limit."""
+    """Split tasks becoming Ready into those sent now and those held by their group's limit
+    (max concurrency per job, then the group's maximum running tasks)."""
     job_ids = dict(
         BatchTask.objects.filter(
-            pk__in=[tid for tid, code, _ in tasks if code in group_limits]
+            pk__in=[tid for tid, code, _ in tasks if code in group_limits or code in caps]
         ).values_list("pk", "job_id")
     )
     candidates = [
         limits.Candidate(tid, job_ids.get(tid, 0), code, group_limits.get(code, 0))
         for tid, code, _ in tasks
     ]
-    allowed = {c.task_id for c in limits.dispatchable(candidates)}
+    allowed = {c.task_id for c in limits.capped(limits.dispatchable(candidates), caps)}
     return [t for t in tasks if t[0] in allowed], [t[0] for t in tasks if t[0] not in allowed]
 
 
@@ -1508,9 +1705,16 @@ def _settle_job_if_done(job_id: int, *, at: dt.datetime, none_open: bool = False
     # in this transaction, before the history may go.
     signals.job_settled.send(BatchJob, job=job, run_id=job.current_run_id, final=final, at=at)
     history.apply_save_policy(job, run_id=job.current_run_id, final=final)
+    recurring = job.get_recurrence()
+    overlap_canceled = recurring is not None and recurring.overlap_canceled
+    if recurring is not None and (recurring.overlap_at or overlap_canceled):
+        # The overlap check was for this run only.
+        BatchRecurrence.objects.filter(pk=recurring.pk).update(
+            overlap_at=None, overlap_canceled=False
+        )
     if job.manual_run:
         _end_manual_run(job, final=final, at=at)
-    elif final != S.CANCELED:
+    elif final != S.CANCELED or overlap_canceled:
         _schedule_next_run(job, final=final, at=at)
     return True
 
@@ -1518,7 +1722,9 @@ def _settle_job_if_done(job_id: int, *, at: dt.datetime, none_open: bool = False
 def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) -> bool:
     """D365: a recurring job goes back to Waiting after Ended and after Error, while its range
     lasts; the next start is the first occurrence after now. Occurrences that passed while it
-    ran are recorded as missed and not replayed. (A canceled job stays Canceled.)
+    ran are recorded as missed and not replayed. (A canceled job stays Canceled, unless the
+    overlap policy canceled it.) Beyond D365, the recurrence's overlap policy "buffer_one" or
+    "cancel_running" runs the latest of those occurrences at once instead.
     """
     recurring = job.get_recurrence()
     if recurring is None:
@@ -1530,7 +1736,23 @@ def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) ->
         # A row edited by hand into nonsense must not fail the finish of the task.
         log.exception("Batch job %s: invalid recurrence, no further runs", job.pk)
         return False
-    if following is None:
+    rule = recurring.rule()
+    started = max(job.started_at or at, job.scheduled_start)
+    missed = rule.span(started + _TINY, at, limit=MISSED_COUNT_LIMIT)
+    reason = "Recurrence: next run " + (
+        clock.format_when(following.astimezone(rule.tz), "tz") if following else ""
+    )
+    if missed is not None and _runs_overlapping(recurring):
+        # Overlap "buffer_one" / "cancel_running": the latest occurrence that came while the
+        # job ran runs now (once, however many came); the ones before it were missed.
+        reason = (
+            f"Overlap policy: the occurrence of "
+            f"{clock.format_when(missed.last.astimezone(rule.tz), 'tz')} came while the job "
+            "ran; it runs now"
+        )
+        missed = rule.span(started + _TINY, missed.last - _TINY, limit=MISSED_COUNT_LIMIT)
+        following = at
+    elif following is None:
         return False  # the range is over: the job keeps its final status
     n = BatchJob.objects.filter(pk=job.pk, status=final).update(
         status=S.WAITING, scheduled_start=following
@@ -1538,19 +1760,17 @@ def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) ->
     if n != 1:
         return False
     _reset_tasks(job.pk)
-    started = max(job.started_at or at, job.scheduled_start)
-    missed = recurring.rule().span(started + _TINY, at, limit=MISSED_COUNT_LIMIT)
     _record_missed(job, missed, MissedOccurrence.Reason.RUNNING)
-    _record(
-        job.pk,
-        final,
-        S.WAITING,
-        run_id=job.current_run_id,
-        reason="Recurrence: next run "
-        + clock.format_when(following.astimezone(recurring.rule().tz), "tz"),
-        at=at,
-    )
+    _record(job.pk, final, S.WAITING, run_id=job.current_run_id, reason=reason, at=at)
     return True
+
+
+def _runs_overlapping(recurring: BatchRecurrence) -> bool:
+    """Whether an occurrence that came during a run is run after it (overlap policy), while
+    the recurrence has runs left and is not paused."""
+    if recurring.overlap == BatchRecurrence.Overlap.SKIP or recurring.is_paused():
+        return False
+    return recurring.runs_left() != 0
 
 
 def settle_stranded_job(*, job_id: int, at: dt.datetime | None = None) -> bool:

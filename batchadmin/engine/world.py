@@ -52,7 +52,8 @@ def load_world(
 
     servers with their groups and schedules (3), online replicas (1), waiting tasks per group
     (1, coverage.py); ready tasks per priority (1); running tasks per job (1) when a group has
-    a max concurrency; shared running tasks (1) when a group reserves capacity; beat's tick
+    a max concurrency; running tasks per group (1) when a group has a maximum running tasks;
+    shared running tasks (1) when a group reserves capacity; beat's tick
     (1) when ``beat``; one broker round trip per group in
     ``queue_groups``.
     """
@@ -84,6 +85,9 @@ def load_world(
         world.running = running_per_job(limited)
     if group_list:
         world.ready = ready_per_priority([g.pk for g in group_list])
+    capped = [g.pk for g in group_list if g.task_cap() is not None]
+    if capped:
+        world.group_running = running_per_group(capped)
     reserving = [g.pk for g in group_list if g.reserved_capacity]
     if reserving:
         world.shared_running = shared_running(reserving)
@@ -103,6 +107,18 @@ def running_per_job(group_ids: list[int]) -> dict[tuple[int, int], int]:
         .annotate(n=Count("pk"))
     )
     return {(job_id, group_id): n for job_id, group_id, n in rows}
+
+
+def running_per_group(group_ids: list[int]) -> dict[int, int]:
+    """Executing and Canceling tasks per group, all jobs (one query)."""
+    rows = (
+        BatchTask.objects.running()
+        .filter(group_id__in=group_ids)
+        .values_list("group_id")
+        .order_by()
+        .annotate(n=Count("pk"))
+    )
+    return dict(rows)
 
 
 def ready_per_priority(group_ids: list[int]) -> dict[tuple[int, int], int]:

@@ -23,7 +23,7 @@ from batchadmin.jobs.models import (
     MissedOccurrence,
     StatusChange,
 )
-from batchadmin.jobs.recurrence_forms import OnCalendarDateField, RecurrenceForm
+from batchadmin.jobs.recurrence_forms import OnCalendarDateField, OverlapField, RecurrenceForm
 from batchadmin.lib import recurrence
 
 
@@ -48,6 +48,7 @@ class BatchRecurrenceAdminForm(forms.ModelForm[BatchRecurrence]):
     """Refuse a rule the engine cannot compute (the dialog's form checks the same)."""
 
     on_calendar_date = OnCalendarDateField()
+    overlap = OverlapField()
 
     class Meta:
         model = BatchRecurrence

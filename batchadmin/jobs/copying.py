@@ -30,7 +30,21 @@ from batchadmin.jobs.models import (
 )
 
 # Recurrence fields that describe the schedule; the run counter starts again with the copy.
-RECURRENCE_SKIP = {"id", "job", "runs", "created", "modified"}
+# A copy keeps the rule and its policies, not the state of the original's schedule: its runs,
+# a pause (whose note is about the original) or a pending overlap.
+RECURRENCE_SKIP = {
+    "id",
+    "job",
+    "runs",
+    "created",
+    "modified",
+    "paused_at",
+    "paused_by",
+    "pause_reason",
+    "paused_until",
+    "overlap_at",
+    "overlap_canceled",
+}
 
 
 def copy_job(

@@ -91,7 +91,16 @@ JOB_KEYS = {
     "tasks",
     "alerts",
 }
-RECURRENCE_KEYS = {"start", "timezone", "end", "pattern", "missed", "calendar", "on_calendar_date"}
+RECURRENCE_KEYS = {
+    "start",
+    "timezone",
+    "end",
+    "pattern",
+    "missed",
+    "overlap",
+    "calendar",
+    "on_calendar_date",
+}
 CALENDAR_KEYS = {"code", "description", "dates"}
 TOP_LEVEL_KEYS = {"jobs", "groups", "calendars", "webhooks"}
 # The pattern keys each unit takes besides "unit" and "every" (a cron pattern is {"cron": ...}).
@@ -118,7 +127,15 @@ TASK_KEYS = {
 }
 WEBHOOK_KEYS = {"code", "url", "secret", "format", "description"}
 ALERT_EVENTS = ("ended", "error", "canceled", "deadline")
-GROUP_KEYS = {"code", "description", "servers", "priority", "max_concurrency", "reserved_capacity"}
+GROUP_KEYS = {
+    "code",
+    "description",
+    "servers",
+    "priority",
+    "max_concurrency",
+    "max_tasks",
+    "reserved_capacity",
+}
 
 
 class ImportFailure(ValueError):
@@ -261,6 +278,7 @@ class _Group:
     priority: Priority | None = None  # the group's scheduling priority; None: leave it
     max_concurrency: int | None = None  # -1 pause, 0 no limit, N per job; None: leave it
     reserved_capacity: ReservedCapacity | None = None  # None: leave it
+    max_tasks: int | None = None  # 0 no limit, N for the whole group; None: leave it
 
 
 @dataclass
@@ -407,7 +425,24 @@ def _parse_group(raw: Any, index: int) -> _Group:
                 f"{', '.join(map(str, levels))} (percent of the group's threads)."
             )
         reserved = levels[value]
-    return _Group(code, description, servers, priority, max_concurrency, reserved)
+    max_tasks = None
+    if "max_tasks" in raw:
+        max_tasks = _max_tasks(raw["max_tasks"], where)
+    return _Group(code, description, servers, priority, max_concurrency, reserved, max_tasks)
+
+
+def _max_tasks(value: Any, where: str) -> int:
+    """0 (no limit) or 1-10000 tasks of the whole group at once."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ImportFailure(
+            f"{where}: max_tasks must be a whole number from 0 (no limit) up, got {value!r}."
+        )
+    try:
+        for validate in BatchGroup._meta.get_field("max_tasks").validators:
+            validate(value)
+    except ValidationError as exc:
+        raise ImportFailure(f"{where}: max_tasks {value}: {' '.join(exc.messages)}") from None
+    return value
 
 
 def _max_concurrency(value: Any, where: str) -> int:
@@ -605,6 +640,11 @@ def _parse_recurrence(
             raw.get("missed", BatchRecurrence.Missed.RUN_ONCE),
             {m.value: m.value for m in BatchRecurrence.Missed},
             f"{where}: missed",
+        ),
+        "overlap": _choice(
+            raw.get("overlap", BatchRecurrence.Overlap.SKIP),
+            {o.value: o.value for o in BatchRecurrence.Overlap},
+            f"{where}: overlap",
         ),
     }
     values |= _parse_end(raw.get("end"), where)
@@ -840,6 +880,7 @@ GROUP_AUDIT_FIELDS = [
     "description",
     "default_priority",
     "max_concurrency",
+    "max_tasks",
     "reserved_capacity",
     "servers",
 ]
@@ -858,6 +899,8 @@ def _save_group(group: _Group, user: Any) -> None:
         defaults["max_concurrency"] = group.max_concurrency
     if group.reserved_capacity is not None:
         defaults["reserved_capacity"] = group.reserved_capacity
+    if group.max_tasks is not None:
+        defaults["max_tasks"] = group.max_tasks
     obj, _ = BatchGroup.objects.update_or_create(code=group.code, defaults=defaults)
     if group.servers is None:
         _audit_group(obj, existing, before, user)
@@ -1185,6 +1228,7 @@ def export_recurrence(r: BatchRecurrence) -> dict[str, Any]:
         "end": end,
         "pattern": pattern,
         "missed": r.missed,
+        "overlap": r.overlap,
     }
     if r.calendar is not None:
         data |= {"calendar": r.calendar.code, "on_calendar_date": r.on_calendar_date}

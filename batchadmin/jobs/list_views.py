@@ -44,7 +44,7 @@ NOT_FILTER = ("page", "poll", "v")
 def _jobs(request: AuthedRequest) -> tuple[JobFilter, QuerySet[BatchJob]]:
     """The jobs the user may see, filtered and sorted as the query string says."""
     jobs = access.visible_jobs(request.user).select_related(
-        "created_by", "run_as", "recurrence", "django_task"
+        "created_by", "run_as", "recurrence__paused_by", "django_task"
     )
     filterset = JobFilter(request.GET, queryset=jobs)  # adds the last run and the status rank
     qs = filterset.qs if filterset.is_valid() else jobs.none()

@@ -205,7 +205,12 @@ HAS_DEADLINE = Q(deadline_time__isnull=False) | Q(deadline_minutes__isnull=False
 
 class BatchJobQuerySet(models.QuerySet["BatchJob"]):
     def due(self, at: dt.datetime) -> BatchJobQuerySet:
-        return self.filter(status=BatchStatus.WAITING, scheduled_start__lte=at)
+        # A paused recurrence starts nothing (a LEFT JOIN on the one-to-one, per due row).
+        return self.filter(
+            Q(recurrence__isnull=True) | Q(recurrence__paused_at__isnull=True),
+            status=BatchStatus.WAITING,
+            scheduled_start__lte=at,
+        )
 
     def running(self) -> BatchJobQuerySet:
         return self.filter(status__in=RUNNING_STATUSES)
@@ -511,6 +516,12 @@ class BatchJob(models.Model):
             return None
 
     @property
+    def pause_note(self) -> str:
+        """Who paused the recurrence, why and until when ("" when it is not paused)."""
+        recurring = self.get_recurrence()
+        return recurring.pause_note() if recurring else ""
+
+    @property
     def recurrence_words(self) -> str:
         """The recurrence in words for the job list ("Every 2 weeks on Mon ..."), or ""."""
         recurrence = self.get_recurrence()
@@ -567,6 +578,12 @@ class BatchRecurrence(models.Model):
     class Missed(models.TextChoices):
         RUN_ONCE = "run_once", "Run once now"
         SKIP = "skip", "Skip to the next occurrence"
+
+    class Overlap(models.TextChoices):
+        # Beyond D365 (issue 14, item 4); import/export use these values.
+        SKIP = "skip", "Skip it (recorded as missed)"
+        BUFFER_ONE = "buffer_one", "Run it as soon as the current run ends"
+        CANCEL_RUNNING = "cancel_running", "Cancel the running one and start"
 
     class OnCalendarDate(models.TextChoices):
         # The values are batchadmin.lib.recurrence's SKIP and NEXT_DAY.
@@ -668,6 +685,40 @@ class BatchRecurrence(models.Model):
         help_text="Skip the run, or run it on the next working day (the next date not in the "
         "calendar) at the same time.",
     )
+    overlap = models.CharField(
+        "when the next run comes while one runs",
+        max_length=14,
+        choices=Overlap.choices,
+        default=Overlap.SKIP,
+        help_text="An occurrence that comes while the job still runs: skip it, run it once as "
+        "soon as the current run ends (one, however many passed), or cancel the running one "
+        "and start.",
+    )
+    # Overlap "cancel_running": the occurrence after the running run's, set when a run starts;
+    # the tick cancels the run when it comes (tick.handle_overlaps). And the run was canceled
+    # for it: its settling starts the next run at once.
+    overlap_at = models.DateTimeField(null=True, blank=True)
+    overlap_canceled = models.BooleanField(default=False)
+    # Paused (issue 14, item 6): the tick starts no run while paused_at is set. Who, why and
+    # until when are the operator's note; the tick resumes it at paused_until.
+    paused_at = models.DateTimeField("paused at", null=True, blank=True)
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name="paused by",
+    )
+    pause_reason = models.CharField(
+        "why paused", max_length=500, blank=True, help_text="Why the recurrence is paused."
+    )
+    paused_until = models.DateTimeField(
+        "paused until",
+        null=True,
+        blank=True,
+        help_text="Resumed by itself at this time; empty: until someone resumes it.",
+    )
     # Runs started under this recurrence; End after counts them. Saving the dialog restarts it.
     runs = models.PositiveIntegerField(default=0)
     _calendar_dates: tuple[int, frozenset[dt.date]] | None = None  # see calendar_dates()
@@ -691,10 +742,52 @@ class BatchRecurrence(models.Model):
             models.CheckConstraint(
                 condition=~Q(unit="cron") | ~Q(cron=""), name="recurrence_cron_expression"
             ),
+            models.CheckConstraint(
+                condition=Q(paused_until=None) | Q(paused_at__isnull=False),
+                name="recurrence_paused_until_only_when_paused",
+            ),
+        ]
+        indexes = [
+            # The tick's overlap check of running jobs (tick.handle_overlaps).
+            models.Index(
+                fields=["overlap_at"],
+                name="recurrence_overlap_at_idx",
+                condition=Q(overlap_at__isnull=False),
+            ),
+            # The tick's automatic resume (tick.handle_paused_until).
+            models.Index(
+                fields=["paused_until"],
+                name="recurrence_paused_until_idx",
+                condition=Q(paused_until__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
         return self.describe()
+
+    def is_paused(self) -> bool:
+        return self.paused_at is not None
+
+    def pause_note(self) -> str:
+        """ "Paused by alice on 2026-12-03 10:40 Europe/Oslo: month-end freeze; until 2026-12-05
+        06:00 Europe/Oslo", or "" when not paused."""
+        if self.paused_at is None:
+            return ""
+        zone = recurrence.zone(self.time_zone)
+        who = f" by {self.paused_by.get_username()}" if self.paused_by_id and self.paused_by else ""
+        note = f"Paused{who} on {clock.format_when(self.paused_at.astimezone(zone), 'tz')}"
+        if self.pause_reason:
+            note += f": {self.pause_reason}"
+        if self.paused_until is not None:
+            note += f"; until {clock.format_when(self.paused_until.astimezone(zone), 'tz')}"
+        return note
+
+    def aware(self, when: dt.datetime) -> dt.datetime:
+        """``when`` as given when it has an offset, else read as wall-clock time in the
+        recurrence's zone (a time in a DST gap: the first instant after it)."""
+        if when.tzinfo is not None:
+            return when
+        return recurrence.localize(when, recurrence.zone(self.time_zone))
 
     def start(self) -> dt.datetime:
         """The local (naive) start date and time, in ``time_zone``."""
@@ -768,6 +861,7 @@ class MissedOccurrence(models.Model):
     class Reason(models.TextChoices):
         RUNNING = "running", "The job was still running"
         LATE = "late", "Not started in time; skipped"
+        PAUSED = "paused", "The recurrence was paused"
 
     job = models.ForeignKey(BatchJob, models.CASCADE, related_name="missed_occurrences")
     scheduled_start = models.DateTimeField("scheduled start date/time")
@@ -950,6 +1044,12 @@ class BatchTask(models.Model):
             models.Index(
                 fields=["deadline_at"],
                 name="task_deadline_idx",
+                condition=Q(status__in=list(RUNNING_STATUSES)),
+            ),
+            # A group's maximum running tasks: the claim's sql.GROUP_RUNNING count.
+            models.Index(
+                fields=["group"],
+                name="task_group_running_idx",
                 condition=Q(status__in=list(RUNNING_STATUSES)),
             ),
         ]

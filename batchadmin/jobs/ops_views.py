@@ -1,5 +1,5 @@
 """Operator actions on a job's runs: Skip, Rerun from here, Run now with parameter overrides
-(docs/operator-actions.md).
+(docs/operator-actions.md); and pausing or resuming its recurrence.
 
 Each is a dialog loaded into #dialog by GET; its POST acts through the engine's transition
 (which writes the audit entry), closes the dialog and sends job-changed, so the job page and
@@ -9,15 +9,16 @@ can't see answers 404, one they see but may not change answers 403.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
 from batchadmin.engine import transitions
@@ -218,3 +219,81 @@ def job_run_now(request: AuthedRequest, pk: int) -> HttpResponse:
         "finished": job.status in transitions.TERMINAL_JOB_STATUSES,
     }
     return render_dialog(request, "jobs/job_run_now.html", context, nav="jobs")
+
+
+# --- Pause and resume a recurrence -----------------------------------------------------------
+
+
+class PauseForm(forms.Form):
+    reason = forms.CharField(
+        label="Reason",
+        max_length=transitions.PAUSE_REASON_MAX,
+        widget=forms.Textarea(attrs={"rows": 3, "autofocus": True}),
+        help_text="Why: shown with the job on the list and its page, and kept in the audit trail.",
+    )
+    until = forms.CharField(
+        label="Resume by itself at",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="In the recurrence's zone. Empty: until someone resumes it.",
+    )
+
+    def __init__(self, *args: Any, recurring: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recurring = recurring
+        self.fields[
+            "until"
+        ].help_text = (
+            f"In the recurrence's zone ({recurring.time_zone}). Empty: until someone resumes it."
+        )
+
+    def clean_until(self) -> Any:
+        text = (self.cleaned_data.get("until") or "").strip()
+        if not text:
+            return None
+        try:
+            return self.recurring.aware(dt.datetime.fromisoformat(text))
+        except ValueError:
+            raise forms.ValidationError(
+                "Write a date and time as YYYY-MM-DD HH:MM, or leave it empty."
+            ) from None
+
+
+@require_http_methods(["GET", "POST"])
+def job_pause(request: AuthedRequest, pk: int) -> HttpResponse:
+    """Pause the job's recurrence with a note (transitions.pause_recurrence)."""
+    job = _job_to_operate(request, pk)
+    recurring = job.get_recurrence()
+    if recurring is None:
+        raise Http404("This batch job has no recurrence to pause.")
+    form = PauseForm(request.POST or None, recurring=recurring)
+    if request.method == "POST" and form.is_valid():
+        try:
+            done = transitions.pause_recurrence(
+                job_id=job.pk,
+                by_id=request.user.pk,
+                reason=form.cleaned_data["reason"],
+                until=form.cleaned_data["until"],
+            )
+        except transitions.Refused as exc:
+            form.add_error(None, str(exc))
+        else:
+            if done:
+                return _done(request, job, f"Paused the recurrence of job {job.pk}.")
+            form.add_error(None, "The job changed meanwhile. Look again.")
+    context = {"job": job, "form": form, "recurring": recurring}
+    return render_dialog(request, "jobs/job_pause.html", context, nav="jobs")
+
+
+@require_POST
+def job_resume(request: AuthedRequest, pk: int) -> HttpResponse:
+    """Resume the paused recurrence (transitions.resume_recurrence)."""
+    job = _job_to_operate(request, pk)
+    try:
+        transitions.resume_recurrence(job_id=job.pk, by_id=request.user.pk)
+    except transitions.Refused as exc:
+        if not request.htmx:
+            messages.error(request, str(exc))
+            return redirect("jobs:detail", job.pk)
+        return HttpResponse(str(exc), status=409)
+    return _done(request, job, f"Resumed the recurrence of job {job.pk}.")

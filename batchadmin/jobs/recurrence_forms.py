@@ -65,6 +65,25 @@ class OnCalendarDateField(forms.TypedChoiceField):
         return str(super().to_python(value) or BatchRecurrence.OnCalendarDate.SKIP)
 
 
+class OverlapField(forms.TypedChoiceField):
+    """The overlap policy; not posted (an older client, a script) means skip, today's
+    behaviour, and is no change."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        model_field = BatchRecurrence._meta.get_field("overlap")
+        kwargs.setdefault("label", model_field.verbose_name.capitalize())
+        kwargs.setdefault("help_text", model_field.help_text)
+        super().__init__(
+            choices=BatchRecurrence.Overlap.choices,
+            required=False,
+            initial=BatchRecurrence.Overlap.SKIP,
+            **kwargs,
+        )
+
+    def to_python(self, value: Any) -> str:
+        return str(super().to_python(value) or BatchRecurrence.Overlap.SKIP)
+
+
 class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
     """Start date and time, time zone, range (end), pattern and the missed-runs policy.
 
@@ -90,6 +109,7 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
         help_text="Weeks: the days of the week it runs on.",
     )
     on_calendar_date = OnCalendarDateField(widget=forms.RadioSelect)
+    overlap = OverlapField(widget=forms.RadioSelect)
     on = forms.ChoiceField(
         label="Months and years",
         choices=[(ON_DAY, "Day of the month"), (ON_WEEKDAY, "The first ... last weekday")],
@@ -114,6 +134,7 @@ class RecurrenceForm(forms.ModelForm[BatchRecurrence]):
             "month",
             "cron",
             "missed",
+            "overlap",
             "calendar",
             "on_calendar_date",
         ]

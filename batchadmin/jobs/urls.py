@@ -25,6 +25,8 @@ job_urls = [
     path("history/<int:run_pk>/log/", history_views.run_log, name="log"),
     path("rerun/", history_views.job_rerun, name="rerun"),
     path("run-now/", ops_views.job_run_now, name="run-now"),
+    path("pause/", ops_views.job_pause, name="pause"),
+    path("resume/", ops_views.job_resume, name="resume"),
     path("tasks/<int:task_pk>/skip/", ops_views.task_skip, name="task-skip"),
     path("tasks/<int:task_pk>/rerun-from/", ops_views.task_rerun_from, name="task-rerun-from"),
 ]

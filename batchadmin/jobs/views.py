@@ -37,7 +37,7 @@ def _get_job(request: AuthedRequest, pk: int, *, change: bool = False) -> BatchJ
     """The job if the user may see it (404 otherwise, so ids of others' jobs do not leak)."""
     # The header shows the recurrence and the active period: one query with the job.
     jobs = access.visible_jobs(request.user).select_related(
-        "recurrence", "active_period", "django_task"
+        "recurrence__paused_by", "active_period", "django_task"
     )
     job = get_object_or_404(jobs, pk=pk)
     if change and not access.can_change(request.user, job):

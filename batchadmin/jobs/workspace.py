@@ -159,7 +159,7 @@ def _context(request: AuthedRequest) -> dict[str, Any]:
     counts, by_group = _task_counts(at)
     due_jobs = list(
         visible.due(at - explain.DUE_GRACE)
-        .select_related("active_period")
+        .select_related("active_period", "recurrence__paused_by")
         .order_by("scheduled_start", "pk")[: STUCK_SHOWN + 1]
     )
     ready = BatchTask.objects.filter(status=S.READY, ready_at__lte=at - READY_LONG)

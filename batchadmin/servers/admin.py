@@ -29,6 +29,7 @@ class BatchGroupAdmin(admin.ModelAdmin[BatchGroup]):
         "description",
         "default_priority",
         "max_concurrency",
+        "max_tasks",
         "reserved_capacity",
     ]
 

@@ -24,7 +24,7 @@ MAX_CONCURRENCY_ERROR = (
 )
 
 
-KEPT_WHEN_LEFT_OUT = ("default_priority", "reserved_capacity")
+KEPT_WHEN_LEFT_OUT = ("default_priority", "reserved_capacity", "max_tasks")
 
 
 class GroupForm(forms.ModelForm[BatchGroup]):
@@ -44,7 +44,14 @@ class GroupForm(forms.ModelForm[BatchGroup]):
 
     class Meta:
         model = BatchGroup
-        fields = ["code", "description", "default_priority", "max_concurrency", "reserved_capacity"]
+        fields = [
+            "code",
+            "description",
+            "default_priority",
+            "max_concurrency",
+            "max_tasks",
+            "reserved_capacity",
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -26,6 +26,8 @@ MAX_THREADS_LIMIT = 512
 # D365 Max concurrency on the batch group: 0 = no limit, N = per job, -1 = paused.
 NO_LIMIT = 0
 PAUSED = -1
+# Maximum running tasks of a whole group (0 = no limit): far above any real thread count.
+MAX_GROUP_TASKS = 10000
 
 
 def _fit(text: str, limit: int) -> str:
@@ -119,6 +121,16 @@ class BatchGroup(models.Model):
             "capacity: other tasks start only while more than that share is free."
         ),
     )
+    max_tasks = models.PositiveSmallIntegerField(
+        "maximum running tasks",
+        default=NO_LIMIT,
+        validators=[MaxValueValidator(MAX_GROUP_TASKS, "Use 0 (no limit) or 1-10000.")],
+        help_text=(
+            "0 = no limit; N = at most N tasks of this group run at once, across all jobs and "
+            "batch servers (D365 batch concurrency control). Waiting tasks of different jobs "
+            "take turns."
+        ),
+    )
     created = models.DateTimeField(default=now)
 
     objects = BatchGroupQuerySet.as_manager()
@@ -130,6 +142,9 @@ class BatchGroup(models.Model):
             models.CheckConstraint(
                 condition=Q(max_concurrency__gte=PAUSED, max_concurrency__lte=MAX_THREADS_LIMIT),
                 name="group_max_concurrency_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_tasks__lte=MAX_GROUP_TASKS), name="group_max_tasks_range"
             ),
         ]
 
@@ -149,6 +164,10 @@ class BatchGroup(models.Model):
     def job_limit(self) -> int | None:
         """At most this many tasks of one job run at once; None: no limit (or paused)."""
         return self.max_concurrency if self.max_concurrency > 0 else None
+
+    def task_cap(self) -> int | None:
+        """At most this many tasks of the group run at once, all jobs together; None: no cap."""
+        return self.max_tasks or None
 
 
 class BatchServer(models.Model):

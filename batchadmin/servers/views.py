@@ -47,6 +47,7 @@ GROUP_AUDIT_FIELDS = [
     "description",
     "default_priority",
     "max_concurrency",
+    "max_tasks",
     "reserved_capacity",
 ]
 SERVER_AUDIT_FIELDS = ["name", "description", "enabled", "time_zone", "groups"]
@@ -98,15 +99,29 @@ def _group_pane(
     selected = next((g for g in groups if g.pk == selected_pk), None)
     if selected is None and groups:
         selected = next((g for g in groups if g.is_default()), groups[0])
-    rows = [(g, cover[g.pk]) for g in groups]
+    # Maximum running tasks, shown as used / limit (one query, only when a group has one).
+    capped = [g.pk for g in groups if g.task_cap() is not None]
+    running: dict[int, int] = (
+        dict(
+            BatchTask.objects.running()
+            .filter(group_id__in=capped)
+            .values_list("group_id")
+            .order_by()
+            .annotate(n=Count("pk"))
+        )
+        if capped
+        else {}
+    )
+    rows = [(g, cover[g.pk], running.get(g.pk, 0)) for g in groups]
     saved = {s.pk for s in servers if any(g == selected for g in s.groups.all())}
     chosen = saved if staged is None else staged
     return {
         "nav": "groups",
         "rows": rows,
-        "unserved": [(g, c) for g, c in rows if not c.ok],
+        "unserved": [(g, c) for g, c, _ in rows if not c.ok],
         "selected": selected,
         "cover": cover[selected.pk] if selected else None,
+        "selected_running": running.get(selected.pk, 0) if selected else 0,
         "servers": servers,
         "online_ids": online_ids,
         "is_manager": access.is_manager(request.user),
@@ -226,8 +241,8 @@ def _group_form(request: AuthedRequest, group: BatchGroup | None) -> HttpRespons
         notice = f"{verb} batch group {saved.code}."
         if saved.is_paused():
             notice += " It is paused: running tasks finish, no new ones start."
-        elif "max_concurrency" in form.changed_data and group is not None:
-            notice += " The new max concurrency applies within a few seconds."
+        elif group is not None and {"max_concurrency", "max_tasks"} & set(form.changed_data):
+            notice += " The new limit applies within a few seconds."
         return _groups_done(request, saved.pk, notice, dialog=True)
     context = {"form": form, "group": group, "nav": "groups"}
     if request.htmx:

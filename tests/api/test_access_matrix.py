@@ -30,6 +30,9 @@ ENDPOINTS: list[tuple[str, str, Any, tuple[int, ...]]] = [
         (401, 403, 200, 404, 200),
     ),
     ("POST", "/api/v1/jobs/{job}/run-now", {}, (401, 403, 200, 404, 200)),
+    # The job has no recurrence: who may act gets 409, the others what they get elsewhere.
+    ("POST", "/api/v1/jobs/{job}/pause", {"reason": "freeze"}, (401, 403, 409, 404, 409)),
+    ("POST", "/api/v1/jobs/{job}/resume", None, (401, 403, 409, 404, 409)),
     ("GET", "/api/v1/jobs/{job}/audit", None, (401, 200, 200, 404, 200)),
     ("POST", "/api/v1/jobs/{job}/copy", {}, (401, 403, 201, 404, 201)),
     ("GET", "/api/v1/jobs/{job}/wait?timeout=0", None, (401, 200, 200, 404, 200)),

@@ -89,6 +89,8 @@ class JobListTestCase(ApiTestCase):
             "created_by": "dave",
             "run_as": "alice",
             "recurrence": "",
+            "overlap": None,
+            "paused": "",
             "url": f"http://localhost:8000/jobs/{job.pk}/",
         }
 
@@ -469,3 +471,14 @@ class HistoryTestCase(ApiTestCase):
         r = self.call("GET", f"/api/v1/jobs/{other.pk}/runs/{run.pk}/attempts", as_user=self.dave)
         assert r.status_code == 404
         assert r.data["message"].startswith(f"Batch job {other.pk} has no run {run.pk}")
+
+
+class GroupListTestCase(ApiTestCase):
+    def test_it_gives_each_groups_maximum_running_tasks_and_what_runs(self):
+        group = BatchGroup.objects.create(code="Integration", max_tasks=4)
+        job = self.make_job()
+        self.make_task(job, "feed", group=group, status=BatchStatus.EXECUTING)
+        r = self.call("GET", "/api/v1/groups", as_user=self.alice)
+        assert r.status_code == 200, r.content
+        [row] = [g for g in r.data if g["code"] == "Integration"]
+        assert (row["max_tasks"], row["running_tasks"]) == (4, 1)

@@ -334,6 +334,8 @@ class TickTestCase(BaseTestCase):
             counts = tick.tick(NINE)
         assert counts == {
             "withheld": 0,
+            "resumed": 0,
+            "overlaps": 0,
             "started": 1,
             "leases_expired": 0,
             "overdue": 0,

@@ -33,6 +33,7 @@ DAILY: dict[str, Any] = {
     "end": None,
     "pattern": {"unit": "days", "every": 1},
     "missed": "run_once",
+    "overlap": "skip",
     "calendar": "NO-HOL",
     "on_calendar_date": "next_day",
 }

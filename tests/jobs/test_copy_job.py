@@ -185,6 +185,21 @@ class CopyServiceTestCase(FormTestCase):
             recurrence.runs,
         ) == ("weeks", 2, ["mon", "thu"], "Europe/Oslo", 10, 0)
 
+    def test_it_copies_the_overlap_policy_but_not_a_pause(self):
+        BatchRecurrence.objects.filter(job=self.source).update(
+            overlap=BatchRecurrence.Overlap.BUFFER_ONE,
+            paused_at=START,
+            paused_by=self.alice,
+            pause_reason="freeze",
+            overlap_at=START,
+        )
+        self.source.refresh_from_db()
+        recurrence = self.copy().get_recurrence()
+        assert recurrence is not None
+        assert recurrence.overlap == BatchRecurrence.Overlap.BUFFER_ONE
+        assert not recurrence.is_paused()
+        assert (recurrence.pause_reason, recurrence.overlap_at) == ("", None)
+
     def test_the_source_is_left_as_it_was(self):
         before = list(self.source.tasks.values_list("pk", "key", "status"))
         self.copy()

@@ -165,6 +165,13 @@ class ImportTestCase(CommandTestCase):
         assert nightly.is_paused()
         assert (nightly.default_priority, nightly.reserved_capacity) == (Priority.HIGH, 25)
 
+    def test_it_imports_a_groups_maximum_running_tasks(self):
+        self.batch("import", self.write({"groups": [{"code": "Integration", "max_tasks": 4}]}))
+        assert BatchGroup.objects.get(code="Integration").max_tasks == 4
+        # Left out: kept as it is.
+        self.batch("import", self.write({"groups": [{"code": "Integration", "priority": "low"}]}))
+        assert BatchGroup.objects.get(code="Integration").max_tasks == 4
+
     def test_it_defaults_what_the_file_leaves_out(self):
         self.batch("import", self.write({"description": "Bare", "tasks": [task_data("T1")]}))
         job = self.new_jobs().get()
@@ -302,6 +309,9 @@ class ImportRefusalTestCase(CommandTestCase):
             ({"groups": [{"code": "n", "max_concurrency": -2}]}, "max_concurrency -2: Use -1 (pause)"),
             ({"groups": [{"code": "n", "max_concurrency": "2"}]}, "max_concurrency must be a whole number, got '2'."),
             ({"groups": [{"code": "n", "max_concurrency": True}]}, "must be a whole number, got True."),
+            ({"groups": [{"code": "n", "max_tasks": -1}]}, "group 'n': max_tasks must be a whole number from 0 (no limit) up, got -1."),
+            ({"groups": [{"code": "n", "max_tasks": "4"}]}, "max_tasks must be a whole number from 0 (no limit) up, got '4'."),
+            ({"groups": [{"code": "n", "max_tasks": 10001}]}, "group 'n': max_tasks 10001: Use 0 (no limit) or 1-10000."),
             ({"groups": [{"code": "n", "reserved_capacity": 20}]}, "group 'n': reserved_capacity 20 is not one of 0, 10, 15, 25 (percent"),
             ({"groups": [{"code": "n", "reserved_capacity": [10]}]}, "reserved_capacity [10] is not one of"),
             ({"jobs": ["job"]}, "job 1: must be an object."),

@@ -93,6 +93,17 @@ class RecurrenceDialogTestCase(FormTestCase):
         assert "<html" in page
         assert 'id="recurrence-form"' in page
 
+    def test_it_offers_and_saves_the_overlap_policy(self):
+        html = self.client.get(self.url(), headers=self.htmx("dialog")).content.decode()
+        assert "When the next run comes while one runs" in html
+        assert 'value="buffer_one"' in html
+        assert 'value="cancel_running"' in html
+        r = self.client.post(
+            self.url(), weekly(overlap="cancel_running"), headers=self.htmx("dialog")
+        )
+        assert r.status_code == 200
+        assert BatchRecurrence.objects.get(job=self.job).overlap == "cancel_running"
+
     def test_the_job_page_opens_it_from_the_action_bar(self):
         html = self.client.get(f"/jobs/{self.job.pk}/").content.decode()
         assert f'hx-get="/jobs/{self.job.pk}/recurrence/" hx-target="#dialog"' in html

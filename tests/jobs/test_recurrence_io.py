@@ -19,6 +19,7 @@ WEEKLY: dict[str, Any] = {
     "end": {"after": 7},
     "pattern": {"unit": "weeks", "every": 2, "weekdays": ["mon", "thu"]},
     "missed": "run_once",
+    "overlap": "skip",
 }
 
 
@@ -174,6 +175,8 @@ class RecurrenceExportTestCase(BaseTestCase):
             dict(WEEKLY, end=None, pattern={"unit": "minutes", "every": 15}),
             dict(WEEKLY, end={"by": "2026-06-30"}, pattern={"unit": "hours", "every": 6}),
             dict(WEEKLY, pattern={"unit": "days", "every": 3}, missed="skip"),
+            dict(WEEKLY, overlap="buffer_one"),
+            dict(WEEKLY, overlap="cancel_running"),
             dict(WEEKLY, pattern={"unit": "months", "every": 1, "day": 31}),
             dict(WEEKLY, pattern={"unit": "months", "every": 3, "nth": -1, "weekday": "fri"}),
             dict(WEEKLY, pattern={"unit": "years", "every": 1, "month": 2, "day": 29}),

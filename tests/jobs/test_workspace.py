@@ -390,3 +390,15 @@ class ChartsTestCase(WorkspaceTestCase):
         assert '<svg class="chart" id="chart-minutes"' in html
         assert 'aria-labelledby="chart-minutes-title chart-minutes-desc"' in html
         assert "<script" not in html.split('id="workspace-live"')[1]
+
+
+class GroupCapacityTestCase(WorkspaceTestCase):
+    def test_a_groups_maximum_running_tasks_shows_as_used_of_limit(self):
+        group = BatchGroup.objects.create(code="Integration", max_tasks=4)
+        job = self.make_job()
+        for key in ("A", "B", "C"):
+            self.make_task(job, key, group=group)
+        start(job)
+        BatchTask.objects.filter(job=job, key__in=["A", "B"]).update(status=S.EXECUTING)
+        html = self.client.get(URL).content.decode()
+        assert "2 / 4 running" in html

@@ -59,6 +59,24 @@ class GroupPageTestCase(BaseTestCase):
         assert "aos1" in html
         assert "batch.default" in html  # the selected (default) group's queue
 
+    def test_it_shows_a_groups_maximum_running_tasks_as_used_of_limit(self):
+        BatchGroup.objects.filter(pk=self.reporting.pk).update(max_tasks=4)
+        job = self.make_job()
+        self.make_task(job, "R0", group=self.reporting, status=BatchStatus.EXECUTING)
+        html = self.client.get(URL, {"group": self.reporting.pk}).content.decode()
+        assert "1 / 4 running" in html  # the table's badge
+        assert "Maximum running tasks" in html
+        assert "1 / 4" in html
+
+    def test_it_edits_a_groups_maximum_running_tasks(self):
+        r = self.client.post(
+            f"/groups/{self.reporting.pk}/edit/",
+            {"code": "Reporting", "description": "Reports", "max_tasks": "3"},
+        )
+        assert r.status_code == 302
+        self.reporting.refresh_from_db()
+        assert self.reporting.max_tasks == 3
+
     def test_it_counts_ready_and_waiting_tasks_of_executing_jobs_only(self):
         self.waiting_in(self.reporting, 2)
         held = self.make_job(status=BatchStatus.WITHHOLD)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import sys
@@ -117,6 +118,21 @@ class Command(BaseCommand):
             help="A parameter for this run only; VALUE is read as JSON when it is (7, true, "
             '["a","b"]), else as text. Repeat for more.',
         )
+        p.add_argument("--user", required=True, help=USER_HELP)
+        p = sub.add_parser(
+            "pause", help="Pause the job's recurrence with a note: no run starts until resumed."
+        )
+        p.add_argument("job_id", type=int)
+        p.add_argument("--reason", required=True, help="Why: shown with the job and audited.")
+        p.add_argument(
+            "--until",
+            metavar="DATE",
+            help="Resume by itself then: YYYY-MM-DD or YYYY-MM-DDTHH:MM[+offset], read in the "
+            "recurrence's zone without an offset. Left out: until someone resumes it.",
+        )
+        p.add_argument("--user", required=True, help=USER_HELP)
+        p = sub.add_parser("resume", help="Resume the job's paused recurrence.")
+        p.add_argument("job_id", type=int)
         p.add_argument("--user", required=True, help=USER_HELP)
         p = sub.add_parser("audit", help="The job's audit trail, oldest first.")
         p.add_argument("job_id", type=int)
@@ -266,6 +282,43 @@ class Command(BaseCommand):
                 job_id=job_id, by_id=by.pk, overrides=overrides, via=CLI
             ),
         )
+
+    def do_pause(self, *, job_id: int, reason: str, until: str | None, user: str, **_: Any) -> None:
+        """Prints "paused" (a contract: scripts read it); the note goes with the job."""
+        by = _operator(user, job_id)
+        job = _job(job_id)
+        recurring = job.get_recurrence()
+        if recurring is None:
+            raise CommandError(f"Nothing was changed. Job {job_id} has no recurrence to pause.")
+        resume_at = None
+        if until:
+            try:
+                resume_at = recurring.aware(dt.datetime.fromisoformat(until))
+            except (ValueError, recurrence.RuleError):
+                raise CommandError(
+                    f"--until {until!r}: write a date as YYYY-MM-DD or a time as "
+                    "YYYY-MM-DDTHH:MM (with an offset, or in the recurrence's zone)."
+                ) from None
+        try:
+            done = transitions.pause_recurrence(
+                job_id=job_id, by_id=by.pk, reason=reason, until=resume_at, via=CLI
+            )
+        except transitions.Refused as exc:
+            raise CommandError(f"Nothing was changed. {exc}") from None
+        if not done:
+            raise CommandError(f"Job {job_id} changed meanwhile; nothing was changed. Try again.")
+        self.stdout.write("paused")
+
+    def do_resume(self, *, job_id: int, user: str, **_: Any) -> None:
+        """Prints "resumed" (a contract, as pause)."""
+        by = _operator(user, job_id)
+        try:
+            done = transitions.resume_recurrence(job_id=job_id, by_id=by.pk, via=CLI)
+        except transitions.Refused as exc:
+            raise CommandError(f"Nothing was changed. {exc}") from None
+        if not done:
+            raise CommandError(f"Job {job_id} changed meanwhile; nothing was changed. Try again.")
+        self.stdout.write("resumed")
 
     def _act(self, job_id: int, action: Callable[[], bool]) -> None:
         """Run an operator action; print the job's status after it, or say why not."""
