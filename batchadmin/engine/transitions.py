@@ -1103,7 +1103,7 @@ def claim_task(
                     if limit_checked
                     else _claim_limited(task_id, server_id, hostname, at, celery_task_id)
                 )
-            job_id, attempt, key, process, parameters, company_id = row
+            job_id, attempt, key, process, parameters, company_id, ready_at = row
             cursor.execute(
                 sql.RUN,
                 [
@@ -1114,6 +1114,7 @@ def claim_task(
                     hostname,
                     adapt(at),
                     celery_task_id,
+                    ready_at,
                     job_id,
                 ],
             )

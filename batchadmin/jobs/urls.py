@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from batchadmin.jobs import history_views, ops_views, views
+from batchadmin.jobs import history_views, inquiries, ops_views, views
 
 app_name = "jobs"
 
@@ -34,5 +34,7 @@ urlpatterns = [
     path("", views.job_list, name="list"),
     path("new/", views.job_create, name="create"),
     path("bulk-status/", views.bulk_status, name="bulk-status"),
+    path("history/", inquiries.run_inquiry, name="runs"),
+    path("tasks/", inquiries.attempt_inquiry, name="attempts"),
     path("<int:pk>/", include(job_urls)),
 ]
