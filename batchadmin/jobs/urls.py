@@ -24,6 +24,7 @@ job_urls = [
     path("history/", history_views.job_history, name="history"),
     path("history/<int:run_pk>/", history_views.history_run, name="history-run"),
     path("history/<int:run_pk>/log/", history_views.run_log, name="log"),
+    path("runs/", history_views.job_runs, name="runs-grid"),
     path("rerun/", history_views.job_rerun, name="rerun"),
     path("run-now/", ops_views.job_run_now, name="run-now"),
     path("tasks/<int:task_pk>/skip/", ops_views.task_skip, name="task-skip"),
