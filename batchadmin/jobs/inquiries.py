@@ -66,7 +66,11 @@ class Slice(Generic[M]):
 
 
 def page_of(
-    qs: models.QuerySet[M], number_text: str | None, *, select: tuple[str, ...]
+    qs: models.QuerySet[M],
+    number_text: str | None,
+    *,
+    select: tuple[str, ...],
+    defer: tuple[str, ...] = (),
 ) -> Slice[M]:
     """Page ``number_text`` of ``qs`` (ordered): ids by OFFSET (index-only in the default
     order), then the rows with ``select`` for those ids only."""
@@ -78,12 +82,12 @@ def page_of(
     ids = ids[:PAGE_SIZE]
     if not ids and number > 1:
         # Past the end (rows went away, or a typed number): say so on the first page instead.
-        return page_of(qs, "1", select=select)
+        return page_of(qs, "1", select=select, defer=defer)
     if number == 1 and not has_next:
         count = len(ids)  # the whole result is on this page: nothing to count
     else:
         count = qs.order_by().values("pk")[: COUNT_CAP + 1].count()
-    rows = qs.model._default_manager.select_related(*select).in_bulk(ids)
+    rows = qs.model._default_manager.select_related(*select).defer(*defer).in_bulk(ids)
     return Slice(number, [rows[pk] for pk in ids if pk in rows], has_next, count, offset + 1)
 
 
@@ -131,7 +135,12 @@ def run_inquiry(request: AuthedRequest) -> HttpResponse:
     )
     filterset = RunFilter(request.GET, queryset=runs)
     qs = filterset.qs if filterset.is_valid() else runs.none()
-    page = page_of(_ordered(qs, request), request.GET.get("page"), select=("job", "run_by"))
+    page = page_of(
+        _ordered(qs, request),
+        request.GET.get("page"),
+        select=("job", "run_by"),
+        defer=("parameters",),
+    )
     # What the page's runs did, per status of their attempts: one aggregate for the page.
     by_run: dict[int, list[tuple[str, str, int]]] = defaultdict(list)
     counts = (
@@ -193,6 +202,8 @@ def attempt_inquiry(request: AuthedRequest) -> HttpResponse:
         _ordered(qs, request),
         request.GET.get("page"),
         select=("task__group", "server", "job_run__job", "job_run__run_by"),
+        # The traceback is for the Log; the parameters of run and task are not shown.
+        defer=("traceback", "task__parameters", "job_run__parameters"),
     )
     lines = [AttemptLine(a, clock.precision(a.started_at, a.ended_at)) for a in page.rows]
     context: dict[str, Any] = {
