@@ -125,6 +125,10 @@ class RunLine:
     spec: str  # format_when spec of its times: milliseconds when it was short
     tasks: list[tuple[str, str, int]] = field(default_factory=list)  # status, label, attempts
 
+    @property
+    def end_spec(self) -> str:
+        return clock.end_precision(self.run.started_at, self.run.ended_at)
+
 
 @require_GET
 def run_inquiry(request: AuthedRequest) -> HttpResponse:
@@ -175,6 +179,10 @@ def run_inquiry(request: AuthedRequest) -> HttpResponse:
 class AttemptLine:
     attempt: BatchTaskRun
     spec: str
+
+    @property
+    def end_spec(self) -> str:
+        return clock.end_precision(self.attempt.started_at, self.attempt.ended_at)
 
     @property
     def error_title(self) -> str:

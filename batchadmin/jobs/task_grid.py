@@ -21,7 +21,7 @@ from django.db.models import Count, OuterRef, Subquery
 from django.http import Http404
 from django.urls import reverse
 from django.utils.functional import cached_property
-from django.utils.timezone import localtime, now
+from django.utils.timezone import now
 
 from batchadmin.engine import explain
 from batchadmin.engine.world import load_world
@@ -79,10 +79,7 @@ class TaskRow:
     @property
     def end_spec(self) -> str:
         """The last end without its date when it is the start's date (in the user's zone)."""
-        start, end = self.task.started_at, self.task.ended_at
-        if start and end and localtime(start).date() == localtime(end).date():
-            return f"time {self.when_spec}"
-        return self.when_spec
+        return clock.end_precision(self.task.started_at, self.task.ended_at)
 
     @property
     def log_url(self) -> str:

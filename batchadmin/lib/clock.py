@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.utils.timezone import localtime
 
 CLOCK_24 = "24"
 CLOCK_12 = "12"
@@ -101,6 +102,15 @@ def _time(value: dt.time | dt.datetime, *, seconds: bool, ms: bool = False) -> s
 # Below this, times of a run or attempt are written with milliseconds: 250 tasks that all
 # start and end within one second would otherwise all read 02:50:27.
 SHORT_DURATION = dt.timedelta(minutes=1)
+
+
+def end_precision(start: dt.datetime | None, end: dt.datetime | None) -> str:
+    """The spec for the end of the same: as ``precision``, without the date when the end is
+    on the start's date in the current zone ("2026-12-03 02:50:27.120 – 02:50:27.480")."""
+    spec = precision(start, end)
+    if start and end and localtime(start).date() == localtime(end).date():
+        return f"time {spec}"
+    return spec
 
 
 def precision(start: dt.datetime | None, end: dt.datetime | None) -> str:
