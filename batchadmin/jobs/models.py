@@ -1008,6 +1008,10 @@ class BatchJobRun(models.Model):
             # first, and its time range; and the same per status (the "what failed" filter).
             models.Index(fields=["-started_at", "-id"], name="jobrun_started_idx"),
             models.Index(fields=["status", "-started_at", "-id"], name="jobrun_status_idx"),
+            # ... and its sort by duration (the same expression as its ordering's).
+            models.Index(
+                (F("ended_at") - F("started_at")).desc(), F("id").desc(), name="jobrun_took_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -1049,6 +1053,9 @@ class BatchTaskRun(models.Model):
             models.Index(fields=["-started_at", "-id"], name="taskrun_started_idx"),
             models.Index(fields=["status", "-started_at", "-id"], name="taskrun_status_idx"),
             models.Index(fields=["server", "-started_at", "-id"], name="taskrun_server_idx"),
+            models.Index(
+                (F("ended_at") - F("started_at")).desc(), F("id").desc(), name="taskrun_took_idx"
+            ),
             # The task grid's "last attempt" of each line (task_grid.load).
             models.Index(fields=["task", "-id"], name="taskrun_task_last_idx"),
         ]
