@@ -28,9 +28,9 @@ from batchadmin.lib import clock
 from batchadmin.lib.http import AuthedRequest
 
 PAGE_SIZE = 50
-# The count stops here ("more than 10,000"): counting a million attempts for a number nobody
+# The count stops here ("more than 1,000"): counting a million attempts for a number nobody
 # reads would cost more than the page.
-COUNT_CAP = 10_000
+COUNT_CAP = 1_000
 # Each page's table polls this often while the tab is visible (a fixed number of queries per
 # refresh, as for a first load).
 POLL = "every 5s [document.visibilityState == 'visible']"
