@@ -114,6 +114,28 @@ class InquiryTestCase(BaseTestCase):
         html = self.client.get(RUNS, {"o": "-description"}).content.decode()
         assert html.index(f'href="/jobs/{second.pk}/"') < html.index(f'href="/jobs/{first.pk}/"')
 
+    def test_it_sorts_runs_and_attempts_by_duration(self):
+        short = self.ending_job("Short")
+        long = self.ending_job("Long")
+        run = BatchJobRun.objects.get(job=long)
+        BatchJobRun.objects.filter(pk=run.pk).update(
+            ended_at=run.started_at + dt.timedelta(hours=1)
+        )
+        attempt = BatchTaskRun.objects.get(job_run=run)
+        assert attempt.started_at is not None
+        BatchTaskRun.objects.filter(pk=attempt.pk).update(
+            ended_at=attempt.started_at + dt.timedelta(hours=1)
+        )
+        for url in (RUNS, ATTEMPTS):
+            html = self.client.get(url, {"o": "-duration"}).content.decode()
+            assert html.index(f'href="/jobs/{long.pk}/') < html.index(f'href="/jobs/{short.pk}/'), (
+                url
+            )
+            html = self.client.get(url, {"o": "duration"}).content.decode()
+            assert html.index(f'href="/jobs/{short.pk}/') < html.index(f'href="/jobs/{long.pk}/'), (
+                url
+            )
+
     def test_it_pages_runs(self):
         job = self.ending_job()
         run = BatchJobRun.objects.get(job=job)
