@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.db.models import Count, DurationField, ExpressionWrapper, F
+from django.db.models import Count, DurationField, Exists, ExpressionWrapper, F, OuterRef
 from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
@@ -123,7 +123,8 @@ def _template(request: AuthedRequest, name: str, target: str) -> str:
 class RunLine:
     run: BatchJobRun
     spec: str  # format_when spec of its times: milliseconds when it was short
-    tasks: list[tuple[str, str, int]] = field(default_factory=list)  # status, label, attempts
+    tasks: list[tuple[str, str, int]] = field(default_factory=list)  # status, label, tasks
+    retries: int = 0  # attempts that were retried
 
     @property
     def end_spec(self) -> str:
@@ -145,20 +146,28 @@ def run_inquiry(request: AuthedRequest) -> HttpResponse:
         select=("job", "run_by"),
         defer=("parameters",),
     )
-    # What the page's runs did, per status of their attempts: one aggregate for the page.
+    # What the page's runs did: their tasks by final status (the last attempt of each; a
+    # retried attempt counts as a retry, as on the job's history page), one aggregate.
     by_run: dict[int, list[tuple[str, str, int]]] = defaultdict(list)
+    retries: dict[int, int] = defaultdict(int)
+    later = BatchTaskRun.objects.filter(
+        job_run=OuterRef("job_run"), task=OuterRef("task"), attempt__gt=OuterRef("attempt")
+    )
     counts = (
         BatchTaskRun.objects.filter(job_run__in=[r.pk for r in page.rows])
         .exclude(started_at=None)
         .order_by()
-        .values_list("job_run_id", "status")
+        .values_list("job_run_id", "status", Exists(later))
         .annotate(n=Count("pk"))
     )
     order = list(BatchStatus.values)
-    for run_id, status, n in sorted(counts, key=lambda c: (c[0], order.index(c[1]))):
-        by_run[run_id].append((status, str(BatchStatus(status).label), n))
+    for run_id, status, retried, n in sorted(counts, key=lambda c: (c[0], order.index(c[1]))):
+        if retried:
+            retries[run_id] += n
+        else:
+            by_run[run_id].append((status, str(BatchStatus(status).label), n))
     lines = [
-        RunLine(run, clock.precision(run.started_at, run.ended_at), by_run[run.pk])
+        RunLine(run, clock.precision(run.started_at, run.ended_at), by_run[run.pk], retries[run.pk])
         for run in page.rows
     ]
     context: dict[str, Any] = {

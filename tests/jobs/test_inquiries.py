@@ -59,7 +59,18 @@ class InquiryTestCase(BaseTestCase):
             assert f'id="run-{run.pk}"' in html
             assert f"/jobs/{job.pk}/history/{run.pk}/log/" in html
             assert f'href="/jobs/{job.pk}/"' in html
-        assert "1 Error" in html  # the failed run's summary of its attempts
+        assert "1 Error" in html  # the failed run's summary of its tasks
+        assert "retr" not in html  # no attempt was retried
+
+    def test_a_run_counts_a_retried_task_once_and_its_retries(self):
+        job = self.make_job()
+        self.make_task(job, "T1", process="demo.flaky", parameters={"failures": 1}, max_retries=1)
+        start(job)
+        drain(job)
+        html = self.client.get(RUNS).content.decode()
+        assert "1 Ended" in html
+        assert "1 Error" not in html
+        assert "1 retry" in html
 
     def test_it_filters_runs_by_status_and_error_text(self):
         failed = self.failing_job()
