@@ -178,6 +178,60 @@ def fill_finished_jobs(jobs: int, tasks_per_job: int, *, user_id: int | None = N
     )
 
 
+# Error texts of the filled attempts that failed, for the inquiries' error search: a few
+# words that recur, and a number that makes each one differ.
+_ERROR_TEXT = (
+    "'bench: ' || (ARRAY['ledger locked by another session', 'timeout talking to the bank', "
+    "'vendor account on hold', 'deadlock detected'])[1 + g %% 4] || ' (case ' || g || ')'"
+)
+
+
+def fill_past_runs(
+    runs_per_job: int, *, first_job: int, last_job: int, server_ids: Sequence[int]
+) -> int:
+    """``runs_per_job`` earlier runs of each finished job with an id in [first_job, last_job]:
+    each a run a day apart before the job's last, and an attempt per task (no log lines),
+    on one of ``server_ids``, with the time its task became Ready; one in twenty failed with
+    an error text. Returns the attempts added."""
+    if runs_per_job <= 0:
+        return 0
+    statement = f"""
+        WITH r AS (
+            INSERT INTO jobs_batchjobrun (job_id, status, scheduled_start, started_at,
+                ended_at, run_by_id, trigger, note, parameters)
+            SELECT j.id, CASE WHEN (j.id + k) %% 20 = 0 THEN 'error' ELSE 'ended' END,
+                j.scheduled_start - make_interval(days => k),
+                j.started_at - make_interval(days => k),
+                j.ended_at - make_interval(days => k), j.run_as_id, 'scheduled', '', '{{}}'
+            FROM jobs_batchjob j, generate_series(1, %s) k
+            WHERE j.id BETWEEN %s AND %s AND j.status IN ('ended', 'error')
+            RETURNING id, job_id, status, started_at, ended_at
+        ), a AS (
+            SELECT r.id AS run_id, t.id AS task_id, r.job_id, r.status AS run_status,
+                r.started_at, r.ended_at, t.position, row_number() OVER () AS g
+            FROM r JOIN jobs_batchtask t ON t.job_id = r.job_id
+        )
+        INSERT INTO jobs_batchtaskrun (job_run_id, task_id, attempt, status, server_id,
+            hostname, ready_at, started_at, ended_at, error_message, traceback, celery_task_id)
+        SELECT run_id, task_id, 1,
+            CASE WHEN run_status = 'error' AND position = 0 THEN 'error' ELSE 'ended' END,
+            (%s::bigint[])[1 + g %% cardinality(%s::bigint[])], 'bench@bench',
+            started_at + make_interval(secs => position * 2),
+            started_at + make_interval(secs => position * 2 + (g %% 7) * 0.125),
+            LEAST(ended_at, started_at + make_interval(secs => position * 2 + 1.5)),
+            CASE WHEN run_status = 'error' AND position = 0 THEN {_ERROR_TEXT} ELSE '' END,
+            '', ''
+        FROM a
+        """
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            statement, [runs_per_job, first_job, last_job, list(server_ids), list(server_ids)]
+        )
+        return int(cursor.rowcount)
+
+
 def fill_open_jobs(jobs: int, tasks_per_job: int, *, user_id: int | None = None) -> None:
     """``jobs`` jobs that have not run: half Withhold, half Waiting for a start a day ahead."""
     if jobs <= 0:

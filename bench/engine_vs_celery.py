@@ -52,7 +52,8 @@ PROFILE_DIR = RESULTS_DIR / "profile"
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
-REDIS_HOST = "127.0.0.1:6379"
+# BENCH_REDIS: another Redis (host:port) for a machine whose default one is not the bench's.
+REDIS_HOST = os.environ.get("BENCH_REDIS", "127.0.0.1:6379")
 QUEUE = "batch.default"  # the default group's queue: the engine's messages and the bench's
 PREFILL_QUEUE = "bench.prefill"  # filled first, then given to the workers (their own pace)
 TARGET_RATIO = 0.40  # engine tasks/s >= 40% of plain Celery

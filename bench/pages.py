@@ -1,12 +1,15 @@
 """Page response times with a full table: 100,000 jobs, and a job form with 1,000 tasks.
 
-    .venv/bin/python bench/pages.py [--jobs 100000] [--big-tasks 1000] [-n 200] [-c 4]
+    .venv/bin/python bench/pages.py [--jobs 100000] [--attempts 1000000] [--big-tasks 1000]
+        [-n 200] [-c 4] [--only inquiries]
 
 Creates a private database and fills it in SQL (bench/common.py): ``--jobs`` jobs, most of them
 finished (3 tasks each, one run, an attempt and a log line per task; one in twenty ended in
 Error), 5% not yet run (Withhold, or Waiting for tomorrow), plus one Withhold job of
 ``--big-tasks`` tasks whose conditions form a tree (each task after the one a third of the way
-back: a fan-out chain). Starts gunicorn on loopback with DEBUG=0 (``--workers`` 4 sync
+back: a fan-out chain). The finished jobs get earlier runs (a day apart, an attempt per task on
+one of three servers, one in twenty failed with an error text) until the task attempts number
+at least ``--attempts``: the Batch job history and Batch tasks inquiries read those. Starts gunicorn on loopback with DEBUG=0 (``--workers`` 4 sync
 workers, as deploy/systemd/batchadmin-web.service; ``--workers 2 --threads 4`` is the e2e
 tests' server), logs in as a Batch job manager through the login form, and measures each
 page with ApacheBench (``ab``, package apache2-utils): ``-n`` requests at concurrency ``-c``
@@ -43,9 +46,11 @@ from bench.common import (
     analyze,
     fill_finished_jobs,
     fill_open_jobs,
+    fill_past_runs,
     load_average,
     percentile,
     scalar,
+    sql,
 )
 from bench.engine_vs_celery import RESULTS_DIR, ROOT, BenchError, step, table
 
@@ -72,6 +77,42 @@ def make_manager() -> int:
         Permission.objects.filter(Q(content_type__app_label__in=["jobs", "servers"]))
     )
     return user.pk
+
+
+# The Batch job history and Batch tasks inquiries (jobs/inquiries.py), as operators use them.
+INQUIRY_PAGES = [
+    ("job history inquiry", "/jobs/history/"),
+    ("job history, failed, error search", "/jobs/history/?status=error&error=ledger"),
+    ("job history, page 200", "/jobs/history/?page=200"),
+    ("job history, by duration", "/jobs/history/?o=-duration"),
+    ("tasks inquiry", "/jobs/tasks/"),
+    ("tasks inquiry, error search", "/jobs/tasks/?error=ledger+locked"),
+    ("tasks inquiry, last night", "/jobs/tasks/?started_after=2026-01-01+00:00&o=started_at"),
+    ("tasks inquiry, page 200", "/jobs/tasks/?page=200"),
+]
+
+
+def fill_history(attempts: int, finished: int) -> None:
+    """Earlier runs of the finished jobs until the attempts number at least ``attempts``."""
+    from batchadmin.servers.models import BatchServer
+
+    servers = [BatchServer.objects.get_or_create(name=f"aos{i}")[0].pk for i in (1, 2, 3)]
+    have = int(scalar("SELECT count(*) FROM jobs_batchtaskrun"))
+    per_run = 3  # the fill's tasks per finished job
+    if attempts <= have or finished <= 0:
+        return
+    runs_per_job = -(-(attempts - have) // (finished * per_run))
+    step(f"filling {runs_per_job} earlier runs per finished job (to {attempts:,} attempts)")
+    first, last = sql("SELECT min(id), max(id) FROM jobs_batchjob")[0]
+    added = 0
+    for start in range(int(first), int(last) + 1, HISTORY_BATCH):
+        added += fill_past_runs(
+            runs_per_job, first_job=start, last_job=start + HISTORY_BATCH - 1, server_ids=servers
+        )
+    step(f"  {added:,} attempts added")
+
+
+HISTORY_BATCH = 5_000  # jobs per statement of the history fill
 
 
 def make_big_job(tasks: int, user_id: int) -> int:
@@ -219,7 +260,9 @@ def ab(url: str, cookie: str, n: int, c: int, out_dir: Path) -> dict[str, Any]:
     percentiles get the 99th wrong)."""
     times_path = out_dir / "ab-times.tsv"
     proc = subprocess.run(
-        ["ab", "-q", "-n", str(n), "-c", str(c), "-C", cookie, "-g", str(times_path), url],
+        # -l: pages that show times (the workspace's "ago", a live duration) differ in length
+        # from one request to the next; that is not a failure.
+        ["ab", "-q", "-l", "-n", str(n), "-c", str(c), "-C", cookie, "-g", str(times_path), url],
         capture_output=True,
         text=True,
         timeout=600,
@@ -287,15 +330,23 @@ def run(args: argparse.Namespace) -> int:
             fill_finished_jobs(min(batch, finished - offset), 3, user_id=user_id)
         fill_open_jobs(args.jobs - finished, 3, user_id=user_id)
         big = make_big_job(args.big_tasks, user_id)
+        fill_history(args.attempts, finished)
         analyze()
         jobs = int(scalar("SELECT count(*) FROM jobs_batchjob"))
         tasks = int(scalar("SELECT count(*) FROM jobs_batchtask"))
-        step(f"  {jobs:,} jobs, {tasks:,} tasks in {time.monotonic() - t0:.0f}s")
+        attempts = int(scalar("SELECT count(*) FROM jobs_batchtaskrun"))
+        runs = int(scalar("SELECT count(*) FROM jobs_batchjobrun"))
+        step(
+            f"  {jobs:,} jobs, {tasks:,} tasks, {runs:,} runs, {attempts:,} attempts "
+            f"in {time.monotonic() - t0:.0f}s"
+        )
         log_dir = RESULTS_DIR / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         web = Web(db.env, log_dir / "pages-gunicorn.log", args.workers, args.threads)
         web.start()
         cookie = web.login()
+        server = int(scalar("SELECT id FROM servers_batchserver WHERE name = 'aos2'"))
+        recurring = int(scalar("SELECT min(id) FROM jobs_batchjob WHERE status = 'ended'"))
         pages = [
             ("job list", "/jobs/"),
             ("job list, filtered + sorted", "/jobs/?status=ended&status=error&o=-scheduled_start"),
@@ -303,7 +354,12 @@ def run(args: argparse.Namespace) -> int:
             ("job list, page 500", "/jobs/?page=500"),
             (f"job form, {args.big_tasks} tasks", f"/jobs/{big}/"),
             ("workspace", "/"),
+            *INQUIRY_PAGES,
+            ("tasks inquiry, errors on aos2", f"/jobs/tasks/?status=error&server={server}"),
+            ("job page's runs grid + Gantt", f"/jobs/{recurring}/runs/"),
         ]
+        if args.only == "inquiries":
+            pages = pages[6:]
         results: list[tuple[str, str, dict[str, Any], tuple[int, float, float, str]]] = []
         for label, path in pages:
             status, _ = web.get(path, cookie)
@@ -387,6 +443,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--jobs", type=int, default=100_000, help="Jobs in the table.")
     p.add_argument("--big-tasks", type=int, default=1000, help="Tasks of the big job's form.")
+    p.add_argument(
+        "--attempts",
+        type=int,
+        default=1_000_000,
+        help="Task attempts in the history, at least (earlier runs of the finished jobs).",
+    )
+    p.add_argument(
+        "--only",
+        choices=["all", "inquiries"],
+        default="all",
+        help="inquiries: measure only the history inquiries and the runs grid.",
+    )
     p.add_argument("-n", "--requests", type=int, default=200, help="Measured requests per page.")
     p.add_argument("-c", "--concurrency", type=int, default=4, help="Concurrent requests.")
     p.add_argument(

@@ -82,14 +82,16 @@ CLAIM = f"""
                     FROM {_G} WHERE id = group_id))
     RETURNING job_id, attempt, key, process,
         COALESCE(run_parameters, parameters) AS parameters, company_id, time_limit,
-        (SELECT COALESCE(run_as_id, created_by_id) FROM {_J} WHERE id = job_id) AS run_as_id
+        (SELECT COALESCE(run_as_id, created_by_id) FROM {_J} WHERE id = job_id) AS run_as_id,
+        ready_at
 """
-# The attempt's history row, in the job's current run (SQLite: after CLAIM).
+# The attempt's history row, in the job's current run (SQLite: after CLAIM), with the time
+# the task became Ready (the claim leaves ready_at as it was): the Gantt's wait.
 RUN = f"""
     INSERT INTO {_R}
         (job_run_id, task_id, attempt, status, server_id, hostname, started_at, error_message,
-         traceback, celery_task_id)
-    SELECT current_run_id, %s, %s, %s, %s, %s, %s, '', '', %s
+         traceback, celery_task_id, ready_at)
+    SELECT current_run_id, %s, %s, %s, %s, %s, %s, '', '', %s, %s
     FROM {_J} WHERE id = %s
     RETURNING id, job_run_id
 """
@@ -99,8 +101,8 @@ CLAIM_PG = f"""
     run AS (
         INSERT INTO {_R}
             (job_run_id, task_id, attempt, status, server_id, hostname, started_at, error_message,
-             traceback, celery_task_id)
-        SELECT j.current_run_id, %s, c.attempt, %s, %s, %s, %s, '', '', %s
+             traceback, celery_task_id, ready_at)
+        SELECT j.current_run_id, %s, c.attempt, %s, %s, %s, %s, '', '', %s, c.ready_at
         FROM claimed c JOIN {_J} j ON j.id = c.job_id
         RETURNING id, job_run_id
     )

@@ -1309,7 +1309,8 @@ def claim_task(
                     if limit_checked
                     else _claim_limited(task_id, server_id, hostname, at, celery_task_id)
                 )
-            job_id, attempt, key, process, parameters, company_id, time_limit, run_as_id = row
+            job_id, attempt, key, process, parameters, company_id, time_limit, run_as_id = row[:8]
+            ready_at = row[8]
             cursor.execute(
                 sql.RUN,
                 [
@@ -1320,6 +1321,7 @@ def claim_task(
                     hostname,
                     adapt(at),
                     celery_task_id,
+                    ready_at,
                     job_id,
                 ],
             )

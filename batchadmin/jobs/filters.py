@@ -8,9 +8,18 @@ from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django_filters.widgets import DateRangeWidget
 
-from batchadmin.jobs.models import BatchJob, BatchJobQuerySet, BatchStatus, BatchTask
+from batchadmin.jobs.models import (
+    BatchJob,
+    BatchJobQuerySet,
+    BatchJobRun,
+    BatchStatus,
+    BatchTask,
+    BatchTaskRun,
+    Company,
+)
 from batchadmin.lib import clock
-from batchadmin.servers.models import BatchGroup
+from batchadmin.processes import registry
+from batchadmin.servers.models import BatchGroup, BatchServer
 
 # How a run can end (or that it is still going): the choices of the Last run filter.
 LAST_RUN_STATUSES = (
@@ -171,3 +180,174 @@ class JobFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped pack
             return qs
         # Only a job that overrides its groups' priority has one of its own.
         return qs.filter(priority_overridden=True, priority=int(value))
+
+
+# --- The Batch job history and Batch tasks inquiries (jobs/inquiries.py) -------------------
+
+# What a run or an attempt can be: it has started, so never Withhold, Waiting or Ready.
+RUN_STATUSES = [
+    (s.value, s.label)
+    for s in (
+        BatchStatus.EXECUTING,
+        BatchStatus.CANCELING,
+        BatchStatus.ENDED,
+        BatchStatus.ERROR,
+        BatchStatus.CANCELED,
+    )
+]
+
+
+class ClockDateTimeFilter(django_filters.DateTimeFilter):  # type: ignore[misc]  # untyped
+    """A date and time typed as the pages write them (lib/clock.py), in the user's zone."""
+
+    field_class = clock.DateTimeField
+
+
+def _users() -> QuerySet[Any]:
+    return get_user_model().objects.order_by("username")
+
+
+def _process_choices() -> list[tuple[str, str]]:
+    return [(p.name, f"{p.label} ({p.name})") for p in registry.all_processes()]
+
+
+class _InquiryFilter(django_filters.FilterSet):  # type: ignore[misc]  # untyped package
+    """What both inquiries filter on. The filters about attempts (group, server, class name,
+    error) go through ``attempt_exists``: the attempt itself for Batch tasks, "a run with an
+    attempt that ..." (EXISTS) for Batch job history. A base class for two: the alternative was
+    the same eleven filters written twice."""
+
+    status = django_filters.MultipleChoiceFilter(
+        choices=RUN_STATUSES,
+        widget=forms.CheckboxSelectMultiple,
+        label="Status",
+        distinct=False,
+    )
+    job = django_filters.NumberFilter(field_name="job_id", label="Job ID", min_value=1)
+    description = django_filters.CharFilter(
+        field_name="job__description", lookup_expr="icontains", label="Job description contains"
+    )
+    group = django_filters.ModelChoiceFilter(
+        queryset=BatchGroup.objects.all(),
+        method="filter_group",
+        label="Batch group",
+        empty_label="Any group",
+    )
+    server = django_filters.ModelChoiceFilter(
+        queryset=BatchServer.objects.order_by("name"),
+        method="filter_server",
+        label="Batch server",
+        empty_label="Any server",
+    )
+    process = django_filters.ChoiceFilter(
+        choices=_process_choices,
+        method="filter_process",
+        label="Class name",
+        empty_label="Any process",
+    )
+    company = django_filters.ModelChoiceFilter(
+        queryset=Company.objects.all(),
+        method="filter_company",
+        label="Company",
+        empty_label="Any company",
+    )
+    run_by = django_filters.ModelChoiceFilter(
+        queryset=_users(), method="filter_run_by", label="Run by", empty_label="Anyone"
+    )
+    started_after = ClockDateTimeFilter(
+        field_name="started_at", lookup_expr="gte", label="Started from"
+    )
+    started_before = ClockDateTimeFilter(
+        field_name="started_at", lookup_expr="lt", label="Started before"
+    )
+    error = django_filters.CharFilter(method="filter_error", label="Error contains")
+
+    def filter_group(self, qs: QuerySet[Any], name: str, value: Any) -> QuerySet[Any]:
+        return qs.filter(self.attempt_exists(task__group=value)) if value else qs
+
+    def filter_server(self, qs: QuerySet[Any], name: str, value: Any) -> QuerySet[Any]:
+        return qs.filter(self.attempt_exists(server=value)) if value else qs
+
+    def filter_process(self, qs: QuerySet[Any], name: str, value: Any) -> QuerySet[Any]:
+        return qs.filter(self.attempt_exists(task__process=value)) if value else qs
+
+    def filter_error(self, qs: QuerySet[Any], name: str, value: Any) -> QuerySet[Any]:
+        return qs.filter(self.attempt_exists(error_message__icontains=value)) if value else qs
+
+    def attempt_exists(self, **lookups: Any) -> Any:
+        raise NotImplementedError
+
+
+class RunFilter(_InquiryFilter):
+    """Batch job history: every run of every job the user may see."""
+
+    o = django_filters.OrderingFilter(
+        fields=(
+            ("id", "id"),
+            ("job_id", "job"),
+            ("job__description", "description"),
+            ("status", "status"),
+            ("started_at", "started_at"),
+            ("ended_at", "ended_at"),
+            ("took", "duration"),
+            ("run_by__username", "run_by"),
+        )
+    )
+
+    class Meta:
+        model = BatchJobRun
+        fields: list[str] = []
+
+    def attempt_exists(self, **lookups: Any) -> Any:
+        # EXISTS, not a join: a run with many matching attempts must appear once.
+        return Exists(BatchTaskRun.objects.filter(job_run=OuterRef("pk"), **lookups))
+
+    def filter_company(self, qs: QuerySet[Any], name: str, value: Any) -> QuerySet[Any]:
+        if not value:
+            return qs
+        # D365: a task without a company runs in its job's.
+        return qs.filter(Q(job__company=value) | self.attempt_exists(task__company=value))
+
+    def filter_run_by(self, qs: QuerySet[Any], name: str, value: Any) -> QuerySet[Any]:
+        return qs.filter(run_by=value) if value else qs
+
+
+class AttemptFilter(_InquiryFilter):
+    """Batch tasks: every attempt of every task of the jobs the user may see."""
+
+    job = django_filters.NumberFilter(field_name="job_run__job_id", label="Job ID", min_value=1)
+    description = django_filters.CharFilter(
+        field_name="job_run__job__description",
+        lookup_expr="icontains",
+        label="Job description contains",
+    )
+    o = django_filters.OrderingFilter(
+        fields=(
+            ("id", "id"),
+            ("job_run__job_id", "job"),
+            ("task__key", "task"),
+            ("status", "status"),
+            ("server__name", "server"),
+            ("started_at", "started_at"),
+            ("ended_at", "ended_at"),
+            ("took", "duration"),
+            ("wait", "wait"),
+        )
+    )
+
+    class Meta:
+        model = BatchTaskRun
+        fields: list[str] = []
+
+    def attempt_exists(self, **lookups: Any) -> Any:
+        return Q(**lookups)  # the attempt itself
+
+    def filter_company(self, qs: QuerySet[Any], name: str, value: Any) -> QuerySet[Any]:
+        if not value:
+            return qs
+        return qs.filter(
+            Q(task__company=value) | Q(task__company=None, job_run__job__company=value)
+        )
+
+    def filter_run_by(self, qs: QuerySet[Any], name: str, value: Any) -> QuerySet[Any]:
+        return qs.filter(job_run__run_by=value) if value else qs

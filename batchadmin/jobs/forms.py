@@ -52,6 +52,7 @@ HEADER_FIELDS = [
 ]
 # What the task line writes; status, retries and the attempt bookkeeping belong to transitions.
 TASK_FIELDS = [
+    "key",
     "description",
     "company",
     "process",
@@ -298,6 +299,7 @@ class TaskForm(forms.ModelForm[BatchTask]):
     class Meta:
         model = BatchTask
         fields = [
+            "key",
             "description",
             "process",
             "company",
@@ -320,6 +322,12 @@ class TaskForm(forms.ModelForm[BatchTask]):
         super().__init__(*args, **kwargs)
         self.job = job
         self.user = user
+        key = self.fields["key"]
+        key.required = False  # a new task left empty gets the next free Tn
+        key.widget.attrs.update({"size": 10, "spellcheck": "false", "autocomplete": "off"})
+        key.help_text = "Names the task in conditions and import files." + (
+            " Empty: keeps it." if self.instance.pk else " Empty: the next free ID (T1, T2, …)."
+        )
         process = self.fields["process"]
         assert isinstance(process, forms.ChoiceField)
         process.choices = process_choices(self.instance.process, user=user)
@@ -341,6 +349,20 @@ class TaskForm(forms.ModelForm[BatchTask]):
             self.fields[
                 "time_limit"
             ].help_text += f" At most {durations.whole(self.ceiling)} for a Batch user's task."
+
+    def clean_key(self) -> str:
+        """The task ID as import files name it: any text up to 50 characters, unique in the
+        job (conditions point at the task itself, so renaming one keeps them)."""
+        key = (self.cleaned_data.get("key") or "").strip()
+        if not key:
+            # Left empty: a task keeps its ID (a form without the field, too); a new one gets
+            # the next free Tn when saved.
+            return self.instance.key if self.instance.pk else ""
+        if BatchTask.objects.filter(job=self.job, key=key).exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError(
+                f"Task ID {key} is already used in this job: choose another."
+            )
+        return key
 
     def clean_process(self) -> str:
         name: str = self.cleaned_data["process"]
@@ -550,9 +572,14 @@ class TaskEditor:
                 raise transitions.ChangeRefused(
                     "A task named in Has conditions was deleted meanwhile. Nothing was saved."
                 )
+            taken = BatchTask.objects.filter(job=self.job, key=task.key).exclude(pk=task.pk)
+            if task.key and taken.exists():
+                raise transitions.ChangeRefused(
+                    f"Task ID {task.key} was taken meanwhile by another task. Nothing was saved."
+                )
             if self.task is None:
                 task.job = self.job
-                task.key = next_task_key(self.job.pk)
+                task.key = task.key or next_task_key(self.job.pk)
                 position = BatchTask.objects.filter(job=self.job).aggregate(p=Max("position"))
                 task.position = (position["p"] or 0) + 1
                 task.save()

@@ -26,7 +26,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from batchadmin.engine import transitions
-from batchadmin.jobs import access, history, live
+from batchadmin.jobs import access, history, live, run_grid
 from batchadmin.jobs.models import (
     RUNNING_STATUSES,
     BatchJob,
@@ -406,6 +406,39 @@ def _stop_polling(response: HttpResponse) -> HttpResponse:
     for header, value in response.items():
         stop[header] = value
     return stop
+
+
+# --- Runs over time and the Gantt (the job page's Runs section) -----------------------------
+
+# The section polls this often while the job runs and the tab is visible.
+RUNS_POLL = "every 5s [document.visibilityState == 'visible']"
+
+
+@require_GET
+def job_runs(request: AuthedRequest, pk: int) -> HttpResponse:
+    """The job's last runs by task (the grid) and one run's Gantt (?run=, else the latest).
+    The job page loads it into #job-runs; without htmx it is a page of its own."""
+    job = _get_job(request, pk)
+    grid = run_grid.load_grid(job)
+    chosen = request.GET.get("run", "")
+    run: BatchJobRun | None = None
+    if chosen.isdigit():
+        run = get_object_or_404(BatchJobRun, job=job, pk=int(chosen))
+    elif grid.columns:
+        run = grid.columns[-1].run
+    context = {
+        "nav": "jobs",
+        "job": job,
+        "grid": grid,
+        "gantt": run_grid.load_gantt(run) if run else None,
+        "chosen": chosen if run else "",
+        "live": job.is_live(),
+        "poll": RUNS_POLL,
+    }
+    template = "jobs/job_runs.html"
+    if request.htmx and request.htmx.target == "job-runs":
+        template += "#job-runs"
+    return render(request, template, context)
 
 
 # --- Log -----------------------------------------------------------------------------------

@@ -1151,6 +1151,14 @@ class BatchJobRun(models.Model):
             models.Index(fields=["job", "-started_at"], name="jobrun_job_idx"),
             # History clean-up: "runs that ended before the limit".
             models.Index(fields=["ended_at"], name="jobrun_ended_idx"),
+            # The Batch job history inquiry (jobs/inquiries.py): its default order, newest
+            # first, and its time range; and the same per status (the "what failed" filter).
+            models.Index(fields=["-started_at", "-id"], name="jobrun_started_idx"),
+            models.Index(fields=["status", "-started_at", "-id"], name="jobrun_status_idx"),
+            # ... and its sort by duration (the same expression as its ordering's).
+            models.Index(
+                (F("ended_at") - F("started_at")).desc(), F("id").desc(), name="jobrun_took_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -1170,6 +1178,9 @@ class BatchTaskRun(models.Model):
         BatchServer, models.SET_NULL, null=True, blank=True, related_name="+"
     )
     hostname = models.CharField(max_length=200, blank=True)
+    # When the task became Ready for this attempt (copied by the claim from the task): the
+    # Gantt's wait, ready -> start, which covers a busy group, a limit and a retry's backoff.
+    ready_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     error_message = models.TextField(blank=True)
@@ -1184,6 +1195,16 @@ class BatchTaskRun(models.Model):
             models.Index(fields=["task", "attempt"], name="taskrun_task_idx"),
             # The workspace's "finished per minute / failures over the last day" and /metrics.
             models.Index(fields=["ended_at"], name="taskrun_ended_idx"),
+            # The Batch tasks inquiry (jobs/inquiries.py): its default order and time range,
+            # the same per status and per server ("what failed last night on aos2").
+            models.Index(fields=["-started_at", "-id"], name="taskrun_started_idx"),
+            models.Index(fields=["status", "-started_at", "-id"], name="taskrun_status_idx"),
+            models.Index(fields=["server", "-started_at", "-id"], name="taskrun_server_idx"),
+            models.Index(
+                (F("ended_at") - F("started_at")).desc(), F("id").desc(), name="taskrun_took_idx"
+            ),
+            # The task grid's "last attempt" of each line (task_grid.load).
+            models.Index(fields=["task", "-id"], name="taskrun_task_last_idx"),
         ]
 
     def __str__(self) -> str:

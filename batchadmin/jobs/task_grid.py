@@ -11,13 +11,15 @@ queued tasks. A job of 1,000 tasks builds the 50 lines a page shows, not 1,000 (
 from __future__ import annotations
 
 import datetime as dt
+import json
 import textwrap
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from django.db.models import Count
+from django.db.models import Count, OuterRef, Subquery
 from django.http import Http404
+from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.timezone import now
 
@@ -29,8 +31,9 @@ from batchadmin.jobs.models import (
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
+    BatchTaskRun,
 )
-from batchadmin.lib import diagram
+from batchadmin.lib import clock, diagram
 from batchadmin.processes import registry
 from batchadmin.servers.coverage import Served
 from batchadmin.servers.models import BatchGroup
@@ -61,12 +64,46 @@ class TaskRow:
         """The group warning of the line, unless the explanation already says it."""
         return self.unserved_group and not any(r.code == "no_server" for r in self.why)
 
+    @property
+    def parameters_short(self) -> str:
+        """The parameters in one short line, "lines=3, message=Ledger locked" (cut to
+        PARAMETERS_SHORT characters; the editor shows them all)."""
+        text = ", ".join(f"{k}={_short_value(v)}" for k, v in self.task.parameters.items())
+        return text if len(text) <= PARAMETERS_SHORT else text[: PARAMETERS_SHORT - 1] + "…"
+
+    @property
+    def when_spec(self) -> str:
+        """Milliseconds on the last start and end when the attempt was short."""
+        return clock.precision(self.task.started_at, self.task.ended_at)
+
+    @property
+    def end_spec(self) -> str:
+        """The last end without its date when it is the start's date (in the user's zone)."""
+        return clock.end_precision(self.task.started_at, self.task.ended_at)
+
+    @property
+    def log_url(self) -> str:
+        """The log of the task's last attempt ("" before its first)."""
+        attempt = getattr(self.task, "last_attempt_pk", None)
+        run = getattr(self.task, "last_run_pk", None)
+        if not attempt or not run:
+            return ""
+        return reverse("jobs:log", args=[self.task.job_id, run]) + f"?task_run={attempt}"
+
     @cached_property  # the line asks three times
     def process(self) -> registry.BatchProcess | None:
         try:
             return registry.get(self.task.process)
         except registry.UnknownProcess:
             return None
+
+
+PARAMETERS_SHORT = 60
+
+
+def _short_value(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 24 else text[:23] + "…"
 
 
 # Glyph widths of the diagram's font (system-ui, 12 px bold and regular), on the generous
@@ -243,7 +280,19 @@ def load(
     if total <= all_up_to:
         offset, limit = 0, None
 
-    lines = job.tasks.select_related("company", "group").order_by("position", "pk")
+    # The last attempt of each line, for its log link: two index lookups per line shown
+    # (taskrun_task_last_idx), in the same query.
+    last = BatchTaskRun.objects.filter(task=OuterRef("pk"), started_at__isnull=False).order_by(
+        "-pk"
+    )
+    lines = (
+        job.tasks.select_related("company", "group", "server")
+        .annotate(
+            last_attempt_pk=Subquery(last.values("pk")[:1]),
+            last_run_pk=Subquery(last.values("job_run_id")[:1]),
+        )
+        .order_by("position", "pk")
+    )
     if pks is not None:
         lines = lines.filter(pk__in=list(pks))
     # One line more than asked: the first of the next page, for "Load more".

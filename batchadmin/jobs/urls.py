@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from batchadmin.jobs import history_views, list_views, ops_views, views
+from batchadmin.jobs import history_views, inquiries, list_views, ops_views, views
 
 app_name = "jobs"
 
@@ -23,6 +23,7 @@ job_urls = [
     path("history/", history_views.job_history, name="history"),
     path("history/<int:run_pk>/", history_views.history_run, name="history-run"),
     path("history/<int:run_pk>/log/", history_views.run_log, name="log"),
+    path("runs/", history_views.job_runs, name="runs-grid"),
     path("rerun/", history_views.job_rerun, name="rerun"),
     path("run-now/", ops_views.job_run_now, name="run-now"),
     path("pause/", ops_views.job_pause, name="pause"),
@@ -39,5 +40,7 @@ urlpatterns = [
     path("export.xlsx", list_views.job_export, {"fmt": "xlsx"}, name="export-xlsx"),
     path("filters/", list_views.filter_save, name="filter-save"),
     path("filters/<int:pk>/delete/", list_views.filter_delete, name="filter-delete"),
+    path("history/", inquiries.run_inquiry, name="runs"),
+    path("tasks/", inquiries.attempt_inquiry, name="attempts"),
     path("<int:pk>/", include(job_urls)),
 ]

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.utils.timezone import localtime
 
 from batchadmin.lib import daterange
 
@@ -90,18 +91,44 @@ def _by_folded() -> dict[str, str]:
     return {name.casefold(): name for name in names}
 
 
-def _time(value: dt.time | dt.datetime, *, seconds: bool) -> str:
+def _time(value: dt.time | dt.datetime, *, seconds: bool, ms: bool = False) -> str:
+    sec = f":{value.second:02d}" if seconds or ms else ""
+    if ms:
+        sec += f".{value.microsecond // 1000:03d}"
     if _clock.get() == CLOCK_12:
         hour = value.hour % 12 or 12
-        text = f"{hour}:{value.minute:02d}" + (f":{value.second:02d}" if seconds else "")
-        return f"{text} {'AM' if value.hour < 12 else 'PM'}"
-    return f"{value:%H:%M:%S}" if seconds else f"{value:%H:%M}"
+        return f"{hour}:{value.minute:02d}{sec} {'AM' if value.hour < 12 else 'PM'}"
+    return f"{value.hour:02d}:{value.minute:02d}{sec}"
+
+
+# Below this, times of a run or attempt are written with milliseconds: 250 tasks that all
+# start and end within one second would otherwise all read 02:50:27.
+SHORT_DURATION = dt.timedelta(minutes=1)
+
+
+def end_precision(start: dt.datetime | None, end: dt.datetime | None) -> str:
+    """The spec for the end of the same: as ``precision``, without the date when the end is
+    on the start's date in the current zone ("2026-12-03 02:50:27.120 – 02:50:27.480")."""
+    spec = precision(start, end)
+    if start and end and localtime(start).date() == localtime(end).date():
+        return f"time {spec}"
+    return spec
+
+
+def precision(start: dt.datetime | None, end: dt.datetime | None) -> str:
+    """The ``format_when`` spec for the times of something that ran from ``start`` to ``end``:
+    "ms" when it was short (or has not ended yet, so a just-started attempt reads exactly),
+    else "s"."""
+    if start is None or end is None or end - start < SHORT_DURATION:
+        return "ms"
+    return "s"
 
 
 def format_when(value: Any, spec: str = "") -> str:
     """``value`` in the one format: "2026-12-03 18:30" ("" for None).
 
-    ``spec`` holds words separated by spaces: ``s`` adds seconds, ``time`` leaves out the
+    ``spec`` holds words separated by spaces: ``s`` adds seconds, ``ms`` seconds and
+    milliseconds ("18:30:05.042"), ``time`` leaves out the
     date, ``date`` the time, ``day`` puts the weekday first ("Thu 2026-12-03 18:30"), ``tz``
     adds the zone ("18:30 Europe/Oslo"). An aware datetime is written in its own zone: the
     template filter hands it over already in the user's (or, inside {% localtime off %}, as
@@ -111,6 +138,7 @@ def format_when(value: Any, spec: str = "") -> str:
         return ""
     words = set(spec.split())
     seconds = "s" in words
+    ms = "ms" in words
     if isinstance(value, dt.datetime):
         parts = []
         if "day" in words:
@@ -118,14 +146,14 @@ def format_when(value: Any, spec: str = "") -> str:
         if "time" not in words:
             parts.append(f"{value:{DATE_FORMAT}}")
         if "date" not in words:
-            parts.append(_time(value, seconds=seconds))
+            parts.append(_time(value, seconds=seconds, ms=ms))
         if "tz" in words and value.tzinfo is not None:
             parts.append(zone_label(zone_name(value.tzinfo)))
         return " ".join(parts)
     if isinstance(value, dt.date):
         return (f"{value:%a} " if "day" in words else "") + f"{value:{DATE_FORMAT}}"
     if isinstance(value, dt.time):
-        return _time(value, seconds=seconds)
+        return _time(value, seconds=seconds, ms=ms)
     return str(value)
 
 

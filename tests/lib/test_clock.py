@@ -29,6 +29,22 @@ class FormatTestCase(SimpleTestCase):
             assert clock.format_when(dt.time(12, 0)) == "12:00 PM"
         assert clock.format_when(EVENING, "time") == "18:30"  # only inside the block
 
+    def test_it_writes_milliseconds_when_asked(self):
+        at = EVENING.replace(microsecond=42_500)
+        assert clock.format_when(at, "ms") == "2026-12-03 18:30:05.042"
+        assert clock.format_when(at, "time ms") == "18:30:05.042"
+        with clock.clock_in_force(clock.CLOCK_12):
+            assert clock.format_when(at, "time ms") == "6:30:05.042 PM"
+
+    def test_short_or_running_durations_get_milliseconds(self):
+        second = dt.timedelta(seconds=1)
+        assert clock.precision(EVENING, EVENING + second) == "ms"
+        assert clock.precision(EVENING, None) == "ms"  # still running
+        assert clock.precision(EVENING, EVENING + 90 * second) == "s"
+        # The end leaves out the date it shares with the start (in the current zone, UTC here).
+        assert clock.end_precision(EVENING, EVENING + second) == "time ms"
+        assert clock.end_precision(EVENING, EVENING + dt.timedelta(days=1)) == "s"
+
     def test_it_spells_zones_one_way(self):
         assert clock.zone_label("America/New_York") == "America/New York"
         assert clock.zone_from_label("america/new york") == "America/New_York"
