@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
@@ -16,7 +17,14 @@ from django.db import close_old_connections
 from django.utils.timezone import now
 
 from batchadmin.engine import counters, transitions
-from batchadmin.jobs.models import BatchLogEntry, BatchStatus, BatchTask, BatchTaskRun, Company
+from batchadmin.jobs.models import (
+    BatchJobRun,
+    BatchLogEntry,
+    BatchStatus,
+    BatchTask,
+    BatchTaskRun,
+    Company,
+)
 from batchadmin.lib import db, tracing
 from batchadmin.processes import registry
 
@@ -56,6 +64,16 @@ class ProcessContext:
         """The job's Run by user (its creator when Run by is empty)."""
         user_id = self._task.job.effective_run_as_id()
         return get_user_model().objects.filter(pk=user_id).first() if user_id else None
+
+    @cached_property
+    def occurrence(self) -> dt.datetime | None:
+        """The recurrence occurrence this run stands for: a scheduled run's own, a backfill's
+        missed one; None for a run of no occurrence (Run now, a trigger, a one-off job)."""
+        return (
+            BatchJobRun.objects.filter(pk=self.task_run.job_run_id)
+            .values_list("occurrence", flat=True)
+            .first()
+        )
 
     @cached_property
     def company(self) -> Company | None:
