@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import IntegrityError, transaction
 from django.test import override_settings
+from django.utils.timezone import now
 
 from batchadmin.engine import tick, transitions
 from batchadmin.jobs import triggers
@@ -42,7 +43,7 @@ class TriggerTestCase(BaseTestCase):
         start(parent)
         drain(parent)
         assert not QueuedRun.objects.exists()
-        assert tick.handle_queued_runs(parent.ended_at) == 0
+        assert tick.handle_queued_runs(now()) == 0
         follower.refresh_from_db()
         assert follower.status == S.WAITING
 
@@ -52,7 +53,7 @@ class TriggerTestCase(BaseTestCase):
         start(parent)
         drain(parent)
         assert parent.status == S.ERROR
-        assert tick.handle_queued_runs(parent.ended_at) == 1
+        assert tick.handle_queued_runs(now()) == 1
         follower.refresh_from_db()
         assert follower.status == S.EXECUTING
 
@@ -62,7 +63,7 @@ class TriggerTestCase(BaseTestCase):
         drain(parent)
         run_id = parent.current_run_id
         # A retried settle writes the same row again: the constraint keeps one.
-        transitions._queue_followers(parent, run_id=run_id, final=S.ENDED, at=parent.ended_at)
+        transitions._queue_followers(parent, run_id=run_id, final=S.ENDED, at=now())
         assert QueuedRun.objects.filter(job=follower).count() == 1
         with self.assertRaises(IntegrityError), transaction.atomic():
             QueuedRun.objects.create(job=follower, kind=QueuedRun.Kind.TRIGGER, after_run_id=run_id)
@@ -78,11 +79,11 @@ class TriggerTestCase(BaseTestCase):
         assert transitions.run_job_now(job_id=follower.pk, by_id=None)
         start(parent)
         drain(parent)
-        assert tick.handle_queued_runs(parent.ended_at) == 0  # the follower is running
+        assert tick.handle_queued_runs(now()) == 0  # the follower is running
         drain(follower)
         assert follower.status == S.WAITING
-        assert tick.handle_queued_runs(parent.ended_at) == 1
-        assert tick.handle_queued_runs(parent.ended_at) == 0
+        assert tick.handle_queued_runs(now()) == 1
+        assert tick.handle_queued_runs(now()) == 0
         follower.refresh_from_db()
         assert follower.status == S.EXECUTING
 
@@ -91,7 +92,7 @@ class TriggerTestCase(BaseTestCase):
         BatchJob.objects.filter(pk=follower.pk).update(status=S.WITHHOLD)
         start(parent)
         drain(parent)
-        assert tick.handle_queued_runs(parent.ended_at) == 0
+        assert tick.handle_queued_runs(now()) == 0
         queued = QueuedRun.objects.get(job=follower)
         assert queued.done_at is not None
         assert "the job was Withhold" in queued.note
