@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import time_machine
 from django.test import override_settings
@@ -33,7 +34,9 @@ class BackfillTestCase(BaseTestCase):
         self.make_task(job, "T1")
         return job
 
-    def backfill(self, job: BatchJob, first: dt.date, last: dt.date, **kw):
+    def backfill(
+        self, job: BatchJob, first: dt.date, last: dt.date, **kw: Any
+    ) -> list[dt.datetime]:
         return transitions.backfill_job(
             job_id=job.pk, first_day=first, last_day=last, by_id=self.alice.pk, at=NOW, **kw
         )
@@ -64,7 +67,9 @@ class BackfillTestCase(BaseTestCase):
                 assert tick.handle_queued_runs(NOW) == 1
                 assert tick.handle_queued_runs(NOW) == 0  # one at a time
                 job.refresh_from_db()
-                run = BatchJobRun.objects.get(pk=job.current_run_id)
+                run = BatchJobRun.objects.get(
+                    job=job, trigger=BatchJobRun.Trigger.BACKFILL, ended_at=None
+                )
                 assert run.trigger == BatchJobRun.Trigger.BACKFILL
                 seen.append(run.occurrence)
                 drain(job)
