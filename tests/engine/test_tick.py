@@ -334,6 +334,7 @@ class TickTestCase(BaseTestCase):
             counts = tick.tick(NINE)
         assert counts == {
             "started": 1,
+            "queued_started": 0,
             "leases_expired": 0,
             "overdue": 0,
             "dispatched": 0,
