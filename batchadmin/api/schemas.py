@@ -71,6 +71,14 @@ class LastRun(Schema):
     ended_at: When | None
 
 
+AfterStatusName = Literal["ended", "error", "ended_or_error"]
+
+
+class TriggerOut(Schema):
+    after: int = Field(description="The id of the job this job follows.")
+    status: AfterStatusName = Field(description="The final status of its run that starts this job.")
+
+
 class JobShown(Schema):
     """``manage.py batch show ID --json``."""
 
@@ -79,7 +87,31 @@ class JobShown(Schema):
     status: str
     runs: int = Field(description="How many runs the job has had (those still in history).")
     last_run: LastRun | None
+    trigger: TriggerOut | None = Field(
+        None, description="The job this job runs after, each time a run of it ends so."
+    )
+    followers: list[int] = Field(
+        default_factory=list, description="The ids of the jobs that run after this one."
+    )
     tasks: list[TaskShown]
+
+
+class TriggerIn(Schema):
+    after: int | None = Field(description="The id of the job to follow; null: follow none.")
+    status: AfterStatusName = Field("ended", description="Which final status starts this job.")
+
+
+class BackfillIn(Schema):
+    from_: dt.date = Field(alias="from", description="The first day (included), YYYY-MM-DD.")
+    to: dt.date = Field(description="The last day (included), in the recurrence's zone.")
+    last: bool = Field(False, description="Only the last missed occurrence.")
+    dry_run: bool = Field(False, description="Only say which occurrences; start nothing.")
+
+
+class BackfillOut(Schema):
+    id: int
+    occurrences: list[When] = Field(description="The missed occurrences, oldest first.")
+    started: int = Field(description="How many runs the backfill starts (0 on a dry run).")
 
 
 class Created(Schema):

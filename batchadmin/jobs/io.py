@@ -502,7 +502,7 @@ def _save_triggers(parsed: list[_Job], saved: list[BatchJob], user: Any) -> None
             user=user,
             job=job,
             target="job",
-            changes={"Triggered by job": [None, f"{after_id} ({p.after_status.label})"]},
+            changes={"Triggered by job": [None, triggers.describe(after_id, p.after_status)]},
             via=trail.Via.IMPORT,
         )
 
@@ -1207,6 +1207,12 @@ def show_job(job: BatchJob) -> dict[str, Any]:
         "status": job.status,
         "runs": job_runs.count(),
         "last_run": last,
+        "trigger": (
+            {"after": job.after_job_id, "status": job.after_status}
+            if job.after_job_id is not None
+            else None
+        ),
+        "followers": list(job.followers.order_by("pk").values_list("pk", flat=True)),
         "tasks": [
             {
                 "key": t.key,

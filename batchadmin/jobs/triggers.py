@@ -9,12 +9,14 @@ saves under row locks so two requests cannot close a cycle between them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from django.db import transaction
 
+from batchadmin.audit import trail
 from batchadmin.jobs.models import AfterStatus, BatchJob
 
-__all__ = ["TriggerError", "chain_above", "check", "cycle_in", "set_trigger"]
+__all__ = ["TriggerError", "chain_above", "check", "cycle_in", "describe", "set_trigger"]
 
 CHAIN_LIMIT = 1000  # a chain longer than this is refused as if it looped (it cannot be real)
 
@@ -71,17 +73,42 @@ def cycle_in(edges: Mapping[str, str | None]) -> list[str] | None:
     return None
 
 
-def set_trigger(*, job_id: int, after_id: int | None, status: str = AfterStatus.ENDED) -> bool:
-    """Make ``job_id`` follow ``after_id`` on ``status`` (None: follow no job); returns
-    whether anything changed. Both rows are locked, in id order, before the check, so two
-    requests making two jobs follow each other cannot both pass it."""
+def describe(after_id: int | None, status: str) -> str | None:
+    """The trigger in words for the audit trail: "12 (Ended or error)"."""
+    return None if after_id is None else f"{after_id} ({AfterStatus(status).label})"
+
+
+def set_trigger(
+    *,
+    job_id: int,
+    after_id: int | None,
+    status: str = AfterStatus.ENDED,
+    by: Any = None,
+    via: str = trail.Via.WEB,
+) -> bool:
+    """Make ``job_id`` follow ``after_id`` on ``status`` (None: follow no job), audited;
+    returns whether anything changed. Both rows are locked, in id order, before the check,
+    so two requests making two jobs follow each other cannot both pass it."""
     with transaction.atomic():
         ids = sorted({job_id} | ({after_id} if after_id is not None else set()))
-        list(BatchJob.objects.select_for_update().filter(pk__in=ids).values_list("pk"))
+        rows = BatchJob.objects.select_for_update().filter(pk__in=ids)
+        before = {pk: (a, s) for pk, a, s in rows.values_list("pk", "after_job_id", "after_status")}
         check(job_id, after_id)
         status = AfterStatus(status)
-        return bool(
+        old = describe(*before[job_id])
+        n = (
             BatchJob.objects.filter(pk=job_id)
             .exclude(after_job_id=after_id, after_status=status)
             .update(after_job_id=after_id, after_status=status)
         )
+        new = describe(after_id, status)
+        if n and old != new:
+            trail.record(
+                trail.Action.TRIGGER_EDIT,
+                user=by,
+                job=job_id,
+                target="job",
+                changes={"Triggered by job": [old, new]},
+                via=via,
+            )
+        return bool(n)
