@@ -78,8 +78,12 @@ def test_a_triggered_job_runs_once_per_parent_run_and_not_on_the_other_status(cl
     assert cluster.show(parent)["followers"] == [on_ended, on_error]
     for n in (1, 2):
         cluster.cli("status", str(parent), "waiting")  # run (again)
+
+        def both_ended(n: int = n) -> bool:
+            return _ended_runs(cluster, parent) == n and _ended_runs(cluster, on_ended) == n
+
         wait_for(
-            lambda n=n: _ended_runs(cluster, parent) == n and _ended_runs(cluster, on_ended) == n,
+            both_ended,
             timeout=90,
             what=f"run {n} of the parent and of its follower to end",
         )
