@@ -26,6 +26,7 @@ job_urls = [
     path("history/<int:run_pk>/log/", history_views.run_log, name="log"),
     path("rerun/", history_views.job_rerun, name="rerun"),
     path("run-now/", ops_views.job_run_now, name="run-now"),
+    path("backfill/", ops_views.job_backfill, name="backfill"),
     path("tasks/<int:task_pk>/skip/", ops_views.task_skip, name="task-skip"),
     path("tasks/<int:task_pk>/rerun-from/", ops_views.task_rerun_from, name="task-rerun-from"),
 ]
