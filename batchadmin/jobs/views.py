@@ -227,7 +227,11 @@ def _job_page(
         "more": _more(job, grid, 0, len(shown)),
         "task_total": grid.total,
         "draw_diagram": draw,
-        "diagram": task_grid.build_diagram(grid.rows) if draw else None,
+        "diagram": (
+            task_grid.build_diagram(grid.rows, task_grid.trigger_parents(job, grid.rows))
+            if draw
+            else None
+        ),
         "status_counts": grid.counts,
         "job_why": grid.job_why,  # why a Withhold or Waiting job is not running
         "can_change": can_change,

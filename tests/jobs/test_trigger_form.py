@@ -77,3 +77,18 @@ class TriggerFormTestCase(FormTestCase):
         job = BatchJob.objects.get(description="Post orders")
         assert r.status_code == 302
         assert (job.after_job_id, job.after_status) == (parent.pk, "ended")
+
+
+class TriggerDiagramTestCase(FormTestCase):
+    def test_the_diagram_draws_the_job_it_follows_before_its_first_tasks(self):
+        parent = self.make_job(description="Import orders", created_by=self.dave)
+        job = self.make_job(created_by=self.dave, after_job=parent, after_status="error")
+        t1 = self.make_task(job, "T1")
+        t2 = self.make_task(job, "T2")
+        self.add_condition(t2, t1)
+        self.login(self.dave)
+        html = self.client.get(f"/jobs/{job.pk}/").content.decode()
+        assert html.count('class="node n-waiting external"') == 1  # one box, the parent job
+        assert f'href="/jobs/{parent.pk}/" class="node' in html
+        assert f"<title>T1 runs when Job {parent.pk} is error</title>" in html
+        assert f"<title>T2 runs when Job {parent.pk}" not in html  # only the first tasks
