@@ -199,6 +199,14 @@ class RunOut(Schema):
     ended_at: When | None
     run_by: str | None
     canceled_by: str | None
+    trigger: str = Field(
+        "scheduled",
+        description="What started it: scheduled, run_now, rerun_*, resume, triggered, backfill.",
+    )
+    note: str = ""
+    occurrence: When | None = Field(
+        None, description="The recurrence occurrence the run stands for (a backfill's missed one)."
+    )
 
 
 class RunPage(Schema):

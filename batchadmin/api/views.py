@@ -672,6 +672,9 @@ def run_list(
             "ended_at": r.ended_at,
             "run_by": _username(r.run_by),
             "canceled_by": _username(r.canceled_by),
+            "trigger": r.trigger,
+            "note": r.note,
+            "occurrence": r.occurrence,
         }
         for r in rows
     ]

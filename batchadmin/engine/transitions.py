@@ -883,7 +883,9 @@ def _end_manual_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) -> No
     if n != 1:
         return
     _reset_tasks(job.pk)
-    if back == S.WAITING:
+    if back == S.WAITING and job.is_trigger_only():
+        reason = f"Back to Waiting: it runs after the next run of job {job.after_job_id}"
+    elif back == S.WAITING:
         recurring = job.get_recurrence()
         zone = recurring.rule().tz if recurring is not None else dt.UTC
         when = clock.format_when(start.astimezone(zone), "tz")

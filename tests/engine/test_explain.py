@@ -473,4 +473,4 @@ class JobFormTestCase(ExplainTestCase):
         small = page_queries(2)
         big = page_queries(200)
         assert big == small
-        assert big <= 20, big
+        assert big <= 21, big  # 21: one lists the jobs this one triggers

@@ -8,7 +8,14 @@ from django.utils.timezone import now
 
 from batchadmin.engine import tick, transitions
 from batchadmin.jobs import triggers
-from batchadmin.jobs.models import AfterStatus, BatchJob, BatchJobRun, BatchStatus, QueuedRun
+from batchadmin.jobs.models import (
+    AfterStatus,
+    BatchJob,
+    BatchJobRun,
+    BatchStatus,
+    QueuedRun,
+    StatusChange,
+)
 from tests.base import BaseTestCase, drain, start
 
 S = BatchStatus
@@ -37,6 +44,9 @@ class TriggerTestCase(BaseTestCase):
         assert (queued.after_run_id, queued.run_id) == (parent.current_run_id, run.pk)
         drain(follower)
         assert follower.status == S.WAITING  # it waits for the next run of its parent
+        last = StatusChange.objects.filter(job=follower).order_by("-pk").first()
+        assert last is not None
+        assert last.reason == f"Back to Waiting: it runs after the next run of job {parent.pk}"
 
     def test_it_does_not_start_the_follower_on_the_other_status(self):
         parent, follower = self.make_pair(AfterStatus.ERROR)
