@@ -74,11 +74,6 @@ class LastRun(Schema):
 AfterStatusName = Literal["ended", "error", "ended_or_error"]
 
 
-class TriggerOut(Schema):
-    after: int = Field(description="The id of the job this job follows.")
-    status: AfterStatusName = Field(description="The final status of its run that starts this job.")
-
-
 class JobShown(Schema):
     """``manage.py batch show ID --json``."""
 
@@ -87,13 +82,13 @@ class JobShown(Schema):
     status: str
     runs: int = Field(description="How many runs the job has had (those still in history).")
     last_run: LastRun | None
-    trigger: TriggerOut | None = Field(
-        None, description="The job this job runs after, each time a run of it ends so."
-    )
-    followers: list[int] = Field(
-        default_factory=list, description="The ids of the jobs that run after this one."
-    )
     tasks: list[TaskShown]
+
+
+class TriggerShown(Schema):
+    after: int | None = Field(description="The id of the job this job runs after; null: none.")
+    status: AfterStatusName = Field(description="The final status of its run that starts this job.")
+    followers: list[int] = Field(description="The ids of the jobs that run after this one.")
 
 
 class TriggerIn(Schema):

@@ -497,9 +497,20 @@ def job_run_now(request: HttpRequest, job_id: int, body: schemas.RunNowIn) -> di
     )
 
 
+@v1.get(
+    "/jobs/{job_id}/trigger",
+    response={200: schemas.TriggerShown, **ERRORS},
+    summary="The job this job runs after",
+)
+def job_trigger_show(request: HttpRequest, job_id: int) -> dict[str, Any]:
+    """The job this one runs after (``after`` null: none), on which final status, and the
+    jobs that run after this one (``followers``)."""
+    return io.show_trigger(_job(request, job_id))
+
+
 @v1.put(
     "/jobs/{job_id}/trigger",
-    response={200: schemas.JobShown, 400: Error, **ERRORS},
+    response={200: schemas.TriggerShown, 400: Error, **ERRORS},
     summary="Set the job this job runs after",
 )
 def job_trigger(request: HttpRequest, job_id: int, body: schemas.TriggerIn) -> dict[str, Any]:
@@ -519,7 +530,7 @@ def job_trigger(request: HttpRequest, job_id: int, body: schemas.TriggerIn) -> d
     except triggers.TriggerError as exc:
         raise HttpError(400, f"Nothing was changed. {exc}") from None
     job.refresh_from_db()
-    return io.show_job(job)
+    return io.show_trigger(job)
 
 
 @v1.post(

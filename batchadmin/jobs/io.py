@@ -1207,12 +1207,6 @@ def show_job(job: BatchJob) -> dict[str, Any]:
         "status": job.status,
         "runs": job_runs.count(),
         "last_run": last,
-        "trigger": (
-            {"after": job.after_job_id, "status": job.after_status}
-            if job.after_job_id is not None
-            else None
-        ),
-        "followers": list(job.followers.order_by("pk").values_list("pk", flat=True)),
         "tasks": [
             {
                 "key": t.key,
@@ -1226,6 +1220,16 @@ def show_job(job: BatchJob) -> dict[str, Any]:
             }
             for t in tasks
         ],
+    }
+
+
+def show_trigger(job: BatchJob) -> dict[str, Any]:
+    """GET /api/v1/jobs/ID/trigger: the job this one runs after (None: none) and on which
+    status, and the jobs that run after it. (`batch show --json` keeps its shape.)"""
+    return {
+        "after": job.after_job_id,
+        "status": job.after_status,
+        "followers": list(job.followers.order_by("pk").values_list("pk", flat=True)),
     }
 
 

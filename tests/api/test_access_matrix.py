@@ -31,6 +31,7 @@ ENDPOINTS: list[tuple[str, str, Any, tuple[int, ...]]] = [
     ),
     ("POST", "/api/v1/jobs/{job}/run-now", {}, (401, 403, 200, 404, 200)),
     ("GET", "/api/v1/jobs/{job}/audit", None, (401, 200, 200, 404, 200)),
+    ("GET", "/api/v1/jobs/{job}/trigger", None, (401, 200, 200, 404, 200)),
     ("PUT", "/api/v1/jobs/{job}/trigger", {"after": None}, (401, 403, 200, 404, 200)),
     # Managers only; this job has no recurrence, so the manager hears why (409).
     (

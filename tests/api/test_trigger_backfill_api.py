@@ -22,14 +22,14 @@ class TriggerApiTestCase(ApiTestCase):
             body={"after": parent.pk, "status": "ended_or_error"},
         )  # fmt: skip
         assert r.status_code == 200, r.content
-        assert r.data["trigger"] == {"after": parent.pk, "status": "ended_or_error"}
-        shown = self.call("GET", f"/api/v1/jobs/{parent.pk}", as_user=self.alice).data
-        assert shown["followers"] == [job.pk]
+        assert r.data == {"after": parent.pk, "status": "ended_or_error", "followers": []}
+        shown = self.call("GET", f"/api/v1/jobs/{parent.pk}/trigger", as_user=self.alice).data
+        assert shown == {"after": None, "status": "ended", "followers": [job.pk]}
         assert AuditEntry.objects.get(action="trigger_edit").via == "api"
         r = self.call(
             "PUT", f"/api/v1/jobs/{job.pk}/trigger", as_user=self.alice, body={"after": None}
         )
-        assert r.data["trigger"] is None
+        assert r.data["after"] is None
 
     def test_it_refuses_a_loop(self):
         a = self.make_job(description="A")

@@ -74,8 +74,11 @@ def test_a_triggered_job_runs_once_per_parent_run_and_not_on_the_other_status(cl
             ]
         }  # fmt: skip
     )
-    assert cluster.show(on_ended)["trigger"] == {"after": parent, "status": "ended"}
-    assert cluster.show(parent)["followers"] == [on_ended, on_error]
+    assert cluster.rows(
+        "SELECT id, after_job_id, after_status FROM jobs_batchjob WHERE after_job_id = %s"
+        " ORDER BY id",
+        parent,
+    ) == [(on_ended, parent, "ended"), (on_error, parent, "error")]
     for n in (1, 2):
         cluster.cli("status", str(parent), "waiting")  # run (again)
 
