@@ -287,5 +287,5 @@ def job_backfill(request: AuthedRequest, pk: int) -> HttpResponse:
                     request, job, f"Backfill started: {len(times)} run(s), one after the other."
                 )
             preview = [t.astimezone(tz) for t in times]
-    context = {"job": job, "form": form, "preview": preview, "zone": recurring.time_zone}
+    context = {"job": job, "form": form, "preview": preview}
     return render_dialog(request, "jobs/job_backfill.html", context, nav="jobs")

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+from pathlib import Path
 from typing import Any
 
+from tests.e2e.browser import sign_in
 from tests.e2e.cluster import Cluster, unique, wait_for
 
 UTC = dt.UTC
+SHOTS = Path(os.environ.get("E2E_ARTIFACTS", "test-artifacts"))
 MANAGER = "schedb-ops"
 
 
@@ -162,3 +166,55 @@ def test_a_backfill_of_three_missed_days_starts_three_runs_in_order(cluster):
 def json_audit(cluster: Cluster, job_id: int) -> list[dict[str, Any]]:
     data: list[dict[str, Any]] = json.loads(cluster.cli("audit", str(job_id), "--json").stdout)
     return data
+
+
+def test_a_manager_sees_the_trigger_links_and_backfills_from_the_dialog(cluster, web, page):
+    """The browser: the follower links to the job it runs after and back; the Backfill dialog
+    previews the runs before starting them, and they run."""
+    group = _served_group(cluster, "fillui-")
+    today = dt.datetime.now(UTC).date()
+    parent, follower = cluster.import_jobs(
+        {
+            "jobs": [
+                {
+                    "key": "p",
+                    "description": "Nightly import",
+                    "status": "withhold",
+                    "scheduled_start": dt.datetime.combine(
+                        today + dt.timedelta(days=1), dt.time(2), UTC
+                    ).isoformat(),
+                    "recurrence": {
+                        "start": f"{(today - dt.timedelta(days=5)).isoformat()}T02:00:00",
+                        "timezone": "UTC",
+                        "end": None,
+                        "pattern": {"unit": "days", "every": 1},
+                    },
+                    "tasks": [{"key": "T", "process": "demo.noop", "group": group}],
+                },
+                {
+                    "description": "Post the import",
+                    "trigger": {"after": "p", "status": "ended"},
+                    "tasks": [{"key": "T", "process": "demo.noop", "group": group}],
+                },
+            ]
+        }  # fmt: skip
+    )
+    sign_in(page, web, "manager")
+    page.goto(f"{web}/jobs/{follower}/")
+    page.locator("#job-runs-after a", has_text=f"job {parent} Nightly import").wait_for()
+    assert page.locator(".diagram .node.external").count() == 1
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "trigger-follower.png"), full_page=True)
+    page.goto(f"{web}/jobs/{parent}/")
+    page.locator("#job-triggers a", has_text=f"job {follower} Post the import").wait_for()
+    page.locator("a.button", has_text="Backfill…").click()
+    dialog = page.locator("#dialog")
+    dialog.locator("input[name=first_day]").fill((today - dt.timedelta(days=2)).isoformat())
+    dialog.locator("input[name=last_day]").fill((today - dt.timedelta(days=1)).isoformat())
+    dialog.locator("button[name=preview]").click()
+    dialog.locator("#backfill-preview", has_text="2 runs will start").wait_for()
+    page.screenshot(path=str(SHOTS / "backfill-dialog.png"))
+    dialog.locator("button.primary", has_text="Start 2 runs").click()
+    wait_for(lambda: _ended_runs(cluster, parent) == 2, timeout=90, what="the two backfill runs")
+    # Each backfill run ended Ended, so the follower ran after each.
+    wait_for(lambda: _ended_runs(cluster, follower) == 2, timeout=90, what="the follower's runs")
