@@ -19,6 +19,7 @@ from batchadmin.lib import recurrence
 __all__ = ["LIMIT", "BackfillError", "missed"]
 
 LIMIT = 1000  # runs one backfill may start: a wider range is a mistake more often than not
+SCAN_LIMIT = 10 * LIMIT  # occurrences looked at in the range
 
 
 class BackfillError(ValueError):
@@ -54,8 +55,13 @@ def missed(
             if t >= until or t >= at:
                 break
             times.append(t)
-            if len(times) > 10 * LIMIT:
-                break  # enough to say the range is too wide
+            if len(times) > SCAN_LIMIT:
+                # Enough to say the range is too wide (and "the last" unknown without
+                # walking every occurrence of, say, a year of minutes).
+                raise BackfillError(
+                    f"More than {SCAN_LIMIT:,} occurrences from {first_day} to {last_day}: "
+                    "choose a shorter range."
+                )
     except recurrence.RuleError as exc:
         raise BackfillError(f"Job {job.pk} has an invalid recurrence: {exc}") from None
     if not times:

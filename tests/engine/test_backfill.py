@@ -100,6 +100,11 @@ class BackfillTestCase(BaseTestCase):
         job = self.make_daily()
         with self.assertRaisesMessage(Refused, "The range ends (2025-03-01) before it starts"):
             self.backfill(job, D(2025, 3, 5), D(2025, 3, 1))
+        BatchRecurrence.objects.filter(job=job).update(unit=BatchRecurrence.Unit.MINUTES)
+        with self.assertRaisesMessage(
+            Refused, "More than 10,000 occurrences from 2025-03-01 to 2025-03-09: choose a shorter"
+        ):
+            self.backfill(job, D(2025, 3, 1), D(2025, 3, 9), only_last=True)
         one_off = self.make_job()
         with self.assertRaisesMessage(Refused, f"Job {one_off.pk} has no recurrence"):
             self.backfill(one_off, D(2025, 3, 5), D(2025, 3, 6))
