@@ -92,3 +92,12 @@ class TriggerDiagramTestCase(FormTestCase):
         assert f'href="/jobs/{parent.pk}/" class="node' in html
         assert f"<title>T1 runs when Job {parent.pk} is error</title>" in html
         assert f"<title>T2 runs when Job {parent.pk}" not in html  # only the first tasks
+
+
+class TriggerListTestCase(FormTestCase):
+    def test_the_list_says_a_triggered_job_runs_after_its_parent(self):
+        parent = self.make_job(description="Import orders", created_by=self.dave)
+        self.make_job(description="Post orders", created_by=self.dave, after_job=parent)
+        self.login(self.dave)
+        html = self.client.get("/jobs/").content.decode()
+        assert f'<span class="muted">after job {parent.pk}</span>' in html
