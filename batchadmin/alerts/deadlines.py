@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from batchadmin.alerts import outbox
 from batchadmin.alerts.models import AlertEvent, AlertKind
@@ -35,6 +35,7 @@ from batchadmin.alerts.stuck import usual_durations
 from batchadmin.jobs.models import (
     HAS_DEADLINE,
     RUNNING_STATUSES,
+    TRIGGER_ONLY,
     BatchJob,
     BatchStatus,
     BatchTaskRun,
@@ -76,6 +77,8 @@ def watched(jobs: QuerySet[BatchJob], at: dt.datetime, *, limit: int) -> list[Wa
             status__in=[BatchStatus.WAITING, BatchStatus.EXECUTING],
             scheduled_start__lte=at + LOOKAHEAD,
         )
+        # A job that only runs after another one has no start to be late for while it waits.
+        .exclude(Q(status=BatchStatus.WAITING) & TRIGGER_ONLY)
         .select_related("recurrence")
         .order_by("scheduled_start", "pk")[:limit]
     )

@@ -76,6 +76,9 @@ class LastRun(Schema):
     ended_at: When | None
 
 
+AfterStatusName = Literal["ended", "error", "ended_or_error"]
+
+
 class JobShown(Schema):
     """``manage.py batch show ID --json``."""
 
@@ -85,6 +88,30 @@ class JobShown(Schema):
     runs: int = Field(description="How many runs the job has had (those still in history).")
     last_run: LastRun | None
     tasks: list[TaskShown]
+
+
+class TriggerShown(Schema):
+    after: int | None = Field(description="The id of the job this job runs after; null: none.")
+    status: AfterStatusName = Field(description="The final status of its run that starts this job.")
+    followers: list[int] = Field(description="The ids of the jobs that run after this one.")
+
+
+class TriggerIn(Schema):
+    after: int | None = Field(description="The id of the job to follow; null: follow none.")
+    status: AfterStatusName = Field("ended", description="Which final status starts this job.")
+
+
+class BackfillIn(Schema):
+    from_: dt.date = Field(alias="from", description="The first day (included), YYYY-MM-DD.")
+    to: dt.date = Field(description="The last day (included), in the recurrence's zone.")
+    last: bool = Field(False, description="Only the last missed occurrence.")
+    dry_run: bool = Field(False, description="Only say which occurrences; start nothing.")
+
+
+class BackfillOut(Schema):
+    id: int
+    occurrences: list[When] = Field(description="The missed occurrences, oldest first.")
+    started: int = Field(description="How many runs the backfill starts (0 on a dry run).")
 
 
 class Created(Schema):
@@ -189,6 +216,14 @@ class RunOut(Schema):
     ended_at: When | None
     run_by: str | None
     canceled_by: str | None
+    trigger: str = Field(
+        "scheduled",
+        description="What started it: scheduled, run_now, rerun_*, resume, triggered, backfill.",
+    )
+    note: str = ""
+    occurrence: When | None = Field(
+        None, description="The recurrence occurrence the run stands for (a backfill's missed one)."
+    )
 
 
 class RunPage(Schema):

@@ -39,7 +39,7 @@ from batchadmin.api.schemas import Error
 from batchadmin.audit import trail
 from batchadmin.audit.models import AuditEntry
 from batchadmin.engine import transitions
-from batchadmin.jobs import access, copying, io
+from batchadmin.jobs import access, copying, io, triggers
 from batchadmin.jobs.filters import JobFilter
 from batchadmin.jobs.models import (
     RUNNING_STATUSES,
@@ -563,6 +563,68 @@ def job_resume(request: HttpRequest, job_id: int) -> dict[str, Any]:
 
 
 @v1.get(
+    "/jobs/{job_id}/trigger",
+    response={200: schemas.TriggerShown, **ERRORS},
+    summary="The job this job runs after",
+)
+def job_trigger_show(request: HttpRequest, job_id: int) -> dict[str, Any]:
+    """The job this one runs after (``after`` null: none), on which final status, and the
+    jobs that run after this one (``followers``)."""
+    return io.show_trigger(_job(request, job_id))
+
+
+@v1.put(
+    "/jobs/{job_id}/trigger",
+    response={200: schemas.TriggerShown, 400: Error, **ERRORS},
+    summary="Set the job this job runs after",
+)
+def job_trigger(request: HttpRequest, job_id: int, body: schemas.TriggerIn) -> dict[str, Any]:
+    """The job runs each time a run of ``after`` ends with ``status`` (besides its recurrence,
+    if it has one); ``after`` null: it follows no job. Triggers that would loop are refused."""
+    job = _job(request, job_id, change=True)
+    if body.after is not None and not access.visible_jobs(request.user).filter(pk=body.after):
+        raise HttpError(400, f"There is no batch job {body.after} that you can see to follow.")
+    try:
+        triggers.set_trigger(
+            job_id=job.pk,
+            after_id=body.after,
+            status=body.status,
+            by=request.user,
+            via=trail.Via.API,
+        )
+    except triggers.TriggerError as exc:
+        raise HttpError(400, f"Nothing was changed. {exc}") from None
+    job.refresh_from_db()
+    return io.show_trigger(job)
+
+
+@v1.post(
+    "/jobs/{job_id}/backfill",
+    response={200: schemas.BackfillOut, 409: Error, **ERRORS},
+    summary="Backfill missed occurrences",
+)
+def job_backfill(request: HttpRequest, job_id: int, body: schemas.BackfillIn) -> dict[str, Any]:
+    """Run a recurring job once for each occurrence missed from ``from`` to ``to`` (or only
+    the last), one after the other, each run recording its occurrence; ``dry_run`` previews.
+    Batch job managers only, as `batch backfill`."""
+    job = _job(request, job_id)
+    _require_manager(request, "backfill a job")
+    try:
+        times = transitions.backfill_job(
+            job_id=job.pk,
+            first_day=body.from_,
+            last_day=body.to,
+            only_last=body.last,
+            dry_run=body.dry_run,
+            by_id=request.user.pk,
+            via=trail.Via.API,
+        )
+    except transitions.Refused as exc:
+        raise HttpError(409, f"Nothing was started. {exc}") from None
+    return {"id": job.pk, "occurrences": times, "started": 0 if body.dry_run else len(times)}
+
+
+@v1.get(
     "/jobs/{job_id}/audit",
     response={200: list[schemas.AuditOut], **ERRORS},
     summary="A job's audit trail",
@@ -693,6 +755,9 @@ def run_list(
             "ended_at": r.ended_at,
             "run_by": _username(r.run_by),
             "canceled_by": _username(r.canceled_by),
+            "trigger": r.trigger,
+            "note": r.note,
+            "occurrence": r.occurrence,
         }
         for r in rows
     ]

@@ -22,6 +22,7 @@ class Action(models.TextChoices):
     RERUN_FAILED = "rerun_failed", "Rerun failed"
     RERUN_FROM = "rerun_from", "Rerun from a task"
     RERUN_ALL = "rerun_all", "Rerun the whole job"
+    BACKFILL = "backfill", "Backfill"
     # Edits of a job
     JOB_CREATE = "job_create", "Create job"
     JOB_EDIT = "job_edit", "Edit job"
@@ -35,6 +36,7 @@ class Action(models.TextChoices):
     RECURRENCE_PAUSE = "recurrence_pause", "Pause recurrence"
     RECURRENCE_RESUME = "recurrence_resume", "Resume recurrence"
     ALERTS_EDIT = "alerts_edit", "Edit alerts"
+    TRIGGER_EDIT = "trigger_edit", "Edit trigger"
     # Settings that are no job's
     RULE_ADD = "rule_add", "Add alert rule"
     RULE_EDIT = "rule_edit", "Edit alert rule"

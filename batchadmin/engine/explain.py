@@ -230,8 +230,39 @@ def job_paused(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason
     return Reason("recurrence_paused", f"{note}: no run starts until it is resumed", WARN)
 
 
+# How a trigger's status reads after "a run of that job that ends ...".
+AFTER_WORDS = {"ended": "Ended", "error": "in Error", "ended_or_error": "Ended or in Error"}
+
+
+def _trigger_only(job: BatchJob) -> bool:
+    # after_job_id first: the recurrence is looked at (maybe a query) only for triggered jobs.
+    return job.after_job_id is not None and job.is_trigger_only()
+
+
+def job_after_job(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | None:
+    """A job that follows another one: with no schedule of its own it waits for that job;
+    with a recurrence it also runs after it."""
+    if job.after_job_id is None or job.status != S.WAITING:
+        return None
+    ends = AFTER_WORDS.get(job.after_status, job.after_status)
+    if _trigger_only(job):
+        return Reason(
+            "waits_for_job",
+            f"Waits for job {job.after_job_id} to end: it runs after each run of job "
+            f"{job.after_job_id} that ends {ends}",
+        )
+    return Reason(
+        "after_job", f"Also runs after each run of job {job.after_job_id} that ends {ends}"
+    )
+
+
 def job_scheduled(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | None:
-    if job.status != S.WAITING or job.scheduled_start <= world.at or job.pause_note:
+    if (
+        job.status != S.WAITING
+        or job.scheduled_start <= world.at
+        or job.pause_note
+        or _trigger_only(job)
+    ):
         return None
     if _period_hold(job, world.at) is not None:
         return None  # the active period's opening is the later and the one that counts
@@ -241,7 +272,12 @@ def job_scheduled(job: BatchJob, world: World, group_ids: frozenset[int]) -> Rea
 def job_due(job: BatchJob, world: World, group_ids: frozenset[int]) -> Reason | None:
     """Due and not started: the tick starts it within about a second, so after DUE_GRACE the
     scheduler is not doing its work. beat's own record of the tick tells whether it runs."""
-    if job.status != S.WAITING or job.scheduled_start > world.at or job.pause_note:
+    if (
+        job.status != S.WAITING
+        or job.scheduled_start > world.at
+        or job.pause_note
+        or _trigger_only(job)
+    ):
         return None
     if _period_hold(job, world.at) is not None:
         return None
@@ -321,6 +357,7 @@ def job_groups_unserved(job: BatchJob, world: World, group_ids: frozenset[int]) 
 JOB_RULES: tuple[JobRule, ...] = (
     job_withhold,
     job_paused,
+    job_after_job,
     job_outside_active_period,
     job_scheduled,
     job_due,
@@ -348,6 +385,10 @@ def job_not_started(view: TaskView, world: World) -> Reason | None:
         return None
     if job.status == S.WITHHOLD:
         return Reason("job_not_started", "Waits for the job, which is Withhold")
+    if job.status == S.WAITING and _trigger_only(job):
+        return Reason(
+            "job_not_started", f"Waits for the job, which waits for job {job.after_job_id} to end"
+        )
     opens = _period_hold(job, world.at)
     if opens is not None:
         return Reason(

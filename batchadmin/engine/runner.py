@@ -18,7 +18,14 @@ from django.utils.timezone import now
 
 from batchadmin.engine import counters, transitions
 from batchadmin.jobs import access
-from batchadmin.jobs.models import BatchJob, BatchLogEntry, BatchStatus, BatchTask, Company
+from batchadmin.jobs.models import (
+    BatchJob,
+    BatchJobRun,
+    BatchLogEntry,
+    BatchStatus,
+    BatchTask,
+    Company,
+)
 from batchadmin.lib import db, durations, text, tracing
 from batchadmin.processes import registry
 
@@ -42,6 +49,7 @@ class ProcessContext:
     """What a batch process gets as ``ctx`` (see registry.Context)."""
 
     def __init__(self, claim: transitions.Claim) -> None:
+        self.task_run = claim  # the attempt: .pk (its BatchTaskRun), .job_run_id
         self.task_run_id = claim.pk
         self.job_id = claim.task.job_id
         self.task_id = claim.task.pk
@@ -49,6 +57,7 @@ class ProcessContext:
         self.attempt = claim.attempt
         self._company_id = claim.task.company_id
         self._run_as_id = claim.task.run_as_id
+        self._job_run_id = claim.job_run_id
         self.saw_cancel = False
         self.timed_out = False  # asked to stop by the time limit, not by a cancel
         self.time_limit: int | None = None
@@ -72,6 +81,18 @@ class ProcessContext:
         few seconds (BATCH_RUN_AS_CACHE_SECONDS): a role taken away stops new attempts that soon.
         """
         return RUN_AS.get(self._run_as_id)
+
+    @cached_property
+    def occurrence(self) -> dt.datetime | None:
+        """The recurrence occurrence this run stands for: a scheduled run's own, a backfill's
+        missed one; None for a run of no occurrence (Run now, a trigger, a one-off job)."""
+        if self._job_run_id is None:
+            return None
+        return (
+            BatchJobRun.objects.filter(pk=self._job_run_id)
+            .values_list("occurrence", flat=True)
+            .first()
+        )
 
     @cached_property
     def company(self) -> Company | None:

@@ -33,11 +33,13 @@ from batchadmin.audit import trail
 from batchadmin.engine import counters, dispatch, limits, priority, signals, transitions
 from batchadmin.jobs.models import (
     OPEN_TASK_STATUSES,
+    RUNNING_STATUSES,
     BatchJob,
     BatchRecurrence,
     BatchStatus,
     BatchTask,
     BatchTaskCondition,
+    QueuedRun,
 )
 from batchadmin.lib import broker, daterange, db, tracing
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
@@ -73,6 +75,7 @@ def _tick(at: dt.datetime | None) -> dict[str, int]:
             "resumed": handle_paused_until(at),
             "overlaps": handle_overlaps(at),
             "started": handle_due_jobs(at),
+            "queued_started": handle_queued_runs(at),
             "leases_expired": handle_expired_leases(at),
             "overdue": handle_overdue_tasks(at),
             "dispatched": handle_ready_tasks(at),
@@ -168,6 +171,26 @@ def handle_overlaps(at: dt.datetime) -> int:
         except Exception:
             log.exception("Could not cancel batch job %s for its overlap policy", job_id)
     return canceled
+
+
+def handle_queued_runs(at: dt.datetime) -> int:
+    """Start the runs owed to jobs that are not running (a trigger, a backfill's next
+    occurrence) that the settle's after-commit start did not: its worker died, or the job
+    was busy then."""
+    owed = (
+        QueuedRun.objects.pending()
+        .exclude(job__status__in=RUNNING_STATUSES)
+        .order_by("job_id")
+        .values_list("job_id", flat=True)
+        .distinct()
+    )
+    started = 0
+    for job_id in owed[: settings.BATCH_TICK_LIMIT]:
+        try:
+            started += transitions.start_queued_run(job_id=job_id, at=at)
+        except Exception:
+            log.exception("Could not start the queued run of batch job %s", job_id)  # next tick
+    return started
 
 
 def handle_expired_leases(at: dt.datetime) -> int:

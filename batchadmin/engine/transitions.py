@@ -25,11 +25,12 @@ from django.utils.timezone import now
 
 from batchadmin.audit import trail
 from batchadmin.engine import conditions, dispatch, limits, priority, signals, sql
-from batchadmin.jobs import access, history
+from batchadmin.jobs import access, backfill, history
 from batchadmin.jobs.models import (
     MISSED_COUNT_LIMIT,
     OPEN_TASK_STATUSES,
     RUNNING_STATUSES,
+    AfterStatus,
     BatchJob,
     BatchJobRun,
     BatchLogEntry,
@@ -39,6 +40,7 @@ from batchadmin.jobs.models import (
     BatchTaskCondition,
     BatchTaskRun,
     MissedOccurrence,
+    QueuedRun,
     StatusChange,
 )
 from batchadmin.lib import clock, daterange, durations, recurrence, text
@@ -639,8 +641,10 @@ def _start_manual_run(
     start_first: int | None = None,
     overrides: dict[int, dict[str, object]] | None = None,
     shown_overrides: dict[str, dict[str, object]] | None = None,
+    occurrence: dt.datetime | None = None,
 ) -> bool:
-    """Start a run now, for an operator (the caller holds the job lock).
+    """Start a run now, for an operator, a trigger or a backfill (the caller holds the job
+    lock).
 
     1. The job becomes Executing at once, whatever its scheduled start. A recurring job that
        was Waiting or Withhold keeps that state and its start in ``return_status`` and
@@ -660,7 +664,10 @@ def _start_manual_run(
     old = job.status
     if old not in MANUAL_RUN_FROM:
         raise Refused(f"Job {job.pk} is {BatchStatus(old).label}: wait until this run is over.")
-    back = old in (S.WAITING, S.WITHHOLD) and job.get_recurrence() is not None
+    # A job that follows another one waits for it again after the run, as a recurring job
+    # waits for its next occurrence.
+    scheduled = job.get_recurrence() is not None or job.after_job_id is not None
+    back = old in (S.WAITING, S.WITHHOLD) and scheduled
     n = BatchJob.objects.filter(pk=job.pk, status=old).update(
         status=S.EXECUTING,
         scheduled_start=at,
@@ -697,6 +704,7 @@ def _start_manual_run(
         started_by_id=by_id,
         note=note[:300],
         parameters=shown_overrides or {},
+        occurrence=occurrence,
     )
     BatchJob.objects.filter(pk=job.pk).update(current_run=run)
     for pk, params in (overrides or {}).items():
@@ -912,7 +920,9 @@ def _end_manual_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) -> No
     if n != 1:
         return
     _reset_tasks(job.pk)
-    if back == S.WAITING:
+    if back == S.WAITING and job.is_trigger_only():
+        reason = f"Back to Waiting: it runs after the next run of job {job.after_job_id}"
+    elif back == S.WAITING:
         recurring = job.get_recurrence()
         zone = recurring.rule().tz if recurring is not None else dt.UTC
         when = clock.format_when(start.astimezone(zone), "tz")
@@ -970,6 +980,7 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
             scheduled_start=scheduled,
             started_at=at,
             run_by_id=job.effective_run_as_id(),
+            occurrence=scheduled if recurring is not None else None,
         )
         BatchJob.objects.filter(pk=job_id).update(current_run=run)
         if recurring is not None:
@@ -1718,7 +1729,184 @@ def _settle_job_if_done(job_id: int, *, at: dt.datetime, none_open: bool = False
         _end_manual_run(job, final=final, at=at)
     elif final != S.CANCELED or overlap_canceled:
         _schedule_next_run(job, final=final, at=at)
+    _queue_followers(job, run_id=job.current_run_id, final=final, at=at)
     return True
+
+
+# --- Queued runs: jobs that follow jobs, backfills ------------------------------------------
+
+
+def _queue_followers(
+    job: BatchJob, *, run_id: int | None, final: BatchStatus, at: dt.datetime
+) -> None:
+    """Owe a run to each job that follows this one on ``final``, in the settling transaction.
+
+    1. A QueuedRun row per follower whose status matches: the durable outbox, so a worker
+       that dies after this commit loses nothing (the tick starts what is owed).
+    2. The unique (follower, parent run) constraint ignores a second settle of the same run.
+    3. After the commit, the followers (and this job, when a backfill or trigger waits for it
+       to end) start their next queued run at once; the tick is the safety net.
+    """
+    if run_id is not None and final != S.CANCELED:
+        owed = [
+            pk
+            for pk, status in BatchJob.objects.filter(after_job_id=job.pk).values_list(
+                "pk", "after_status"
+            )
+            if AfterStatus(status).matches(final)
+        ]
+        QueuedRun.objects.bulk_create(
+            [
+                QueuedRun(
+                    job_id=pk,
+                    kind=QueuedRun.Kind.TRIGGER,
+                    after_job_id=job.pk,
+                    after_run_id=run_id,
+                    after_status=final,
+                    created=at,
+                )
+                for pk in owed
+            ],
+            ignore_conflicts=True,
+        )
+    else:
+        owed = []
+    if QueuedRun.objects.pending().filter(job_id=job.pk).exists():
+        owed.append(job.pk)
+    if owed:
+        transaction.on_commit(lambda: _start_queued_soon(owed))
+
+
+def _start_queued_soon(job_ids: list[int]) -> None:
+    # After the settle committed: a failure here costs a second, not a run (the tick retries).
+    for job_id in job_ids:
+        try:
+            start_queued_run(job_id=job_id)
+        except Exception:
+            log.exception("Could not start the queued run of batch job %s now", job_id)
+
+
+def backfill_job(
+    *,
+    job_id: int,
+    first_day: dt.date,
+    last_day: dt.date,
+    by_id: int | None,
+    only_last: bool = False,
+    dry_run: bool = False,
+    via: str = trail.Via.WEB,
+    at: dt.datetime | None = None,
+) -> list[dt.datetime]:
+    """Backfill: queue one run per occurrence missed from ``first_day`` to ``last_day`` (or
+    only the last of them), run one after the other, each recording the occurrence it stands
+    for (jobs/backfill.py says what counts as missed). Returns the occurrences, oldest first;
+    ``dry_run`` queues nothing (the preview). Raises Refused (nothing queued)."""
+    at = at or now()
+    with transaction.atomic():
+        job = _lock_job(job_id)
+        try:
+            times = backfill.missed(job, first_day, last_day, at=at, only_last=only_last)
+        except backfill.BackfillError as exc:
+            raise Refused(str(exc)) from None
+        if dry_run or not times:
+            return times
+        QueuedRun.objects.bulk_create(
+            QueuedRun(
+                job_id=job_id,
+                kind=QueuedRun.Kind.BACKFILL,
+                occurrence=t,
+                requested_by_id=by_id,
+                created=at,
+            )
+            for t in times
+        )
+        tz = job.recurrence.rule().tz
+        trail.record(
+            trail.Action.BACKFILL,
+            user=by_id,
+            job=job_id,
+            target="job",
+            changes={
+                "Occurrences": [None, [clock.format_when(t.astimezone(tz), "tz") for t in times]]
+            },
+            reason=f"Backfill from {first_day} to {last_day}"
+            + (" (only the last)" if only_last else ""),
+            via=via,
+            at=at,
+        )
+        transaction.on_commit(lambda: _start_queued_soon([job_id]))
+        return times
+
+
+def start_queued_run(*, job_id: int, at: dt.datetime | None = None) -> bool:
+    """Start the job's oldest queued run, once the job is not running (its run-before ended).
+
+    1. Under the job lock: a running job keeps its queued runs for later (one at a time).
+    2. A trigger starts a Waiting job only: a held (Withhold) or finished job, or one that no
+       longer follows that job, drops it with the reason. A backfill starts from any status
+       but running, as Run now does.
+    3. The run is a run of its own (_start_manual_run) that records why and, for a backfill,
+       the occurrence; the job goes back to Waiting (or Withhold) when it ends.
+    Returns whether a run started.
+    """
+    at = at or now()
+    with transaction.atomic():
+        job = BatchJob.objects.select_for_update().filter(pk=job_id).first()
+        if job is None or job.status in RUNNING_STATUSES:
+            return False
+        for queued in QueuedRun.objects.pending().filter(job_id=job_id).order_by("pk"):
+            if queued.kind == QueuedRun.Kind.TRIGGER:
+                parent = f"run {queued.after_run_id} of job {queued.after_job_id}"
+                status = BatchStatus(queued.after_status).label
+                if job.after_job_id != queued.after_job_id:
+                    QueuedRun.objects.filter(pk=queued.pk).update(
+                        done_at=at,
+                        note=f"Not started: the job no longer follows job {queued.after_job_id}.",
+                    )
+                    continue
+                if job.status != S.WAITING:
+                    QueuedRun.objects.filter(pk=queued.pk).update(
+                        done_at=at,
+                        note=f"Not started after {parent}: the job was {job.get_status_display()}.",
+                    )
+                    continue
+                trigger, by_id, occurrence = Trigger.TRIGGERED, None, None
+                note = f"After {parent} ({status})"
+            else:
+                trigger, by_id, occurrence = (
+                    Trigger.BACKFILL,
+                    queued.requested_by_id,
+                    queued.occurrence,
+                )
+                recurring = job.get_recurrence()
+                zone = recurring.rule().tz if recurring is not None else dt.UTC
+                assert occurrence is not None
+                note = "Backfill of the occurrence " + clock.format_when(
+                    occurrence.astimezone(zone), "tz"
+                )
+            tasks = BatchTask.objects.filter(job_id=job_id)
+            if job.status in TERMINAL_JOB_STATUSES:
+                again = set(tasks.values_list("pk", flat=True))
+            else:
+                again = set(
+                    tasks.exclude(status__in=(S.WAITING, S.SKIPPED)).values_list("pk", flat=True)
+                )
+            started = _start_manual_run(
+                job,
+                trigger=trigger,
+                results=None,
+                again=again,
+                by_id=by_id,
+                note=note,
+                at=at,
+                occurrence=occurrence,
+            )
+            if not started:
+                return False
+            run_id = BatchJob.objects.values_list("current_run_id", flat=True).get(pk=job_id)
+            QueuedRun.objects.filter(pk=queued.pk).update(done_at=at, run_id=run_id)
+            return True
+        return False
 
 
 def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) -> bool:

@@ -21,6 +21,7 @@ from batchadmin.jobs.models import (
     CalendarDate,
     Company,
     MissedOccurrence,
+    QueuedRun,
     StatusChange,
 )
 from batchadmin.jobs.recurrence_forms import OnCalendarDateField, OverlapField, RecurrenceForm
@@ -162,6 +163,33 @@ class StatusChangeAdmin(admin.ModelAdmin[StatusChange]):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: StatusChange | None = None) -> bool:
+        return False
+
+
+@admin.register(QueuedRun)
+class QueuedRunAdmin(admin.ModelAdmin[QueuedRun]):
+    """The runs owed to jobs (triggers, backfills): the engine's outbox, so the admin reads.
+    Deleting a pending row is the one way to take back a backfill's remaining runs."""
+
+    list_display = [
+        "pk",
+        "job",
+        "kind",
+        "after_job",
+        "after_run_id",
+        "occurrence",
+        "created",
+        "done_at",
+        "run",
+        "note",
+    ]
+    list_filter = ["kind"]
+    raw_id_fields = ["job", "after_job", "run", "requested_by"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: QueuedRun | None = None) -> bool:
         return False
 
 

@@ -83,6 +83,9 @@ def copy_job(
             active_period_id=source.active_period_id,
             deadline_time=source.deadline_time,
             deadline_minutes=source.deadline_minutes,
+            # It follows the same job (no loop: nothing follows a new job yet).
+            after_job_id=source.after_job_id,
+            after_status=source.after_status,
             created_by=by,
             run_as=run_as,
         )

@@ -22,11 +22,12 @@ from django.urls import reverse
 
 from batchadmin.audit import trail
 from batchadmin.engine import transitions
-from batchadmin.jobs import access
+from batchadmin.jobs import access, triggers
 from batchadmin.jobs.models import (
     MAX_RETRIES_LIMIT,
     TIME_LIMIT_MAX_SECONDS,
     ActivePeriod,
+    AfterStatus,
     BatchJob,
     BatchStatus,
     BatchTask,
@@ -107,9 +108,24 @@ class JobForm(forms.ModelForm[BatchJob]):
         help_text="Overrides the batch groups' priority for every task; higher ones start first.",
     )
 
+    # Beyond D365: the job this one follows, by ID (a select of every job would not scale).
+    # Not the model field: saved through triggers.set_trigger, which refuses loops under locks.
+    follows = forms.IntegerField(
+        label="Triggered by job",
+        required=False,
+        min_value=1,
+        widget=forms.NumberInput(attrs={"placeholder": "no job"}),
+        help_text="A job ID: this job runs each time a run of that job ends with the status "
+        "below, besides its recurrence if it has one. Without a recurrence it has no schedule "
+        "of its own.",
+    )
+
     class Meta:
         model = BatchJob
-        fields = [f for f in HEADER_FIELDS if f not in ("priority", "priority_overridden")]
+        fields = [
+            *(f for f in HEADER_FIELDS if f not in ("priority", "priority_overridden")),
+            "after_status",
+        ]
         field_classes = {
             "active_period": ActivePeriodChoiceField,
             "scheduled_start": clock.DateTimeField,
@@ -123,6 +139,10 @@ class JobForm(forms.ModelForm[BatchJob]):
 
     def __init__(self, *args: Any, user: User, read_only: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.user = user
+        self.fields["after_status"].required = False  # forms posted before triggers existed
+        if not self.is_bound and "follows" not in self.initial:
+            self.initial["follows"] = self.instance.after_job_id
         if not self.is_bound and "priority" not in self.initial:
             job = self.instance
             self.initial["priority"] = job.priority if job.priority_overridden else GROUP_PRIORITY
@@ -160,6 +180,18 @@ class JobForm(forms.ModelForm[BatchJob]):
                 access.check_processes(run_as, processes)
             except registry.ProcessNotAllowed as exc:
                 self.add_error("run_as", str(exc))
+        if not cleaned.get("after_status"):
+            cleaned["after_status"] = AfterStatus.ENDED
+        follows: int | None = cleaned.get("follows")
+        if follows is not None and not access.visible_jobs(self.user).filter(pk=follows).exists():
+            self.add_error("follows", f"There is no batch job {follows} that you can see.")
+        elif "follows" in cleaned:
+            try:
+                triggers.check(self.instance.pk, follows)
+            except triggers.TriggerError as exc:
+                self.add_error("follows", str(exc))
+            else:
+                self.instance.after_job_id = follows
         # Not a model field of this form (see PRIORITY_CHOICES): written to the job here.
         chosen: int | None = cleaned.get("priority")
         self.instance.priority_overridden = chosen is not None
@@ -182,6 +214,13 @@ class JobForm(forms.ModelForm[BatchJob]):
                 user=by,
                 job=job,
                 target="header",
+            )
+            # Checked again under the locks: another request may have closed a loop meanwhile.
+            triggers.set_trigger(
+                job_id=job.pk,
+                after_id=self.cleaned_data.get("follows"),
+                status=job.after_status,
+                by=by,
             )
         return job
 

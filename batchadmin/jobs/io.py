@@ -24,12 +24,13 @@ from django.utils.timezone import is_naive, make_aware, now
 
 from batchadmin.alerts.models import BatchJobAlert, JobWebhook, Webhook
 from batchadmin.audit import trail
-from batchadmin.jobs import access, calendar_forms
+from batchadmin.jobs import access, calendar_forms, triggers
 from batchadmin.jobs.models import (
     CALENDAR_DATES_LIMIT,
     MAX_RETRIES_LIMIT,
     TIME_LIMIT_MAX_SECONDS,
     ActivePeriod,
+    AfterStatus,
     BatchJob,
     BatchJobRun,
     BatchLogEntry,
@@ -90,7 +91,11 @@ JOB_KEYS = {
     "deadline",
     "tasks",
     "alerts",
+    "key",
+    "trigger",
 }
+TRIGGER_KEYS = {"after", "status"}
+AFTER_STATUS_NAMES = {s.value: s for s in AfterStatus}
 RECURRENCE_KEYS = {
     "start",
     "timezone",
@@ -268,6 +273,9 @@ class _Job:
     deadline_time: dt.time | None = None
     deadline_minutes: int | None = None
     tasks: list[_Task] = field(default_factory=list)
+    key: str | None = None  # names the job in this file, for another job's "trigger"
+    after: str | int | None = None  # the job it follows: a key in the file, or a job id
+    after_status: AfterStatus = AfterStatus.ENDED
 
 
 @dataclass
@@ -322,6 +330,7 @@ def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
     jobs = [_parse_job(j, i, known_groups, calendar_dates) for i, j in enumerate(raw_jobs, 1)]
     for i, parsed in enumerate(jobs, 1):
         _check_run_by(parsed, f"job {i} ({parsed.description!r})", user)
+    _check_triggers(jobs)
     hooks = _parse_webhooks(raw_hooks)
     known_hooks = set(Webhook.objects.values_list("code", flat=True)) | {h["code"] for h in hooks}
     alerts = [
@@ -336,6 +345,7 @@ def import_data(data: Any, *, user: Any = None) -> list[BatchJob]:
         for hook in hooks:
             Webhook.objects.update_or_create(code=hook["code"], defaults=hook)
         saved = [_save_job(job, user) for job in jobs]
+        _save_triggers(jobs, saved, user)
         for job, job_alerts in zip(saved, alerts, strict=True):
             _save_alerts(job, job_alerts)
         return saved
@@ -540,6 +550,7 @@ def _parse_job(
         recurrence=recurring,
     )
     job.deadline_time, job.deadline_minutes = _parse_deadline(raw.get("deadline"), where)
+    job.key, job.after, job.after_status = _parse_trigger(raw, where)
     for i, raw_task in enumerate(raw_tasks, 1):
         job.tasks.append(_parse_task(raw_task, i, where, known_groups, companies))
     _check_conditions(job, where)
@@ -568,6 +579,86 @@ def _check_run_by(job: _Job, where: str, user: Any) -> None:
             )
         if task.time_limit is None and ceiling < settings.BATCH_TASK_TIME_LIMIT_SECONDS:
             task.time_limit = ceiling  # the default is above what this job may have
+
+
+def _parse_trigger(raw: Any, where: str) -> tuple[str | None, str | int | None, AfterStatus]:
+    """ "key" (names the job in the file) and "trigger": {"after": KEY_OR_JOB_ID, "status"}."""
+    key = raw.get("key")
+    if key is not None and (not isinstance(key, str) or not key.strip() or len(key) > 50):
+        raise ImportFailure(f'{where}: "key" must be a string of 1 to 50 characters, got {key!r}.')
+    spec = raw.get("trigger")
+    if spec is None:
+        return key, None, AfterStatus.ENDED
+    if not isinstance(spec, dict):
+        raise ImportFailure(
+            f'{where}: "trigger" must be an object: {{"after": KEY_OR_JOB_ID, "status": ...}}.'
+        )
+    _check_keys(spec, TRIGGER_KEYS, f"{where}, trigger")
+    after = spec.get("after")
+    if isinstance(after, bool) or not isinstance(after, str | int) or after == "":
+        raise ImportFailure(
+            f'{where}, trigger: "after" must name a job: the "key" of a job in this file or '
+            f"the id of a batch job, got {after!r}."
+        )
+    status = _choice(
+        spec.get("status", AfterStatus.ENDED.value), AFTER_STATUS_NAMES, f"{where}, trigger: status"
+    )
+    return key, after, status
+
+
+def _check_triggers(jobs: list[_Job]) -> None:
+    """Keys are unique in the file; each trigger names a job of the file or one that exists;
+    the triggers of the file do not loop (existing jobs cannot follow the new ones)."""
+    keys: dict[str, int] = {}
+    for i, job in enumerate(jobs, 1):
+        if job.key is None:
+            continue
+        if job.key in keys:
+            raise ImportFailure(
+                f"job {i} ({job.description!r}): key {job.key!r} is in the file twice."
+            )
+        keys[job.key] = i
+    ids = {j.after for j in jobs if isinstance(j.after, int)}
+    known = set(BatchJob.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    for i, job in enumerate(jobs, 1):
+        where = f"job {i} ({job.description!r}), trigger"
+        if isinstance(job.after, str) and job.after not in keys:
+            raise ImportFailure(
+                f"{where}: no job in the file has the key {job.after!r}"
+                + (f" (keys: {', '.join(sorted(keys))})." if keys else '; give that job a "key".')
+            )
+        if isinstance(job.after, int) and job.after not in known:
+            raise ImportFailure(f"{where}: there is no batch job {job.after}.")
+        if job.key is not None and job.after == job.key:
+            raise ImportFailure(f"{where}: the job can't be triggered by itself.")
+    loop = triggers.cycle_in(
+        {j.key: j.after if isinstance(j.after, str) else None for j in jobs if j.key is not None}
+    )
+    if loop:
+        raise ImportFailure(
+            f"The triggers of jobs {', '.join(repr(k) for k in loop[:-1])} loop "
+            f"({' → '.join(loop)}): a job can't run after itself."
+        )
+
+
+def _save_triggers(parsed: list[_Job], saved: list[BatchJob], user: Any) -> None:
+    by_key = {p.key: job for p, job in zip(parsed, saved, strict=True) if p.key is not None}
+    for p, job in zip(parsed, saved, strict=True):
+        if p.after is None:
+            continue
+        after_id = by_key[p.after].pk if isinstance(p.after, str) else p.after
+        BatchJob.objects.filter(pk=job.pk).update(
+            after_job_id=after_id, after_status=p.after_status
+        )
+        job.after_job_id, job.after_status = after_id, p.after_status
+        trail.record(
+            trail.Action.TRIGGER_EDIT,
+            user=user,
+            job=job,
+            target="job",
+            changes={"Triggered by job": [None, triggers.describe(after_id, p.after_status)]},
+            via=trail.Via.IMPORT,
+        )
 
 
 def _parse_deadline(raw: Any, where: str) -> tuple[dt.time | None, int | None]:
@@ -1198,6 +1289,8 @@ def export_job(job: BatchJob) -> dict[str, Any]:
     alerts = export_alerts(job)
     if alerts:
         data["alerts"] = alerts
+    if job.after_job_id is not None:
+        data["trigger"] = {"after": job.after_job_id, "status": job.after_status}
     return data
 
 
@@ -1298,6 +1391,16 @@ def show_job(job: BatchJob) -> dict[str, Any]:
             }
             for t in tasks
         ],
+    }
+
+
+def show_trigger(job: BatchJob) -> dict[str, Any]:
+    """GET /api/v1/jobs/ID/trigger: the job this one runs after (None: none) and on which
+    status, and the jobs that run after it. (`batch show --json` keeps its shape.)"""
+    return {
+        "after": job.after_job_id,
+        "status": job.after_status,
+        "followers": list(job.followers.order_by("pk").values_list("pk", flat=True)),
     }
 
 

@@ -201,16 +201,38 @@ class CalendarDate(models.Model):
 
 
 HAS_DEADLINE = Q(deadline_time__isnull=False) | Q(deadline_minutes__isnull=False)
+# A job with no time schedule of its own: it runs only after the job it follows.
+TRIGGER_ONLY = Q(after_job__isnull=False, recurrence__isnull=True)
+
+
+class AfterStatus(models.TextChoices):
+    """The final status of a run of the job a triggered job follows (as a task condition's)."""
+
+    ENDED = "ended", "Ended"
+    ERROR = "error", "Error"
+    ENDED_OR_ERROR = "ended_or_error", "Ended or error"
+
+    def matches(self, final: str) -> bool:
+        return (
+            final
+            in {
+                AfterStatus.ENDED: (BatchStatus.ENDED,),
+                AfterStatus.ERROR: (BatchStatus.ERROR,),
+                AfterStatus.ENDED_OR_ERROR: (BatchStatus.ENDED, BatchStatus.ERROR),
+            }[self]
+        )
 
 
 class BatchJobQuerySet(models.QuerySet["BatchJob"]):
     def due(self, at: dt.datetime) -> BatchJobQuerySet:
-        # A paused recurrence starts nothing (a LEFT JOIN on the one-to-one, per due row).
+        # A paused recurrence starts nothing (a LEFT JOIN on the one-to-one, per due row). A
+        # job triggered by another one and without a recurrence has no time schedule: while
+        # Waiting it waits for that job's runs, not for its scheduled start (TRIGGER_ONLY).
         return self.filter(
             Q(recurrence__isnull=True) | Q(recurrence__paused_at__isnull=True),
             status=BatchStatus.WAITING,
             scheduled_start__lte=at,
-        )
+        ).exclude(TRIGGER_ONLY)
 
     def running(self) -> BatchJobQuerySet:
         return self.filter(status__in=RUNNING_STATUSES)
@@ -370,6 +392,25 @@ class BatchJob(models.Model):
     # When it ends, a recurring job goes back to ``return_status`` (Waiting or Withhold) with
     # ``return_start``, the schedule it interrupted; without one it keeps the run's status.
     manual_run = models.BooleanField(default=False)
+    # Beyond D365: a job that follows another one runs each time a run of that job ends with
+    # ``after_status`` (engine: transitions.queue_followers, start_queued_run).
+    after_job = models.ForeignKey(
+        "self",
+        models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="followers",
+        verbose_name="triggered by job",
+        help_text="This job runs each time a run of that job ends with the status below, "
+        "besides its recurrence if it has one.",
+    )
+    after_status = models.CharField(
+        "when that job ends",
+        max_length=14,
+        choices=AfterStatus.choices,
+        default=AfterStatus.ENDED,
+        help_text="Which final status of that job's run starts this job.",
+    )
     return_status = models.CharField(max_length=10, choices=BatchStatus.choices, blank=True)
     return_start = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=now)
@@ -408,6 +449,7 @@ class BatchJob(models.Model):
                 condition=Q(deadline_time=None) | Q(deadline_minutes=None),
                 name="job_one_deadline",
             ),
+            models.CheckConstraint(condition=~Q(after_job=F("pk")), name="job_not_after_itself"),
             models.CheckConstraint(
                 condition=Q(deadline_minutes=None)
                 | Q(deadline_minutes__gte=1, deadline_minutes__lte=deadlines.MAX_WITHIN_MINUTES),
@@ -433,7 +475,13 @@ class BatchJob(models.Model):
 
     @property
     def next_run(self) -> dt.datetime | None:
-        return self.scheduled_start if self.status == BatchStatus.WAITING else None
+        if self.status != BatchStatus.WAITING or self.is_trigger_only():
+            return None
+        return self.scheduled_start
+
+    def is_trigger_only(self) -> bool:
+        """Triggered by another job and without a recurrence: no time schedule of its own."""
+        return self.after_job_id is not None and self.get_recurrence() is None
 
     def next_start(self, at: dt.datetime | None = None) -> dt.datetime | None:
         """When the next run may start: outside its active period it waits for the period to
@@ -1108,6 +1156,8 @@ class BatchJobRun(models.Model):
         RERUN_FAILED = "rerun_failed", "Rerun of the failed tasks"
         RERUN_FROM = "rerun_from", "Rerun from a task"
         RESUME = "resume", "Resumed after a skip"
+        TRIGGERED = "triggered", "After another job"
+        BACKFILL = "backfill", "Backfill"
 
     job = models.ForeignKey(BatchJob, models.CASCADE, related_name="runs")
     trigger = models.CharField(
@@ -1124,6 +1174,14 @@ class BatchJobRun(models.Model):
     note = models.CharField("note", max_length=300, blank=True)
     # Run now's parameter overrides for this run only: {task key: {parameter: value}}.
     parameters = models.JSONField("parameter overrides", default=dict, blank=True)
+    # The recurrence occurrence this run stands for: its scheduled start for a scheduled run
+    # of a recurring job, the missed one for a backfill; a process reads it as ctx.occurrence.
+    occurrence = models.DateTimeField(
+        "occurrence",
+        null=True,
+        blank=True,
+        help_text="The occurrence of the recurrence this run stands for.",
+    )
     status = models.CharField(max_length=10, choices=BatchStatus.choices)
     scheduled_start = models.DateTimeField("scheduled start date/time")
     started_at = models.DateTimeField("actual start date/time", default=now)
@@ -1163,6 +1221,75 @@ class BatchJobRun(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.pk} of job {self.job_id}"
+
+
+class QueuedRunQuerySet(models.QuerySet["QueuedRun"]):
+    def pending(self) -> QueuedRunQuerySet:
+        return self.filter(done_at=None)
+
+
+class QueuedRun(models.Model):
+    """A run the engine owes a job, in the order they were queued: after a run of the job it
+    follows (a trigger), or for an occurrence a manager backfills.
+
+    The durable outbox between the transaction that decides a run is owed (the parent's
+    settle, the backfill request) and the one that starts it (transitions.start_queued_run):
+    nothing is lost if a worker dies between the two, and the unique constraint keeps a run
+    of the parent from triggering its follower twice. A job runs its queued runs one at a
+    time, each when the one before has ended.
+    """
+
+    class Kind(models.TextChoices):
+        TRIGGER = "trigger", "After another job"
+        BACKFILL = "backfill", "Backfill"
+
+    job = models.ForeignKey(BatchJob, models.CASCADE, related_name="queued_runs")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    # A trigger: the parent's run and its final status (the run may be gone: save to history).
+    after_job = models.ForeignKey(
+        BatchJob, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    after_run_id = models.PositiveBigIntegerField(null=True, blank=True)
+    after_status = models.CharField(max_length=10, choices=BatchStatus.choices, blank=True)
+    # A backfill: the occurrence the run stands for, and who asked.
+    occurrence = models.DateTimeField(null=True, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created = models.DateTimeField(default=now)
+    done_at = models.DateTimeField(null=True, blank=True)
+    run = models.ForeignKey(
+        BatchJobRun, models.SET_NULL, null=True, blank=True, related_name="queued_as"
+    )
+    note = models.CharField(max_length=300, blank=True)  # why it did not start, if it did not
+
+    objects = QueuedRunQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "queued run"
+        indexes = [
+            # tick.handle_queued_runs: the pending rows, oldest first.
+            models.Index(
+                fields=["job", "id"], name="queuedrun_pending_idx", condition=Q(done_at=None)
+            ),
+        ]
+        constraints = [
+            # A retried settle of the parent's run must not start the follower twice.
+            models.UniqueConstraint(
+                fields=["job", "after_run_id"],
+                condition=Q(after_run_id__isnull=False),
+                name="queuedrun_once_per_parent_run",
+            ),
+            # One pending backfill run per occurrence: asking twice queues it once.
+            models.UniqueConstraint(
+                fields=["job", "occurrence"],
+                condition=Q(done_at=None, occurrence__isnull=False),
+                name="queuedrun_pending_occurrence",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of job {self.job_id}"
 
 
 class BatchTaskRun(models.Model):

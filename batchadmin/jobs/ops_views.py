@@ -18,6 +18,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.utils.timezone import now
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
@@ -297,3 +298,72 @@ def job_resume(request: AuthedRequest, pk: int) -> HttpResponse:
             return redirect("jobs:detail", job.pk)
         return HttpResponse(str(exc), status=409)
     return _done(request, job, f"Resumed the recurrence of job {job.pk}.")
+
+
+# --- Backfill ------------------------------------------------------------------------------
+
+
+class BackfillForm(forms.Form):
+    first_day = forms.DateField(
+        label="From",
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="The first day, included, in the recurrence's zone.",
+    )
+    last_day = forms.DateField(
+        label="To",
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="The last day, included; only occurrences that have passed count.",
+    )
+    only_last = forms.BooleanField(
+        label="Only the last missed occurrence",
+        required=False,
+        help_text="One run, not one per day.",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or self.cleaned_data
+        first, last = cleaned.get("first_day"), cleaned.get("last_day")
+        if first and last and last < first:
+            self.add_error("last_day", f"The range ends ({last}) before it starts ({first}).")
+        return cleaned
+
+
+@require_http_methods(["GET", "POST"])
+def job_backfill(request: AuthedRequest, pk: int) -> HttpResponse:
+    """Backfill (managers): run a recurring job once per occurrence missed in a date range, or
+    only the last, one after the other. The dialog previews the occurrences (how many runs it
+    starts) before the manager starts it; "Preview" posts without starting anything."""
+    job = _job_to_operate(request, pk)
+    if not access.is_manager(request.user):
+        raise PermissionDenied("Only a Batch job manager can backfill a job.")
+    recurring = job.get_recurrence()
+    if recurring is None:
+        raise PermissionDenied(f"Job {job.pk} has no recurrence: there is nothing to backfill.")
+    tz = recurring.rule().tz
+    today = now().astimezone(tz).date()
+    form = BackfillForm(
+        request.POST or None,
+        initial={"first_day": today - dt.timedelta(days=7), "last_day": today},
+    )
+    preview: list[dt.datetime] | None = None
+    if request.method == "POST" and form.is_valid():
+        dry_run = "preview" in request.POST
+        try:
+            times = transitions.backfill_job(
+                job_id=job.pk,
+                first_day=form.cleaned_data["first_day"],
+                last_day=form.cleaned_data["last_day"],
+                only_last=form.cleaned_data["only_last"],
+                dry_run=dry_run,
+                by_id=request.user.pk,
+            )
+        except transitions.Refused as exc:
+            form.add_error(None, str(exc))
+        else:
+            if not dry_run and times:
+                return _done(
+                    request, job, f"Backfill started: {len(times)} run(s), one after the other."
+                )
+            preview = [t.astimezone(tz) for t in times]
+    context = {"job": job, "form": form, "preview": preview}
+    return render_dialog(request, "jobs/job_backfill.html", context, nav="jobs")

@@ -355,11 +355,37 @@ def _label_lines(kind: str) -> list[str]:
     return textwrap.wrap(str(Expected(kind).label), 9)
 
 
+def trigger_parents(job: BatchJob, task_rows: list[TaskRow]) -> list[ExternalParent]:
+    """The job this one runs after (its trigger), as one box before each task the run starts
+    with (those without conditions); [] for a job that follows none."""
+    if job.after_job_id is None:
+        return []
+    parent = BatchJob.objects.filter(pk=job.after_job_id).only("description", "status").first()
+    if parent is None:
+        return []
+    return [
+        ExternalParent(
+            key=f"job-{parent.pk}",
+            label=f"Job {parent.pk}",
+            description=parent.description,
+            status=parent.status,
+            status_label=str(parent.get_status_display()),
+            url=reverse("jobs:detail", args=[parent.pk]),
+            child_pk=row.task.pk,
+            expected=job.after_status,
+        )
+        for row in task_rows
+        if not row.conditions
+    ]
+
+
 def build_diagram(task_rows: list[TaskRow], external: Iterable[ExternalParent] = ()) -> Diagram:
-    """The drawing of ``task_rows``, and of the other jobs' tasks in ``external`` that start
-    some of them (cross-job triggers; none until the scheduling side hands them in)."""
+    """The drawing of ``task_rows``, and of the other jobs (``external``) that start some of
+    them: the job this one runs after (trigger_parents)."""
     outside = list(external)
-    keys: list[int | str] = [x.key for x in outside] + [r.task.pk for r in task_rows]
+    # One box per other job's task, however many tasks of this job it starts.
+    keys: list[int | str] = [*dict.fromkeys(x.key for x in outside)]
+    keys += [r.task.pk for r in task_rows]
     edges: list[tuple[int | str, int | str, str]] = [
         (x.key, x.child_pk, x.expected) for x in outside
     ] + [(c.parent_pk, r.task.pk, c.expected) for r in task_rows for c in r.conditions]

@@ -28,6 +28,7 @@ job_urls = [
     path("run-now/", ops_views.job_run_now, name="run-now"),
     path("pause/", ops_views.job_pause, name="pause"),
     path("resume/", ops_views.job_resume, name="resume"),
+    path("backfill/", ops_views.job_backfill, name="backfill"),
     path("tasks/<int:task_pk>/skip/", ops_views.task_skip, name="task-skip"),
     path("tasks/<int:task_pk>/rerun-from/", ops_views.task_rerun_from, name="task-rerun-from"),
 ]

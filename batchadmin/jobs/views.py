@@ -20,7 +20,7 @@ from batchadmin.alerts import forms as alert_forms
 from batchadmin.alerts.models import BatchJobAlert
 from batchadmin.audit import trail
 from batchadmin.engine import transitions
-from batchadmin.jobs import access, copying, forms, live, recurrence_forms, task_grid
+from batchadmin.jobs import access, copying, forms, live, recurrence_forms, task_grid, triggers
 from batchadmin.jobs.models import (
     BatchJob,
     BatchRecurrence,
@@ -92,7 +92,11 @@ def _job_page(
         "more": _more(job, grid, 0, len(shown)),
         "task_total": grid.total,
         "draw_diagram": draw,
-        "diagram": task_grid.build_diagram(grid.rows) if draw else None,
+        "diagram": (
+            task_grid.build_diagram(grid.rows, task_grid.trigger_parents(job, grid.rows))
+            if draw
+            else None
+        ),
         "status_counts": grid.counts,
         "job_why": grid.job_why,  # why a Withhold or Waiting job is not running
         "can_change": can_change,
@@ -101,6 +105,8 @@ def _job_page(
         "alert": BatchJobAlert.objects.filter(job=job, user=request.user).first(),
         # Lazy: read only when the header is rendered, not on every diagram poll.
         "missed": job.missed_occurrences.all()[:5],
+        # Jobs that follow jobs: what triggers this one and what it triggers (links).
+        "followers": job.followers.order_by("pk").only("pk", "description", "after_status"),
         "editing": None,
         "editor": None,
         **_row_urls(job),
@@ -147,7 +153,7 @@ def _save_header(request: AuthedRequest, pk: int) -> HttpResponse:
     if form.is_valid():
         try:
             form.save_header(by=request.user)
-        except transitions.ChangeRefused as exc:
+        except (transitions.ChangeRefused, triggers.TriggerError) as exc:
             error = str(exc)
         else:
             if not request.htmx:
@@ -214,7 +220,7 @@ def job_create(request: AuthedRequest) -> HttpResponse:
             trail.record_edit(
                 trail.Action.JOB_CREATE,
                 before={},
-                after=trail.snapshot(job, forms.HEADER_FIELDS),
+                after=trail.snapshot(job, [*forms.HEADER_FIELDS, "after_job", "after_status"]),
                 user=request.user,
                 job=job,
                 target="job",

@@ -40,6 +40,7 @@ class Context(Protocol):
     attempt: int
     user: User | None
     company: Company | None
+    occurrence: dt.datetime | None  # the recurrence occurrence the run stands for (backfill)
 
     def info(self, message: str) -> None: ...
     def warning(self, message: str) -> None: ...

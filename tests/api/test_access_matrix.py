@@ -34,6 +34,15 @@ ENDPOINTS: list[tuple[str, str, Any, tuple[int, ...]]] = [
     ("POST", "/api/v1/jobs/{job}/pause", {"reason": "freeze"}, (401, 403, 409, 404, 409)),
     ("POST", "/api/v1/jobs/{job}/resume", None, (401, 403, 409, 404, 409)),
     ("GET", "/api/v1/jobs/{job}/audit", None, (401, 200, 200, 404, 200)),
+    ("GET", "/api/v1/jobs/{job}/trigger", None, (401, 200, 200, 404, 200)),
+    ("PUT", "/api/v1/jobs/{job}/trigger", {"after": None}, (401, 403, 200, 404, 200)),
+    # Managers only; this job has no recurrence, so the manager hears why (409).
+    (
+        "POST",
+        "/api/v1/jobs/{job}/backfill",
+        {"from": "2025-01-01", "to": "2025-01-02"},
+        (401, 403, 403, 404, 409),
+    ),
     ("POST", "/api/v1/jobs/{job}/copy", {}, (401, 403, 201, 404, 201)),
     ("GET", "/api/v1/jobs/{job}/wait?timeout=0", None, (401, 200, 200, 404, 200)),
     ("GET", "/api/v1/jobs/{job}/runs", None, (401, 200, 200, 404, 200)),

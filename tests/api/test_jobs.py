@@ -433,6 +433,9 @@ class HistoryTestCase(ApiTestCase):
             "ended_at": run.ended_at.isoformat(),
             "run_by": "dave",
             "canceled_by": None,
+            "trigger": "scheduled",
+            "note": "",
+            "occurrence": None,  # a one-off job stands for no occurrence
         }
         attempts = self.call(
             "GET", f"/api/v1/jobs/{job.pk}/runs/{run.pk}/attempts", as_user=self.bob

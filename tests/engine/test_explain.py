@@ -89,6 +89,18 @@ class JobReasonsTestCase(ExplainTestCase):
             assert texts(grid.job_why) == "The job starts at 22:00 Europe/Oslo"
             assert texts(self.why(task)) == "Waits for the job, which starts at 22:00 Europe/Oslo"
 
+    def test_a_triggered_job_without_recurrence_waits_for_the_job_it_follows(self):
+        parent = self.make_job(description="Parent", status=S.WITHHOLD)
+        job = self.make_job(scheduled_start=NOON - dt.timedelta(hours=1), after_job=parent)
+        task = self.make_task(job, "T1")
+        grid = self.grid(job)
+        assert codes(grid.job_why) == ["waits_for_job"]  # not "due": it has no time of its own
+        assert grid.job_why[0].text == (
+            f"Waits for job {parent.pk} to end: it runs after each run of job {parent.pk} "
+            "that ends Ended"
+        )
+        assert texts(self.why(task)) == f"Waits for the job, which waits for job {parent.pk} to end"
+
     def test_another_day_carries_the_date(self):
         job = self.make_job(scheduled_start=NOON + dt.timedelta(days=2, hours=9))
         assert texts(self.grid(job).job_why) == "The job starts at Thu 2026-03-12 21:00 UTC"
@@ -492,4 +504,4 @@ class JobFormTestCase(ExplainTestCase):
         small = page_queries(2)
         big = page_queries(200)
         assert big == small
-        assert big <= 21, big  # 21: the live version of the job (jobs/live.py)
+        assert big <= 22, big  # 22: the live version (jobs/live.py), the jobs this one triggers

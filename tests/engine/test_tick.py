@@ -337,6 +337,7 @@ class TickTestCase(BaseTestCase):
             "resumed": 0,
             "overlaps": 0,
             "started": 1,
+            "queued_started": 0,
             "leases_expired": 0,
             "overdue": 0,
             "dispatched": 0,

@@ -94,6 +94,13 @@ class CopyServiceTestCase(FormTestCase):
         self.source.refresh_from_db()
         assert self.copy().critical is False
 
+    def test_it_follows_the_job_the_source_follows(self):
+        parent = self.make_job(description="Import orders")
+        BatchJob.objects.filter(pk=self.source.pk).update(after_job=parent, after_status="error")
+        self.source.refresh_from_db()
+        copy = self.copy()
+        assert (copy.after_job_id, copy.after_status) == (parent.pk, "error")
+
     def test_it_copies_every_task_with_its_parameters(self):
         copy = self.copy()
         fields = [

@@ -53,7 +53,15 @@ def job_ops(context: dict[str, Any], job: BatchJob) -> dict[str, bool]:
     """Run now and Rerun in the job's Functions. Rerun needs a last run: a finished job's tasks
     hold it; a recurring job back to Waiting has it in its history (when that was saved)."""
     request = context.get("request")
-    if request is None or job.is_running() or not access.can_change(request.user, job):
+    if request is None:
         return {}
+    # Backfill (managers, recurring jobs) may be asked while a run goes on: it queues.
+    backfill = access.is_manager(request.user) and job.get_recurrence() is not None
+    if job.is_running() or not access.can_change(request.user, job):
+        return {"backfill": backfill}
     finished = job.status in transitions.TERMINAL_JOB_STATUSES
-    return {"run_now": True, "rerun": finished or job.current_run_id is not None}
+    return {
+        "run_now": True,
+        "rerun": finished or job.current_run_id is not None,
+        "backfill": backfill,
+    }
