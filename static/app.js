@@ -84,6 +84,19 @@
     if (event.target.matches && event.target.matches("#task-rows > tr.task-line")) focusLine(event.target);
   });
 
+  // A change made elsewhere redraws the job's header and task lines (job-changed), but never
+  // under the user's hands: a redraw asked just before they opened a task editor, or began to
+  // type in the header, is dropped when it arrives. The next change redraws them again.
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    const target = event.detail.target;
+    const config = event.detail.requestConfig;
+    if (!target || !config || config.verb !== "get") return;
+    const busy = (target.id === "task-grid" && target.querySelector("form[id$='-form']"))
+      || (target.id === "job-header" && target.contains(document.activeElement)
+          && document.activeElement.matches("input, select, textarea"));
+    if (busy) event.detail.shouldSwap = false;
+  });
+
   // Focus stays on the line: an editor that opens takes it to its first field; Enter (save)
   // and Esc (cancel) give it back to the line, or, for a new line Esc dropped, to the line
   // before it or Add task.

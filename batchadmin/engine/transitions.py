@@ -950,6 +950,9 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         if job is None or job.status != S.WAITING or job.scheduled_start > at:
             return False
         recurring = job.get_recurrence()
+        # What due() leaves out (the tick chose this job through it; a caller may not have).
+        if (recurring is not None and recurring.is_paused()) or job.is_trigger_only():
+            return False
         scheduled: dt.datetime | None = job.scheduled_start
         if recurring is not None and recurring.missed == BatchRecurrence.Missed.SKIP:
             try:
@@ -961,16 +964,20 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         if job.active_period is not None and not job.active_period.is_open(at):
             _move_start(job, job.active_period.next_opening(at))
             return False
-        n = (
-            BatchJob.objects.due(at)
-            .filter(pk=job_id, scheduled_start=job.scheduled_start)
-            .update(
-                status=S.EXECUTING,
-                scheduled_start=scheduled,
-                started_at=at,
-                ended_at=None,
-                canceled_by=None,
-            )
+        # On the job's own columns only: an UPDATE through due()'s joins becomes
+        # "WHERE id IN (subquery)", which a second beat's UPDATE, waiting on the row lock,
+        # does not re-check after the first commits: both started the job (two runs).
+        n = BatchJob.objects.filter(
+            pk=job_id,
+            status=S.WAITING,
+            scheduled_start=job.scheduled_start,
+            scheduled_start__lte=at,
+        ).update(
+            status=S.EXECUTING,
+            scheduled_start=scheduled,
+            started_at=at,
+            ended_at=None,
+            canceled_by=None,
         )
         if n != 1:
             return False  # not due, or another beat started it first

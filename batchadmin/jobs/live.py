@@ -50,7 +50,14 @@ def list_version() -> str:
 
 
 def job_version(job: BatchJob) -> str:
-    """One job's version: its own row as loaded, plus its latest status move and audit entry."""
+    """One job's version as the job page carries it: "STATE.LINES".
+
+    STATE is its own row as loaded (status, start, run) and its latest status move: when it
+    moves, the page redraws its header and task lines (job-changed). LINES is its latest audit
+    entry (a line or the header edited, here or elsewhere): when only it moves, only the diagram
+    redraws. Redrawing the lines for every edit raced the user's own next edit (the line they
+    had just opened vanished under their typing).
+    """
     sql = (
         f"SELECT (SELECT MAX(id) FROM {StatusChange._meta.db_table} WHERE job_id = %s),"
         f" (SELECT MAX(id) FROM {AuditEntry._meta.db_table} WHERE job_id = %s)"
@@ -59,7 +66,13 @@ def job_version(job: BatchJob) -> str:
         cursor.execute(sql, [job.pk, job.pk])
         changed, audited = cursor.fetchone()
     start = int(job.scheduled_start.timestamp() * 1000)
-    return _opaque(f"{job.status}-{start}-{job.current_run_id or 0}-{changed or 0}-{audited or 0}")
+    state = _opaque(f"{job.status}-{start}-{job.current_run_id or 0}-{changed or 0}")
+    return f"{state}.{_opaque(str(audited or 0))}"
+
+
+def same_state(a: str, b: str) -> bool:
+    """Whether two job versions (job_version) have the same STATE, whatever their LINES."""
+    return a.partition(".")[0] == b.partition(".")[0]
 
 
 def _opaque(fingerprint: str) -> str:

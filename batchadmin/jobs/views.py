@@ -190,7 +190,7 @@ def _diagram(request: AuthedRequest, job: BatchJob) -> HttpResponse:
     )
     response = HttpResponse(html)
     # Started, ended, rescheduled or edited elsewhere since the page was drawn.
-    moved = "v" in request.GET and request.GET["v"] != version
+    moved = "v" in request.GET and not live.same_state(request.GET["v"], version)
     if moved or (request.GET.get("editable") == "1") != context["editable"]:
         trigger_client_event(response, "job-changed", after="settle")
     return response

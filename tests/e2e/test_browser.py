@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from playwright.sync_api import expect
+
 from tests.e2e.browser import sign_in
 from tests.e2e.cluster import unique
 
@@ -73,9 +75,10 @@ def test_it_builds_runs_and_shows_a_job_in_the_browser(cluster, web, page):
         after_description="Post invoices",
     )
     rows = page.locator("#task-rows tr.task-line")
-    assert rows.count() == 3
+    # The live refresh may redraw the lines just as the third one is saved: wait for it.
+    expect(rows).to_have_count(3)
     assert "T1" in rows.nth(2).inner_text()  # the condition shows in Has conditions
-    assert page.locator("#job-diagram svg.diagram").count() == 1
+    expect(page.locator("#job-diagram svg.diagram")).to_have_count(1)  # redrawn on tasks-changed
 
     page.click("a:has-text('Change status')")
     page.locator("#dialog input[value=waiting]").check()
