@@ -97,6 +97,20 @@
     if (busy) event.detail.shouldSwap = false;
   });
 
+  // A header redraw answered after a newer diagram poll (the job ended meanwhile) would show
+  // the older status for good, the polls then answering "no change": ask for it again.
+  document.addEventListener("htmx:afterSettle", () => {
+    const header = document.getElementById("job-header");
+    const diagram = document.getElementById("job-diagram");
+    if (!header || !diagram || !header.dataset.version) return;
+    const polled = new URL(diagram.getAttribute("hx-get"), location.href).searchParams.get("v") || "";
+    const state = (v) => v.split(".")[0];
+    if (polled && state(polled) !== state(header.dataset.version)) {
+      header.dataset.version = polled;  // once per difference
+      htmx.ajax("GET", header.getAttribute("hx-get"), { target: header, swap: "outerHTML" });
+    }
+  });
+
   // Focus stays on the line: an editor that opens takes it to its first field; Enter (save)
   // and Esc (cancel) give it back to the line, or, for a new line Esc dropped, to the line
   // before it or Add task.
