@@ -59,13 +59,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def measure(args: argparse.Namespace) -> int:
-    from batchadmin.engine import counters, runner
+    from batchadmin.engine import counters
 
     # In a worker the message's queue names the task's group (no query); here there is none.
     def counted(*, task_id: int, status: str, seconds: float) -> None:
         counters.TALLY.add(group="default", status=status, seconds=seconds)
 
-    runner.counters.task_finished = counted  # type: ignore[assignment]
+    counters.task_finished = counted  # type: ignore[assignment]
     for statement in args.before:
         sql(statement)
     rounds = [one_round(args) for _ in range(args.repeat)]
