@@ -15,7 +15,14 @@ from typing import Any
 import psycopg
 from django.db import connection
 
-from batchadmin.jobs.models import BatchJob, BatchTask, BatchTaskCondition, BatchTaskRun
+from batchadmin.jobs.models import (
+    BatchJob,
+    BatchJobRun,
+    BatchTask,
+    BatchTaskCondition,
+    BatchTaskRun,
+    StatusChange,
+)
 from batchadmin.servers.models import NO_LIMIT, BatchGroup
 
 POSTGRESQL = connection.vendor == "postgresql"
@@ -25,6 +32,8 @@ _T = BatchTask._meta.db_table
 _C = BatchTaskCondition._meta.db_table
 _R = BatchTaskRun._meta.db_table
 _G = BatchGroup._meta.db_table
+_JR = BatchJobRun._meta.db_table
+_SC = StatusChange._meta.db_table
 
 
 def fetchone(query: str, params: Any) -> Any:
@@ -37,10 +46,28 @@ def fetchone(query: str, params: Any) -> Any:
     on its first use in a session and keeps it (a pooler in transaction mode must allow
     prepared statements). Errors come out as Django's, so lib/db.py's blip handling applies.
     """
+    rows = _run(query, params, one=True)
+    return rows[0] if rows else None
+
+
+def fetchall(query: str, params: Any) -> list[Any]:
+    """``fetchone``'s twin for a statement of several rows (PostgreSQL's only: the callers
+    keep an ORM path for SQLite)."""
+    return _run(query, params, one=False)
+
+
+def execute(query: str, params: Any) -> None:
+    """A hot-path statement that returns nothing, prepared like ``fetchone``'s."""
+    _run(query, params, one=None)
+
+
+def _run(query: str, params: Any, *, one: bool | None) -> list[Any]:
     if not POSTGRESQL:
         with connection.cursor() as cursor:
             cursor.execute(query, params)
-            return cursor.fetchone()
+            if one is None:
+                return []
+            return [cursor.fetchone()] if one else list(cursor.fetchall())
     connection.ensure_connection()
     if connection.queries_logged:  # DEBUG, or a test counting queries: count this one too
         connection.queries_log.append({"sql": query, "time": "0.000"})
@@ -49,7 +76,12 @@ def fetchone(query: str, params: Any) -> Any:
         assert raw is not None
         with psycopg.Cursor(raw) as cursor:
             cursor.execute(query, params, prepare=True)
-            return cursor.fetchone()
+            if one is None:
+                return []
+            if one:
+                row = cursor.fetchone()
+                return [row] if row is not None else []
+            return cursor.fetchall()
 
 
 def for_update() -> str:
@@ -181,6 +213,68 @@ WHAT_FOLLOWS = f"""
                 WHERE c.depends_on_id = %s AND t.status = %s),
         EXISTS (SELECT 1 FROM {_T} WHERE job_id = %s AND status IN (%s, %s, %s, %s))
 """
+
+# --- starting a job (PostgreSQL) ---------------------------------------------------------------
+
+# Waiting -> Executing with its new run, in one statement once start_job has decided the job
+# may start: the job (only if still Waiting at the start it was read with: a second beat's
+# start finds it changed and gets no row), its run (its id taken first, so that the job can
+# point at it in the same statement; the foreign key is checked at commit), the status change,
+# and the tasks that start_job goes on with: the roots (Waiting, without conditions) and the
+# tasks decided before the run began (skipped), in the grid's order. No row: not started.
+START_JOB = f"""
+    WITH new_run AS (SELECT nextval(pg_get_serial_sequence('{_JR}', 'id')) AS id),
+    won AS (
+        UPDATE {_J} SET status = %(executing)s, scheduled_start = %(scheduled)s,
+            started_at = %(at)s, ended_at = NULL, canceled_by_id = NULL,
+            current_run_id = (SELECT id FROM new_run)
+        WHERE id = %(job)s AND status = %(waiting)s AND scheduled_start = %(was)s
+            AND scheduled_start <= %(at)s
+        RETURNING id, current_run_id
+    ), run AS (
+        INSERT INTO {_JR} (id, job_id, trigger, started_by_id, note, parameters, occurrence,
+            status, scheduled_start, started_at, ended_at, run_by_id, canceled_by_id)
+        SELECT current_run_id, id, %(trigger)s, NULL, '', '{{}}', %(occurrence)s, %(executing)s,
+            %(scheduled)s, %(at)s, NULL, %(run_by)s, NULL
+        FROM won
+        RETURNING id
+    ), change AS (
+        INSERT INTO {_SC} (job_id, job_run_id, old_status, new_status, reason, by_id, at)
+        SELECT %(job)s, id, %(waiting)s, %(executing)s, '', NULL, %(at)s FROM run
+    )
+    SELECT won.current_run_id, t.id, g.code, t.status
+    FROM won
+    LEFT JOIN ({_T} t JOIN {_G} g ON g.id = t.group_id)
+        ON t.job_id = won.id AND (t.status = ANY(%(decided)s) OR (t.status = %(waiting)s
+            AND NOT EXISTS (SELECT 1 FROM {_C} c WHERE c.task_id = t.id)))
+    ORDER BY t.position, t.id
+"""
+
+# --- releasing dependents (PostgreSQL) ---------------------------------------------------------
+
+# Every condition of every waiting dependent of the tasks ``ANY(%s)`` (status %s: Waiting),
+# with what deciding them needs: the dependent's condition type and group, the condition's
+# expected status and its parent's status now, the job's priority for the message's step.
+WAITING_DEPENDENTS = f"""
+    SELECT c.task_id, t.condition_type, g.code, c.expected_status, p.status, j.priority,
+        j.priority_overridden
+    FROM {_C} c
+    JOIN {_T} t ON t.id = c.task_id
+    JOIN {_G} g ON g.id = t.group_id
+    JOIN {_T} p ON p.id = c.depends_on_id
+    JOIN {_J} j ON j.id = t.job_id
+    WHERE c.task_id IN (
+        SELECT w.task_id FROM {_C} w JOIN {_T} d ON d.id = w.task_id
+        WHERE w.depends_on_id = ANY(%s) AND d.status = %s)
+    ORDER BY c.task_id
+"""
+# Waiting -> Ready, sent now (dispatched_at set) or held (NULL: the group's limit decides).
+MAKE_READY = f"""
+    UPDATE {_T} SET status = %s, ready_at = %s, dispatched_at = %s
+    WHERE id = ANY(%s) AND status = %s
+"""
+# Waiting -> Didn't run: a condition can no longer be met.
+MAKE_NOT_RUN = f"UPDATE {_T} SET status = %s, ended_at = %s WHERE id = ANY(%s) AND status = %s"
 
 # --- settling a job -------------------------------------------------------------------------
 

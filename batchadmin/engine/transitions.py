@@ -964,55 +964,24 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         if job.active_period is not None and not job.active_period.is_open(at):
             _move_start(job, job.active_period.next_opening(at))
             return False
-        # On the job's own columns only: an UPDATE through due()'s joins becomes
-        # "WHERE id IN (subquery)", which a second beat's UPDATE, waiting on the row lock,
-        # does not re-check after the first commits: both started the job (two runs).
-        n = BatchJob.objects.filter(
-            pk=job_id,
-            status=S.WAITING,
-            scheduled_start=job.scheduled_start,
-            scheduled_start__lte=at,
-        ).update(
-            status=S.EXECUTING,
-            scheduled_start=scheduled,
-            started_at=at,
-            ended_at=None,
-            canceled_by=None,
-        )
-        if n != 1:
+        started = _open_run(job, recurring, scheduled, at=at)
+        if started is None:
             return False  # not due, or another beat started it first
-        run = BatchJobRun.objects.create(
-            job=job,
-            status=S.EXECUTING,
-            scheduled_start=scheduled,
-            started_at=at,
-            run_by_id=job.effective_run_as_id(),
-            occurrence=scheduled if recurring is not None else None,
-        )
-        BatchJob.objects.filter(pk=job_id).update(current_run=run)
+        _run_id, tasks = started
         if recurring is not None:
             BatchRecurrence.objects.filter(pk=recurring.pk).update(
                 runs=F("runs") + 1,
                 overlap_at=_overlap_at(job, recurring, scheduled),
                 overlap_canceled=False,
             )
-        _record(job_id, S.WAITING, S.EXECUTING, run_id=run.pk, at=at)
-        # In one query: the roots (waiting, without conditions), and the tasks skipped for
-        # this run before it started (skip_task), which are decided already.
         roots: list[tuple[int, str, int]] = []
         decided: list[int] = []
-        for pk, code, status in (
-            BatchTask.objects.filter(job_id=job_id)
-            .filter(
-                Q(status=S.WAITING, conditions__isnull=True) | Q(status__in=DECIDED_TASK_STATUSES)
-            )
-            .values_list("pk", "group__code", "status")
-        ):
+        for pk, code, status in tasks:
             if status == S.WAITING:
                 roots.append(
                     (pk, code, priority.task_step(code, job.priority, job.priority_overridden))
                 )
-            elif pk not in decided:  # once per condition it has (the join)
+            else:
                 decided.append(pk)
         _make_ready(roots, at=at)
         # The skipped tasks' waiting dependents are decided now, as if they had just ended.
@@ -1020,6 +989,77 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         if not roots and not released:
             _settle_job_if_done(job_id, at=at)  # a job without tasks (left) ends at once
         return True
+
+
+def _open_run(
+    job: BatchJob, recurring: BatchRecurrence | None, scheduled: dt.datetime, *, at: dt.datetime
+) -> tuple[int, list[tuple[int, str, str]]] | None:
+    """Waiting -> Executing with a new run and its status change. Returns the run's id and the
+    tasks start_job goes on with, (id, group code, status): the roots (Waiting, without
+    conditions) and the tasks skipped for this run before it started (decided already). None:
+    the job was no longer Waiting at the start it was read with (another beat started it).
+
+    On PostgreSQL one statement (sql.START_JOB): the tick starts hundreds of jobs in a burst.
+    """
+    occurrence = scheduled if recurring is not None else None
+    if sql.POSTGRESQL:
+        adapt = connection.ops.adapt_datetimefield_value
+        rows = sql.fetchall(
+            sql.START_JOB,
+            {
+                "job": job.pk,
+                "was": adapt(job.scheduled_start),
+                "scheduled": adapt(scheduled),
+                "at": adapt(at),
+                "occurrence": adapt(occurrence),
+                "run_by": job.effective_run_as_id(),
+                "trigger": BatchJobRun.Trigger.SCHEDULED,
+                "executing": S.EXECUTING,
+                "waiting": S.WAITING,
+                "decided": list(DECIDED_TASK_STATUSES),
+            },
+        )
+        if not rows:
+            return None
+        return rows[0][0], [(pk, code, status) for _, pk, code, status in rows if pk is not None]
+    # On the job's own columns only: an UPDATE through due()'s joins becomes
+    # "WHERE id IN (subquery)", which a second beat's UPDATE, waiting on the row lock,
+    # does not re-check after the first commits: both started the job (two runs).
+    n = BatchJob.objects.filter(
+        pk=job.pk,
+        status=S.WAITING,
+        scheduled_start=job.scheduled_start,
+        scheduled_start__lte=at,
+    ).update(
+        status=S.EXECUTING,
+        scheduled_start=scheduled,
+        started_at=at,
+        ended_at=None,
+        canceled_by=None,
+    )
+    if n != 1:
+        return None
+    run = BatchJobRun.objects.create(
+        job=job,
+        status=S.EXECUTING,
+        scheduled_start=scheduled,
+        started_at=at,
+        run_by_id=job.effective_run_as_id(),
+        occurrence=occurrence,
+    )
+    BatchJob.objects.filter(pk=job.pk).update(current_run=run)
+    _record(job.pk, S.WAITING, S.EXECUTING, run_id=run.pk, at=at)
+    tasks: list[tuple[int, str, str]] = []
+    seen: set[int] = set()
+    for pk, code, status in (
+        BatchTask.objects.filter(job_id=job.pk)
+        .filter(Q(status=S.WAITING, conditions__isnull=True) | Q(status__in=DECIDED_TASK_STATUSES))
+        .values_list("pk", "group__code", "status")
+    ):
+        if pk not in seen:  # once per condition a decided task has (the join)
+            seen.add(pk)
+            tasks.append((pk, code, status))
+    return run.pk, tasks
 
 
 def _overlap_at(
@@ -1608,20 +1648,7 @@ def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> int:
     """
     made_ready = 0
     while parent_ids:
-        # Every condition of every waiting dependent, in one query.
-        waiting = BatchTaskCondition.objects.filter(
-            depends_on_id__in=parent_ids, task__status=S.WAITING
-        ).values("task_id")
-        rows = BatchTaskCondition.objects.filter(task_id__in=waiting).values_list(
-            "task_id",
-            "task__condition_type",
-            "task__group__code",
-            "expected_status",
-            "depends_on__status",
-            # The job's priority rides along (a join, not a query) for the message's step.
-            "task__job__priority",
-            "task__job__priority_overridden",
-        )
+        rows = _waiting_dependents(parent_ids)
         by_task: dict[int, tuple[str, str, int, list[bool | None]]] = {}
         for tid, ctype, group_code, expected, parent_status, job_priority, overridden in rows:
             entry = by_task.setdefault(
@@ -1640,12 +1667,52 @@ def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> int:
         _make_ready(ready, at=at)
         made_ready += len(ready)
         if not_run:
-            BatchTask.objects.filter(pk__in=not_run, status=S.WAITING).update(
-                status=S.NOT_RUN, ended_at=at
-            )
+            if sql.POSTGRESQL:
+                sql.execute(
+                    sql.MAKE_NOT_RUN,
+                    [S.NOT_RUN, connection.ops.adapt_datetimefield_value(at), not_run, S.WAITING],
+                )
+            else:
+                BatchTask.objects.filter(pk__in=not_run, status=S.WAITING).update(
+                    status=S.NOT_RUN, ended_at=at
+                )
         # A Didn't run parent decides its own dependents in turn.
         parent_ids = not_run
     return made_ready
+
+
+def _waiting_dependents(parent_ids: list[int]) -> Iterable[tuple[Any, ...]]:
+    """Every condition of every waiting dependent of ``parent_ids``, in one query: (task id,
+    its condition type, its group's code, the expected status, the parent's status, the job's
+    priority and whether it overrides its groups'). The job's priority rides along (a join,
+    not a query) for the message's step."""
+    if sql.POSTGRESQL:  # once per released task: hand-written and prepared (sql.py says why)
+        return sql.fetchall(sql.WAITING_DEPENDENTS, [parent_ids, S.WAITING])
+    waiting = BatchTaskCondition.objects.filter(
+        depends_on_id__in=parent_ids, task__status=S.WAITING
+    ).values("task_id")
+    return BatchTaskCondition.objects.filter(task_id__in=waiting).values_list(
+        "task_id",
+        "task__condition_type",
+        "task__group__code",
+        "expected_status",
+        "depends_on__status",
+        "task__job__priority",
+        "task__job__priority_overridden",
+    )
+
+
+def _set_ready(ids: list[int], *, at: dt.datetime, sent: bool) -> None:
+    """Waiting -> Ready; ``sent``: a message goes now (else held: no dispatch time)."""
+    if not ids:
+        return
+    if sql.POSTGRESQL:
+        stamp = connection.ops.adapt_datetimefield_value(at)
+        sql.execute(sql.MAKE_READY, [S.READY, stamp, stamp if sent else None, ids, S.WAITING])
+    else:
+        BatchTask.objects.filter(pk__in=ids, status=S.WAITING).update(
+            status=S.READY, ready_at=at, dispatched_at=at if sent else None
+        )
 
 
 def _make_ready(tasks: list[tuple[int, str, int]], *, at: dt.datetime) -> None:
@@ -1661,13 +1728,9 @@ def _make_ready(tasks: list[tuple[int, str, int]], *, at: dt.datetime) -> None:
     if any(code in group_limits or code in caps for _, code, _ in tasks):
         tasks, held = _apply_limits(tasks, group_limits, caps)
         # Max concurrency of the group: these stay Ready without a message (held).
-        BatchTask.objects.filter(pk__in=held, status=S.WAITING).update(
-            status=S.READY, ready_at=at, dispatched_at=None
-        )
+        _set_ready(held, at=at, sent=False)
         ids = [tid for tid, _, _ in tasks]
-    BatchTask.objects.filter(pk__in=ids, status=S.WAITING).update(
-        status=S.READY, ready_at=at, dispatched_at=at
-    )
+    _set_ready(ids, at=at, sent=True)
     dispatch.send_on_commit([(tid, QUEUE_PREFIX + code, step) for tid, code, step in tasks])
 
 
