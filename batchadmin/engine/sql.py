@@ -169,14 +169,13 @@ HOLD = f"UPDATE {_T} SET dispatched_at = NULL WHERE id = %s AND status = %s"
 
 # --- finish -----------------------------------------------------------------------------------
 
-# The common finish in one statement, run under the job lock (LOCK_JOB, a statement of its own
-# so that this one's snapshot sees every finish committed before the lock was granted): an
-# attempt that ended without error, of an Executing task whose group has no max concurrency
-# and no maximum running tasks (those free a slot: the general path).
-# Its task and its history row become Ended, and it answers what finish_task needs next: does
-# it have waiting dependents, and has its job another open task. (The snapshot does not see
-# this statement's own writes, hence "o.id <> t.id".) No row: not that case (a retry, an
-# error, a cancel, a limited group or a stale attempt), and nothing was written.
+# The common finish in one statement, without the job's lock: an attempt that ended without
+# error, of an Executing task whose group has no max concurrency and no maximum running tasks
+# (those free a slot: the general path). Its task and its history row become Ended, and it
+# answers its job and whether the task has waiting dependents. No row: not that case (a
+# retry, an error, a cancel, a limited group or a stale attempt), and nothing was written.
+# Deciding what follows needs the lock (finish_task): the dependents always, the job's end
+# when JOB_OPEN, asked after this commit, finds no open task left.
 FINISH_ENDED = f"""
     WITH t AS (
         UPDATE {_T} SET status = %(ended)s, ended_at = %(at)s, lease_expires_at = NULL
@@ -188,13 +187,15 @@ FINISH_ENDED = f"""
         WHERE task_id = %(task)s AND attempt = %(attempt)s AND status = %(executing)s
             AND EXISTS (SELECT 1 FROM t)
     )
-    SELECT
+    SELECT t.job_id,
         EXISTS (SELECT 1 FROM {_C} c JOIN {_T} d ON d.id = c.task_id
-                WHERE c.depends_on_id = t.id AND d.status = %(waiting)s),
-        EXISTS (SELECT 1 FROM {_T} o
-                WHERE o.job_id = t.job_id AND o.id <> t.id AND o.status = ANY(%(open)s))
+                WHERE c.depends_on_id = t.id AND d.status = %(waiting)s)
     FROM t
 """
+# Has the job an open task? Asked in a snapshot taken after the finish committed: of two last
+# tasks finishing at once, the one that commits second sees the other's end, so one of them
+# always goes on to settle the job (the settle itself is conditional: never twice).
+JOB_OPEN = f"SELECT EXISTS (SELECT 1 FROM {_T} WHERE job_id = %s AND status = ANY(%s))"
 
 TASK_STATE = f"""
     SELECT t.attempt, t.status, t.retries, t.max_retries, t.group_id, g.max_concurrency,

@@ -1518,33 +1518,41 @@ def finish_task(
 
     ``attempt`` guards against a stale caller: if the lease of this attempt already expired and
     the task moved on, the late result is discarded (returns False).
+
+    Call it outside a transaction (the runner does): a successful attempt's finish commits on
+    its own, before the check that decides whether its job ended (_decide_what_follows says
+    why that order matters when the last tasks of a job finish at once).
     """
     at = at or now()
     adapt = connection.ops.adapt_datetimefield_value
     log = list(log)
+    if sql.POSTGRESQL and not outcome.error:
+        # Most attempts end well: settle those in one statement, without the job's lock
+        # (sql.FINISH_ENDED), and take the lock only when something follows.
+        row = sql.fetchone(
+            sql.FINISH_ENDED,
+            {
+                "ended": S.ENDED,
+                "at": adapt(at),
+                "task": task_id,
+                "attempt": attempt,
+                "executing": S.EXECUTING,
+                "waiting": S.WAITING,
+            },
+        )
+        if row is not None:
+            if log:
+                BatchLogEntry.objects.bulk_create(log)
+            job_id, has_dependents = row
+            if (
+                has_dependents
+                or not sql.fetchone(sql.JOB_OPEN, [job_id, list(OPEN_TASK_STATUSES)])[0]
+            ):
+                _decide_what_follows(job_id, task_id, at=at)
+            return True
     with transaction.atomic(), connection.cursor() as cursor:
         # Serialise the finishes of one job: the last one must see all the others.
         (job_id,) = sql.fetchone(sql.LOCK_JOB + sql.for_update(), [task_id])
-        if sql.POSTGRESQL and not outcome.error:
-            # Most attempts end well: settle those in one statement (sql.FINISH_ENDED).
-            row = sql.fetchone(
-                sql.FINISH_ENDED,
-                {
-                    "ended": S.ENDED,
-                    "at": adapt(at),
-                    "task": task_id,
-                    "attempt": attempt,
-                    "executing": S.EXECUTING,
-                    "waiting": S.WAITING,
-                    "open": list(OPEN_TASK_STATUSES),
-                },
-            )
-            if row is not None:
-                if log:
-                    BatchLogEntry.objects.bulk_create(log)
-                has_dependents, has_open = row
-                _what_follows(job_id, task_id, has_dependents, has_open, at=at)
-                return True
         cursor.execute(sql.TASK_STATE, [task_id])
         task_attempt, status, retries, max_retries, group_id, limit, cap = cursor.fetchone()
         if task_attempt != attempt or status not in RUNNING_STATUSES:
@@ -1598,6 +1606,18 @@ def finish_task(
         has_dependents, has_open = cursor.fetchone()
         _what_follows(job_id, task_id, has_dependents, has_open, at=at)
     return True
+
+
+def _decide_what_follows(job_id: int, task_id: int, *, at: dt.datetime) -> None:
+    """After a task ended by sql.FINISH_ENDED (committed, without the lock): under the job's
+    lock, look again and release its dependents or settle its job. Of two finishes deciding
+    at once, the second waits for the first's lock and sees what it did."""
+    with transaction.atomic():
+        sql.fetchone(sql.LOCK_JOB + sql.for_update(), [task_id])
+        has_dependents, has_open = sql.fetchone(
+            sql.WHAT_FOLLOWS, [task_id, S.WAITING, job_id, *OPEN_TASK_STATUSES]
+        )
+        _what_follows(job_id, task_id, has_dependents, has_open, at=at)
 
 
 def _what_follows(

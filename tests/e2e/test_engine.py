@@ -107,8 +107,9 @@ def test_it_recovers_a_task_from_a_killed_server(cluster):
     cluster.start_worker(unique("kill-c-"))  # a fresh server for the retry if needed
 
     # Bounded: lease (3 s) + one tick (1 s) + claim; documented in the README.
+    # Read by SQL: a `batch show` per poll takes seconds on a loaded machine (see below).
     wait_for(
-        lambda: cluster.show(retried)["tasks"][0]["status"] != "executing" or None,
+        lambda: _executing_servers(cluster, retried) is None or None,
         timeout=15, what="the lost task to leave Executing",
     )  # fmt: skip
     assert time.monotonic() - killed_at < 10
