@@ -1548,7 +1548,7 @@ def finish_task(
                 has_dependents
                 or not sql.fetchone(sql.JOB_OPEN, [job_id, list(OPEN_TASK_STATUSES)])[0]
             ):
-                _decide_what_follows(job_id, task_id, at=at)
+                _decide_what_follows(job_id, task_id, has_dependents, at=at)
             return True
     with transaction.atomic(), connection.cursor() as cursor:
         # Serialise the finishes of one job: the last one must see all the others.
@@ -1608,16 +1608,18 @@ def finish_task(
     return True
 
 
-def _decide_what_follows(job_id: int, task_id: int, *, at: dt.datetime) -> None:
+def _decide_what_follows(
+    job_id: int, task_id: int, has_dependents: bool, *, at: dt.datetime
+) -> None:
     """After a task ended by sql.FINISH_ENDED (committed, without the lock): under the job's
-    lock, look again and release its dependents or settle its job. Of two finishes deciding
-    at once, the second waits for the first's lock and sees what it did."""
+    lock, release its waiting dependents, or settle its job when no task is open. Both read
+    again under the lock: of two finishes deciding at once, the second waits for the first's
+    lock and sees what it did (a dependent already Ready, the job already settled)."""
     with transaction.atomic():
         sql.fetchone(sql.LOCK_JOB + sql.for_update(), [task_id])
-        has_dependents, has_open = sql.fetchone(
-            sql.WHAT_FOLLOWS, [task_id, S.WAITING, job_id, *OPEN_TASK_STATUSES]
-        )
-        _what_follows(job_id, task_id, has_dependents, has_open, at=at)
+        # A dependent made Ready keeps the job open: no need to look.
+        if not (has_dependents and _release_dependents([task_id], at=at)):
+            _settle_job_if_done(job_id, at=at)
 
 
 def _what_follows(

@@ -108,6 +108,8 @@ class BatchProcess:
 
     def kwargs_from(self, stored: dict[str, Any]) -> dict[str, Any]:
         """Parameters as the process receives them: the form's cleaned_data of the stored JSON."""
+        if not self.form_class.base_fields and self.form_class.clean is forms.Form.clean:
+            return {}  # no parameters: no form to build for every attempt
         form = self.form_class(data=stored)
         if not form.is_valid():
             raise ParameterError({k: [str(m) for m in v] for k, v in form.errors.items()})
