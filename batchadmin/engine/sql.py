@@ -18,11 +18,13 @@ from django.db import connection
 from batchadmin.jobs.models import (
     BatchJob,
     BatchJobRun,
+    BatchRecurrence,
     BatchTask,
     BatchTaskCondition,
     BatchTaskRun,
     StatusChange,
 )
+from batchadmin.lib import fastload
 from batchadmin.servers.models import NO_LIMIT, BatchGroup
 
 POSTGRESQL = connection.vendor == "postgresql"
@@ -34,6 +36,7 @@ _R = BatchTaskRun._meta.db_table
 _G = BatchGroup._meta.db_table
 _JR = BatchJobRun._meta.db_table
 _SC = StatusChange._meta.db_table
+_REC = BatchRecurrence._meta.db_table
 
 
 def fetchone(query: str, params: Any) -> Any:
@@ -216,6 +219,14 @@ WHAT_FOLLOWS = f"""
 """
 
 # --- starting a job (PostgreSQL) ---------------------------------------------------------------
+
+# The job start_job decides on, with its recurrence (NULLs when it has none), as
+# lib/fastload.py builds them: BatchJob's columns, then BatchRecurrence's.
+JOB_FOR_START = f"""
+    SELECT {fastload.columns(BatchJob, "j")}, {fastload.columns(BatchRecurrence, "r")}
+    FROM {_J} j LEFT JOIN {_REC} r ON r.job_id = j.id
+    WHERE j.id = %s
+"""
 
 # Waiting -> Executing with its new run, in one statement once start_job has decided the job
 # may start: the job (only if still Waiting at the start it was read with: a second beat's

@@ -43,7 +43,7 @@ from batchadmin.jobs.models import (
     QueuedRun,
     StatusChange,
 )
-from batchadmin.lib import clock, daterange, durations, recurrence, text
+from batchadmin.lib import clock, daterange, durations, fastload, recurrence, text
 from batchadmin.processes import registry
 from batchadmin.servers.models import NO_LIMIT, PAUSED, QUEUE_PREFIX, Priority
 
@@ -944,9 +944,7 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
     """
     at = at or now()
     with transaction.atomic():
-        job = (
-            BatchJob.objects.select_related("recurrence", "active_period").filter(pk=job_id).first()
-        )
+        job = _job_for_start(job_id)
         if job is None or job.status != S.WAITING or job.scheduled_start > at:
             return False
         recurring = job.get_recurrence()
@@ -989,6 +987,25 @@ def start_job(*, job_id: int, at: dt.datetime | None = None) -> bool:
         if not roots and not released:
             _settle_job_if_done(job_id, at=at)  # a job without tasks (left) ends at once
         return True
+
+
+def _job_for_start(job_id: int) -> BatchJob | None:
+    """The job with its recurrence (its active period, rarer, loads when asked)."""
+    if not sql.POSTGRESQL:
+        return (
+            BatchJob.objects.select_related("recurrence", "active_period").filter(pk=job_id).first()
+        )
+    row = sql.fetchone(sql.JOB_FOR_START, [job_id])
+    if row is None:
+        return None
+    split = fastload.width(BatchJob)
+    job = fastload.instance(BatchJob, row[:split])
+    recurring = fastload.instance(BatchRecurrence, row[split:]) if row[split] is not None else None
+    # As select_related leaves them: job.recurrence answers without a query, None included.
+    BatchJob.recurrence.related.set_cached_value(job, recurring)
+    if recurring is not None:
+        BatchRecurrence.job.field.set_cached_value(recurring, job)
+    return job
 
 
 def _open_run(
