@@ -429,6 +429,12 @@ if BATCH_USER_MAX_TIME_LIMIT < 0:
 # Cancel (or a time limit) asks a running process to stop through ctx.cancel_requested(); one
 # still running this long after is aborted: its worker process is killed.
 BATCH_CANCEL_GRACE_SECONDS = env_float("BATCH_CANCEL_GRACE_SECONDS", 30)
+# Many ready tasks of one queue sent at once share messages, up to this many tasks each (and
+# never fewer than 32 messages): a message costs Celery as much CPU as a short task costs the
+# engine (engine/batches.py). 1: one message per task.
+BATCH_DISPATCH_MAX_TASKS = env_int("BATCH_DISPATCH_MAX_TASKS", 16)
+if BATCH_DISPATCH_MAX_TASKS < 1:
+    raise ImproperlyConfigured("BATCH_DISPATCH_MAX_TASKS must be 1 or more.")
 # A ready task whose message has not been picked up this long, while its queue in the broker is
 # empty, is dispatched again (the message was lost, e.g. Redis restarted without persistence).
 BATCH_REDISPATCH_AFTER_SECONDS = env_float("BATCH_REDISPATCH_AFTER_SECONDS", 30)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from django.db import transaction
 
 from batchadmin.celery import app
+from batchadmin.engine import batches
 
 log = logging.getLogger(__name__)
 # (task id, queue) or (task id, queue, Redis priority step: lower is served first, see
@@ -21,6 +22,8 @@ Message = tuple[int, str] | tuple[int, str, int]
 NORMAL_STEP = 6  # priority.STEPS[Priority.NORMAL]; not imported, to keep this module light
 # Sent by name: this module imports no task (tasks.py imports the engine, not the other way).
 RUN_TASK = "batchadmin.run_batch_task"
+# Several tasks in one message (engine/batches.py).
+RUN_TASKS = "batchadmin.run_batch_tasks"
 
 
 def send_on_commit(tasks: Sequence[Message]) -> None:
@@ -30,24 +33,34 @@ def send_on_commit(tasks: Sequence[Message]) -> None:
         transaction.on_commit(lambda: send(batch))
 
 
-def send(tasks: Sequence[Message]) -> int:
-    """Publish one message per task over a single pooled connection; returns how many went out.
+def send(tasks: Sequence[Message], *, together: bool = True) -> int:
+    """Publish the tasks over a single pooled connection; returns how many tasks went out.
+
+    ``together``: many tasks of one queue and priority step share messages (batches.chunks);
+    False: one message per task (a batch giving its rest back).
 
     Never raises: when the broker is unreachable the tasks stay Ready with their dispatch time
     recorded, and the tick re-sends them (tick.handle_lost_messages).
     """
+    by_route: dict[tuple[str, int], list[int]] = {}
+    for task_id, queue, *given in tasks:
+        by_route.setdefault((queue, given[0] if given else NORMAL_STEP), []).append(task_id)
     sent = 0
     try:
         with app.producer_or_acquire() as producer:
-            for task_id, queue, *step in tasks:
-                app.send_task(
-                    RUN_TASK,
-                    (task_id,),
-                    queue=queue,
-                    producer=producer,
-                    priority=step[0] if step else NORMAL_STEP,
-                )
-                sent += 1
+            for (queue, step), ids in by_route.items():
+                for chunk in batches.chunks(ids) if together else [[i] for i in ids]:
+                    args: tuple[int] | tuple[list[int]] = (
+                        (chunk[0],) if len(chunk) == 1 else (chunk,)
+                    )
+                    app.send_task(
+                        RUN_TASK if len(chunk) == 1 else RUN_TASKS,
+                        args,
+                        queue=queue,
+                        producer=producer,
+                        priority=step,
+                    )
+                    sent += len(chunk)
     except Exception:
         log.exception(
             "Could not send %d of %d task messages; the tick will resend them",

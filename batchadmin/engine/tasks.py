@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 from django.db import IntegrityError
 
-from batchadmin.engine import dispatch, runner, worker
+from batchadmin.engine import batches, dispatch, runner, worker
 from batchadmin.engine import tick as engine_tick
 from batchadmin.lib import db
 
@@ -17,9 +17,34 @@ log = logging.getLogger(__name__)
 
 @shared_task(bind=True, name=dispatch.RUN_TASK, acks_late=True, ignore_result=True)
 def run_batch_task(self: Task[Any, Any], task_id: int) -> None:
-    hostname = self.request.hostname or ""
+    _run_one(self, task_id)
+
+
+@shared_task(bind=True, name=dispatch.RUN_TASKS, acks_late=True, ignore_result=True)
+def run_batch_tasks(self: Task[Any, Any], task_ids: list[int]) -> None:
+    """Several tasks of one queue and priority step, one after another (engine/batches.py)."""
+    delivery = dict(self.request.delivery_info or {})
+    queue = str(delivery.get("routing_key") or "")
+    given = delivery.get("priority")  # the message's Redis priority step
+    step = given if isinstance(given, int) else None
+    given_back = not queue
+    for i, task_id in enumerate(task_ids):
+        rest = task_ids[i:]  # this one and those after it
+        if not given_back and len(rest) > 1 and batches.WATCH.empty(queue):
+            # Idle threads have nothing to take: let them have these. This process goes on
+            # claiming them in turn too; a claim another server won skips the task.
+            given_back = True
+            dispatch.send(
+                [(t, queue, step) if step is not None else (t, queue) for t in rest[1:]],
+                together=False,
+            )
+        _run_one(self, task_id)
+
+
+def _run_one(request_task: Task[Any, Any], task_id: int) -> None:
+    hostname = request_task.request.hostname or ""
     # Recorded on the attempt so that an abort can revoke (kill) exactly this execution.
-    celery_id = self.request.id or ""
+    celery_id = request_task.request.id or ""
 
     def run() -> None:
         runner.run_task(

@@ -202,3 +202,28 @@ def _executing_servers(cluster: Cluster, *job_ids: int) -> dict[int, str] | None
     )
     found = {job_id: server for job_id, status, server in rows if status == "executing"}
     return found if len(found) == len(job_ids) else None
+
+
+def test_a_big_job_runs_its_tasks_in_shared_messages_each_once(cluster):
+    """96 tasks released at once go three to a message (engine/batches.py); every task still
+    runs exactly once, on both servers."""
+    a, b = unique("batch-a-"), unique("batch-b-")
+    cluster.start_worker(a)
+    cluster.start_worker(b)
+    [job_id] = cluster.import_jobs(
+        {"description": "many at once", "tasks": [
+            {"key": f"T{i}", "description": f"{i}", "process": "demo.sleep",
+             "parameters": {"seconds": 0.05}}
+            for i in range(96)
+        ]}
+    )  # fmt: skip
+    assert cluster.wait(job_id) == "ended"
+    rows = cluster.rows(
+        "SELECT r.task_id, r.attempt, r.status, s.name FROM jobs_batchtaskrun r"
+        " JOIN jobs_batchtask t ON t.id = r.task_id"
+        " LEFT JOIN servers_batchserver s ON s.id = r.server_id WHERE t.job_id = %s",
+        job_id,
+    )
+    assert len(rows) == 96 and len({task for task, *_ in rows}) == 96
+    assert {(attempt, status) for _, attempt, status, _ in rows} == {(1, "ended")}
+    assert {server for *_, server in rows} == {a, b}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from unittest import mock
 
-from django.test import SimpleTestCase, TestCase
+from django.test import SimpleTestCase, TestCase, override_settings
 from kombu.exceptions import OperationalError
 
 from batchadmin.celery import app
-from batchadmin.engine import dispatch, runner, tasks, tick, worker
+from batchadmin.engine import batches, dispatch, runner, tasks, tick, worker
 
 
 class SendTestCase(SimpleTestCase):
@@ -79,3 +79,82 @@ class CeleryTasksTestCase(SimpleTestCase):
         with mock.patch.object(tick, "tick", return_value={"started": 1}) as ticked:
             assert tasks.tick() == {"started": 1}
         ticked.assert_called_once_with()
+
+
+@override_settings(BATCH_DISPATCH_MAX_TASKS=16)
+class BatchedSendTestCase(SimpleTestCase):
+    """Many tasks of one queue and step share messages (engine/batches.py)."""
+
+    def setUp(self):
+        super().setUp()
+        self.enterContext(mock.patch.object(app, "producer_or_acquire"))
+        self.send_task = self.enterContext(mock.patch.object(app, "send_task"))
+
+    def messages(self) -> list[tuple[str, tuple[object, ...], str, int]]:
+        return [
+            (c.args[0], c.args[1], c.kwargs["queue"], c.kwargs["priority"])
+            for c in self.send_task.call_args_list
+        ]
+
+    def test_few_tasks_go_one_to_a_message(self):
+        assert batches.chunks(list(range(63))) == [[i] for i in range(63)]
+
+    def test_many_go_together_but_in_no_fewer_than_spread_messages(self):
+        assert batches.chunks(list(range(64))) == [[i, i + 1] for i in range(0, 64, 2)]
+        big = batches.chunks(list(range(2000)))
+        assert len(big) == 125 and {len(c) for c in big} == {16}
+        assert [t for c in big for t in c] == list(range(2000))  # every task once, in order
+
+    def test_each_queue_and_step_is_batched_on_its_own(self):
+        tasks = [(i, "batch.default") for i in range(64)] + [(100, "batch.nightly", 2)]
+        tasks += [(i, "batch.default", 2) for i in range(200, 210)]
+        assert dispatch.send(tasks) == 75
+        sent = self.messages()
+        assert sent[0] == ("batchadmin.run_batch_tasks", ([0, 1],), "batch.default", 6)
+        assert len(sent) == 32 + 1 + 10
+        assert ("batchadmin.run_batch_task", (100,), "batch.nightly", 2) in sent
+        assert ("batchadmin.run_batch_task", (200,), "batch.default", 2) in sent
+
+    @override_settings(BATCH_DISPATCH_MAX_TASKS=1)
+    def test_one_task_per_message_when_set_so(self):
+        assert dispatch.send([(i, "batch.default") for i in range(100)]) == 100
+        assert {name for name, *_ in self.messages()} == {"batchadmin.run_batch_task"}
+
+    def test_a_batch_giving_back_sends_one_message_per_task(self):
+        assert dispatch.send([(i, "batch.default") for i in range(100)], together=False) == 100
+        assert len(self.messages()) == 100
+
+
+class RunBatchTasksTestCase(SimpleTestCase):
+    def run_tasks(self, ids: list[int], *, empty: list[bool]) -> tuple[list[int], mock.Mock]:
+        ran: list[int] = []
+        with (
+            mock.patch.object(worker, "server_id", return_value=3),
+            mock.patch.object(
+                runner, "run_task", side_effect=lambda **kw: ran.append(kw["task_id"])
+            ),
+            mock.patch.object(batches.WATCH, "empty", side_effect=empty) as watched,
+            mock.patch.object(dispatch, "send") as send,
+        ):
+            tasks.run_batch_tasks.push_request(  # type: ignore[call-arg]  # celery-types lists no fields
+                hostname="aos2@host1",
+                id="msg-2",
+                delivery_info={"routing_key": "batch.default", "priority": 4},
+            )
+            self.addCleanup(tasks.run_batch_tasks.pop_request)
+            tasks.run_batch_tasks.run(ids)
+        assert watched.call_count == len(empty)
+        return ran, send
+
+    def test_it_runs_every_task_of_the_message_in_order(self):
+        ran, send = self.run_tasks([5, 6, 7], empty=[False, False])
+        assert ran == [5, 6, 7]
+        send.assert_not_called()
+
+    def test_once_the_queue_is_empty_it_gives_the_rest_back_and_goes_on(self):
+        ran, send = self.run_tasks([5, 6, 7, 8], empty=[False, True])
+        # Given back once, at the priority step it came with, one message each.
+        send.assert_called_once_with(
+            [(7, "batch.default", 4), (8, "batch.default", 4)], together=False
+        )
+        assert ran == [5, 6, 7, 8]  # claims decide who runs what
