@@ -1,7 +1,9 @@
 """CPU of the engine's per-attempt path without Celery: claim, run a no-op, finish.
 
 One process runs ``runner.run_task`` over the tasks of started jobs, in a private database, and
-reads its own CPU time and its PostgreSQL backend's (``/proc/<pid>/stat``). What it leaves out
+reads its own CPU time and its PostgreSQL backend's (``/proc/<pid>/stat``), and the WAL the
+cluster wrote meanwhile (``pg_current_wal_lsn()``; the cluster is shared, so other sessions'
+writes count too: approximate, but steadier than CPU on a noisy machine for a change to writes). What it leaves out
 (the broker, Celery's own per-message work, the tick) is what ``engine_vs_celery.py`` measures;
 this one isolates the engine's share so that a change to a statement or an index shows in
 seconds, not in a two-minute run with its noise.
@@ -77,11 +79,23 @@ def measure(args: argparse.Namespace) -> int:
         values = sorted(r[i] for r in rounds)
         shown = ", ".join(f"{v:.2f}" for v in values)
         print(f"  {label:9} {statistics.median(values):.2f} ms   ({shown})")
+    wal = sorted(r[3] for r in rounds)
+    shown = ", ".join(f"{v:.0f}" for v in wal)
+    print(f"  {'wal':9} {statistics.median(wal):.0f} bytes   ({shown}; whole cluster)")
     return 0
 
 
-def one_round(args: argparse.Namespace) -> tuple[float, float, float]:
-    """Run one job's tasks; (python, postgres, wall) milliseconds per task."""
+def wal_lsn() -> str:
+    return str(scalar("SELECT pg_current_wal_lsn()"))
+
+
+def wal_since(lsn: str) -> float:
+    """Bytes of WAL the cluster wrote since ``lsn`` (every database: approximate)."""
+    return float(scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [lsn]))
+
+
+def one_round(args: argparse.Namespace) -> tuple[float, float, float, float]:
+    """Run one job's tasks; (python, postgres, wall) milliseconds and WAL bytes per task."""
     from django.db import connection
 
     from batchadmin.engine import runner, transitions
@@ -111,11 +125,13 @@ def one_round(args: argparse.Namespace) -> tuple[float, float, float]:
         for r in sql("SELECT id FROM jobs_batchtask WHERE job_id = %s ORDER BY position", [job_id])
     ]
     pid = int(scalar("SELECT pg_backend_pid()"))
+    lsn = wal_lsn()
     own0, pg0, wall0 = time.process_time(), backend_cpu(pid), time.perf_counter()
     ran = 0
     for task_id in ids:
         ran += runner.run_task(task_id=task_id, server_id=None, hostname="hot-path")
     own1, pg1, wall1 = time.process_time(), backend_cpu(pid), time.perf_counter()
+    wal = wal_since(lsn)
     status = scalar("SELECT status FROM jobs_batchjob WHERE id = %s", [job_id])
     recorded = scalar(
         "SELECT count(*) FROM jobs_batchtaskrun r JOIN jobs_batchtask t ON t.id = r.task_id "
@@ -126,10 +142,10 @@ def one_round(args: argparse.Namespace) -> tuple[float, float, float]:
     if ran != len(ids) or status != "ended" or recorded != len(ids):
         raise SystemExit(f"ran {ran} of {len(ids)}, job {status}, {recorded} attempts recorded")
     n = len(ids)
-    return 1000 * (own1 - own0) / n, 1000 * (pg1 - pg0) / n, 1000 * (wall1 - wall0) / n
+    return 1000 * (own1 - own0) / n, 1000 * (pg1 - pg0) / n, 1000 * (wall1 - wall0) / n, wal / n
 
 
-def small_jobs(args: argparse.Namespace) -> tuple[float, float, float]:
+def small_jobs(args: argparse.Namespace) -> tuple[float, float, float, float]:
     """``--jobs`` jobs of ``--tasks`` chained tasks: started one by one (as the tick does),
     then each run to its end (its last finish settles it)."""
     from django.db import connection
@@ -146,9 +162,11 @@ def small_jobs(args: argparse.Namespace) -> tuple[float, float, float]:
         "SELECT id FROM jobs_batchtask WHERE job_id = ANY(%s) ORDER BY job_id, position",
         [job_ids],
     )
+    lsn = wal_lsn()
     for (task_id,) in ids:
         runner.run_task(task_id=task_id, server_id=None, hostname="hot-path")
     own2, pg2, wall2 = time.process_time(), backend_cpu(pid), time.perf_counter()
+    wal = wal_since(lsn)
     ended = scalar(
         "SELECT count(*) FROM jobs_batchjob WHERE id = ANY(%s) AND status = 'ended'", [job_ids]
     )
@@ -161,7 +179,12 @@ def small_jobs(args: argparse.Namespace) -> tuple[float, float, float]:
         f"postgres {1000 * (pg1 - pg0) / n:.2f} ms, wall {1000 * (wall1 - wall0) / n:.2f} ms"
     )
     t = len(ids)
-    return 1000 * (own2 - own1) / t, 1000 * (pg2 - pg1) / t, 1000 * (wall2 - wall1) / t
+    return (
+        1000 * (own2 - own1) / t,
+        1000 * (pg2 - pg1) / t,
+        1000 * (wall2 - wall1) / t,
+        wal / t,
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -973,15 +973,25 @@ class BatchTask(models.Model):
         ALL = "all", "All"
         ANY = "any", "Any"
 
-    job = models.ForeignKey(BatchJob, models.CASCADE, related_name="tasks")
+    # No index of its own: task_job_status_idx (job, status) and the unique (job, key) start
+    # with it and serve every lookup by job; a third copy only cost each attempt's two
+    # (non-HOT) task updates one more index entry each.
+    job = models.ForeignKey(BatchJob, models.CASCADE, related_name="tasks", db_index=False)
     key = models.CharField(
         "task ID",
         max_length=50,
         help_text="Identifies the task inside its job; conditions and import/export use it.",
     )
     description = models.CharField("task description", max_length=200)
+    # Indexed by task_company_idx, partial: most tasks run in their job's company (NULL here),
+    # and their attempts' updates then skip it.
     company = models.ForeignKey(
-        Company, models.PROTECT, null=True, blank=True, verbose_name="company accounts"
+        Company,
+        models.PROTECT,
+        null=True,
+        blank=True,
+        verbose_name="company accounts",
+        db_index=False,
     )
     process = models.CharField(
         "class name",
@@ -1031,6 +1041,10 @@ class BatchTask(models.Model):
     retries = models.PositiveSmallIntegerField("actual retries", default=0)
     # Bookkeeping of the current (or last) attempt.
     attempt = models.PositiveSmallIntegerField(default=0)
+    # No index: each attempt sets it (the claim) and updates the task again (the finish),
+    # neither HOT, so an index cost two entries an attempt. Nothing frequent looks tasks up by
+    # server: the servers pages ask for running tasks, which the partial indexes on running
+    # statuses find; only deleting a server (SET_NULL) reads every task for it.
     server = models.ForeignKey(
         BatchServer,
         models.SET_NULL,
@@ -1038,6 +1052,7 @@ class BatchTask(models.Model):
         blank=True,
         related_name="+",
         verbose_name="server",
+        db_index=False,
     )
     hostname = models.CharField(max_length=200, blank=True)
     started_at = models.DateTimeField("start date/time", null=True, blank=True)
@@ -1099,6 +1114,11 @@ class BatchTask(models.Model):
                 fields=["group"],
                 name="task_group_running_idx",
                 condition=Q(status__in=list(RUNNING_STATUSES)),
+            ),
+            # The Batch job history's company filter (tasks of a company of their own) and the
+            # PROTECT check when a company is deleted; without an index both read every task.
+            models.Index(
+                fields=["company"], name="task_company_idx", condition=Q(company__isnull=False)
             ),
         ]
 
@@ -1298,11 +1318,16 @@ class BatchTaskRun(models.Model):
     Status = BatchStatus
 
     job_run = models.ForeignKey(BatchJobRun, models.CASCADE, related_name="task_runs")
-    task = models.ForeignKey(BatchTask, models.CASCADE, related_name="runs")
+    # No index of its own: taskrun_task_idx (task, attempt) and taskrun_task_last_idx
+    # (task, -id) start with it and serve every lookup by task (and the cascade from a
+    # deleted task); each attempt's insert and update would only write a third copy.
+    task = models.ForeignKey(BatchTask, models.CASCADE, related_name="runs", db_index=False)
     attempt = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=10, choices=BatchStatus.choices)
+    # No index of its own either: taskrun_server_idx (server, -started_at, -id) starts with
+    # it (the inquiries' server filter, SET_NULL when a server is deleted).
     server = models.ForeignKey(
-        BatchServer, models.SET_NULL, null=True, blank=True, related_name="+"
+        BatchServer, models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
     )
     hostname = models.CharField(max_length=200, blank=True)
     # When the task became Ready for this attempt (copied by the claim from the task): the

@@ -8,8 +8,8 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils.timezone import now
 
-from batchadmin.jobs import inquiries
-from batchadmin.jobs.models import BatchJob, BatchJobRun, BatchStatus, BatchTaskRun
+from batchadmin.jobs import filters, inquiries
+from batchadmin.jobs.models import BatchJob, BatchJobRun, BatchStatus, BatchTask, BatchTaskRun
 from batchadmin.servers.models import BatchGroup, BatchServer
 from tests.base import BaseTestCase, drain, start
 
@@ -252,6 +252,36 @@ class InquiryTestCase(BaseTestCase):
             html = self.client.get(ATTEMPTS, params).content.decode()
             for attempt in (t1, t2, other):
                 assert (f'id="attempt-{attempt.pk}"' in html) == (attempt in shown), params
+
+    def test_the_error_search_can_use_the_partial_trigram_index(self):
+        # jobs.0025: the index leaves out empty messages; PostgreSQL uses it only if the
+        # search's condition implies that. With sequential scans off, a usable index shows.
+        self.failing_job()
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+        search = filters.AttemptFilter({"error": "ledger"}, queryset=BatchTaskRun.objects.all())
+        qs = search.qs.order_by()
+        assert [a.task.key for a in qs] == ["T2"]
+        plan = qs.explain()
+        assert "taskrun_error_trgm_idx" in plan, plan
+        # Batch job history: the same condition inside EXISTS.
+        runs = filters.RunFilter({"error": "ledger"}, queryset=BatchJobRun.objects.all())
+        assert runs.qs.count() == 1
+        plan = runs.qs.order_by().explain()
+        assert "taskrun_error_trgm_idx" in plan, plan
+
+    def test_the_company_filter_can_use_the_partial_company_index(self):
+        # jobs.0024: tasks are indexed by company only when they have one of their own.
+        job = self.failing_job()
+        job.tasks.filter(key="T1").update(company=self.usmf)
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+        runs = filters.RunFilter({"company": self.usmf.pk}, queryset=BatchJobRun.objects.all())
+        assert runs.qs.count() == 1
+        # The tasks of a company, as the filter's EXISTS and a company's PROTECT check ask
+        # (the whole filter's plan on a few rows would rather read a primary key).
+        plan = BatchTask.objects.filter(company=self.usmf).order_by().explain()
+        assert "task_company_idx" in plan, plan
 
     def test_it_sorts_attempts(self):
         job = self.failing_job()
