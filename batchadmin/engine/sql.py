@@ -294,3 +294,25 @@ def row_instance(model: type[Any], fields: list[Any], values: Sequence[Any]) -> 
         for convert in found:
             values[i] = convert(values[i], col, connection)
     return model.from_db(connection.alias, [f.attname for f in fields], values)
+
+
+# PostgreSQL: a recurring job goes back to Waiting at its next start after a run (after the
+# settle, in its transaction): the job's move (if it still has the run's final status), its
+# tasks from scratch (transitions._reset_tasks) and the status change, in one statement.
+# No row: the job moved meanwhile; nothing was written.
+NEXT_RUN = f"""
+    WITH j AS (
+        UPDATE {_J} SET status = %(waiting)s, scheduled_start = %(start)s
+        WHERE id = %(job)s AND status = %(final)s
+        RETURNING id
+    ), t AS (
+        UPDATE {_T} SET skip_note = '', run_parameters = NULL, status = %(waiting)s, retries = 0,
+            attempt = 0, server_id = NULL, hostname = '', started_at = NULL, ended_at = NULL,
+            ready_at = NULL, dispatched_at = NULL, lease_expires_at = NULL, progress = NULL
+        WHERE job_id = (SELECT id FROM j)
+    ), c AS (
+        INSERT INTO {_SC} (job_id, job_run_id, old_status, new_status, by_id, reason, at)
+        SELECT id, %(run)s, %(final)s, %(waiting)s, NULL, %(reason)s, %(at)s FROM j
+    )
+    SELECT id FROM j
+"""

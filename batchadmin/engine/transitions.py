@@ -2000,6 +2000,25 @@ def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) ->
         following = at
     elif following is None:
         return False  # the range is over: the job keeps its final status
+    if sql.POSTGRESQL:
+        # Once per run of every recurring job: the three writes below in one statement.
+        adapt = connection.ops.adapt_datetimefield_value
+        moved = sql.fetchone(
+            sql.NEXT_RUN,
+            {
+                "job": job.pk,
+                "final": final,
+                "waiting": S.WAITING,
+                "start": adapt(following),
+                "run": job.current_run_id,
+                "reason": reason,
+                "at": adapt(at),
+            },
+        )
+        if moved is None:
+            return False
+        _record_missed(job, missed, MissedOccurrence.Reason.RUNNING)
+        return True
     n = BatchJob.objects.filter(pk=job.pk, status=final).update(
         status=S.WAITING, scheduled_start=following
     )

@@ -3,14 +3,24 @@ under the job's lock (issue 16)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import unittest
 
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils.timezone import now
 
 from batchadmin.alerts.models import AlertEvent
 from batchadmin.engine import transitions
-from batchadmin.jobs.models import BatchJob, BatchJobRun, BatchStatus, BatchTaskRun, StatusChange
+from batchadmin.jobs.models import (
+    BatchJob,
+    BatchJobRun,
+    BatchRecurrence,
+    BatchStatus,
+    BatchTask,
+    BatchTaskRun,
+    StatusChange,
+)
 from tests.base import HOSTNAME, BaseTestCase, start
 
 S = BatchStatus
@@ -49,3 +59,26 @@ class SettleStatementsTestCase(BaseTestCase):
         )
         assert AlertEvent.objects.filter(job=job, job_run=run, kind="ended").exists()
         assert BatchTaskRun.objects.filter(job_run=run).count() == 1
+
+    def test_a_recurring_job_goes_back_to_waiting_in_one_more_statement(self):
+        start_at = now().replace(microsecond=0) - dt.timedelta(minutes=1)
+        job = self.make_job(scheduled_start=start_at)
+        self.make_task(job, "T1")
+        BatchRecurrence.objects.create(
+            job=job, start_date=start_at.date(), start_time=start_at.time(), time_zone="UTC"
+        )
+        start(job)
+        statements = self.finish_last_task(job)
+        # Those above, and the move back to Waiting (the job, its tasks, the status change).
+        assert len(statements) == 6, "\n".join(statements)
+        job.refresh_from_db()
+        assert job.status == S.WAITING
+        assert job.scheduled_start == start_at + dt.timedelta(days=1)
+        task = BatchTask.objects.get(job=job)
+        assert (task.status, task.attempt, task.ended_at) == (S.WAITING, 0, None)
+        changes = list(StatusChange.objects.filter(job=job).order_by("pk"))
+        assert [(c.old_status, c.new_status) for c in changes][-2:] == [
+            (S.EXECUTING, S.ENDED),
+            (S.ENDED, S.WAITING),
+        ]
+        assert changes[-1].reason.startswith("Recurrence: next run ")
