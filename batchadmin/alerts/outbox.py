@@ -16,7 +16,8 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Substr
 from django.utils.timezone import now
 
-from batchadmin.alerts.models import AlertEvent, AlertKind
+from batchadmin.alerts.models import AlertEvent, AlertKind, AlertRule, BatchJobAlert, JobWebhook
+from batchadmin.engine import sql
 from batchadmin.jobs.models import BatchJob, BatchStatus, BatchTask, BatchTaskRun
 from batchadmin.servers.models import BatchGroup
 
@@ -131,13 +132,84 @@ def job_ended(
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "ended_at": at.isoformat(),
         "critical": job.critical,
-        # As the run ran: the job or its groups may be edited before the alert is delivered.
-        "priorities": priorities(job),
     }
     if final in (BatchStatus.ERROR, BatchStatus.CANCELED):
         details["failed_tasks"], details["failed_count"] = failing_tasks(job.pk, run_id)
     key = f"run:{run_id}:{kind}" if run_id else f"job:{job.pk}:{kind}:{at.isoformat()}"
+    if sql.POSTGRESQL:
+        return _job_ended_pg(job, kind, key=key, run_id=run_id, details=details, at=at)
+    # As the run ran: the job or its groups may be edited before the alert is delivered.
+    details["priorities"] = priorities(job)
     return record(job, kind, key=key, run_id=run_id, details=details, at=at)
+
+
+def _job_ended_pg(
+    job: BatchJob,
+    kind: AlertKind,
+    *,
+    key: str,
+    run_id: int | None,
+    details: dict[str, Any],
+    at: dt.datetime,
+) -> int | None:
+    """record() for the end of a run, in one prepared statement (_ENDED_SQL) that also takes
+    the priorities and finds whether anyone listens; one runs per settled job, under its lock."""
+    payload = {"description": job.description, "priority": job.priority, **details}
+    if job.priority_overridden:
+        payload["priorities"] = [job.priority]
+    row = sql.fetchone(
+        _ENDED_SQL[kind],
+        {
+            "job": job.pk,
+            "run": run_id,
+            "kind": kind,
+            "key": key,
+            "details": AlertEvent._meta.get_field("details").get_db_prep_save(payload, connection),
+            "overridden": job.priority_overridden,
+            # A critical job's Error goes to every batch job manager: delivery decides who.
+            "listened": kind == AlertKind.ERROR and job.critical,
+            "at": connection.ops.adapt_datetimefield_value(at),
+        },
+    )
+    if row is None:
+        return None
+    event_id, pending = row
+    if pending:
+        transaction.on_commit(lambda: send(event_id))
+    return int(event_id)
+
+
+def _ended_sql(kind: AlertKind) -> str:
+    """The end-of-run event, with the priorities its tasks ran with when the job does not
+    override its groups' (priorities()'s rule), in one statement. Nobody who could hear about
+    it (no per-job alert or webhook and no alert rule for its kind, no critical Error): it is
+    written processed, as delivery would leave it, and no delivery is queued."""
+    field = kind.value  # subscription_field(): an end's kind is its field
+    groups = BatchGroup._meta.db_table
+    tasks = BatchTask._meta.db_table
+    return f"""
+    INSERT INTO {AlertEvent._meta.db_table} (job_id, job_run_id, kind, key, details, created,
+        attempts, processed_at)
+    SELECT %(job)s, %(run)s, %(kind)s, %(key)s,
+        CASE WHEN %(overridden)s THEN %(details)s ELSE %(details)s || jsonb_build_object(
+            'priorities', COALESCE((
+                SELECT jsonb_agg(p ORDER BY p) FROM (
+                    SELECT DISTINCT g.default_priority AS p
+                    FROM {tasks} t JOIN {groups} g ON g.id = t.group_id
+                    WHERE t.job_id = %(job)s) d), '[]'::jsonb)) END,
+        %(at)s, 0,
+        CASE WHEN %(listened)s
+            OR EXISTS (SELECT 1 FROM {BatchJobAlert._meta.db_table}
+                       WHERE job_id = %(job)s AND {field})
+            OR EXISTS (SELECT 1 FROM {JobWebhook._meta.db_table} WHERE job_id = %(job)s AND {field})
+            OR EXISTS (SELECT 1 FROM {AlertRule._meta.db_table} WHERE {field})
+        THEN NULL ELSE %(at)s END
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id, processed_at IS NULL
+"""
+
+
+_ENDED_SQL = {kind: _ended_sql(kind) for kind in _KIND_OF_STATUS.values()}
 
 
 def send(event_id: int) -> None:

@@ -22,6 +22,7 @@ from batchadmin.jobs.models import (
     BatchTask,
     BatchTaskCondition,
     BatchTaskRun,
+    QueuedRun,
     StatusChange,
 )
 from batchadmin.lib import fastload
@@ -311,4 +312,74 @@ RECORD_UNATTEMPTED = f"""
     FROM {_T} t
     WHERE t.job_id = %(job)s
         AND NOT EXISTS (SELECT 1 FROM {_R} r WHERE r.job_run_id = %(run)s AND r.task_id = t.id)
+"""
+
+# PostgreSQL: the whole settle in one statement (SQLite: SETTLE_JOB and RECORD_UNATTEMPTED
+# around the ORM). Under the job lock: when none of the job's tasks is open and the job runs,
+# it takes its final status (SETTLE_JOB's rule), its run ends with it, the tasks that never ran
+# get their history rows (RECORD_UNATTEMPTED's), and the status change is recorded. It answers
+# the final status, whether another job follows this one and whether the job has a queued run
+# pending (else _queue_followers has nothing to do), and the job's and its recurrence's rows as
+# they were before (lib/fastload.py makes them the models the signal's receivers get). No row:
+# a task is open, or the job does not run (someone settled it already); nothing was written.
+_Q = QueuedRun._meta.db_table
+JOB_FIELDS = list(BatchJob._meta.concrete_fields)
+RECURRENCE_FIELDS = list(BatchRecurrence._meta.concrete_fields)
+SETTLE_JOB_PG = f"""
+    WITH old AS (
+        SELECT {", ".join(f"j.{f.column} AS j_{f.column}" for f in JOB_FIELDS)},
+            {", ".join(f"c.{f.column} AS c_{f.column}" for f in RECURRENCE_FIELDS)}
+        FROM {_J} j LEFT JOIN {_REC} c ON c.job_id = j.id
+        WHERE j.id = %(job)s AND j.status IN (%(executing)s, %(canceling)s)
+            AND NOT EXISTS (SELECT 1 FROM {_T} WHERE job_id = %(job)s AND status = ANY(%(open)s))
+    ), settled AS (
+        UPDATE {_J} SET ended_at = %(at)s, status = CASE
+            WHEN status = %(canceling)s THEN %(canceled)s
+            WHEN EXISTS (SELECT 1 FROM {_T} WHERE job_id = %(job)s AND status = %(error)s
+                         AND NOT ignore_failure) THEN %(error)s
+            ELSE %(ended)s END
+        WHERE id = (SELECT j_id FROM old)
+        RETURNING status, current_run_id
+    ), run AS (
+        UPDATE {_JR} SET status = s.status, ended_at = %(at)s
+        FROM settled s WHERE id = s.current_run_id
+    ), unattempted AS (
+        INSERT INTO {_R} (job_run_id, task_id, attempt, status, hostname, ended_at,
+            error_message, traceback, celery_task_id)
+        SELECT s.current_run_id, t.id, 0, t.status, '', t.ended_at, t.skip_note, '', ''
+        FROM settled s JOIN {_T} t ON t.job_id = %(job)s
+        WHERE s.current_run_id IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM {_R} r WHERE r.job_run_id = s.current_run_id AND r.task_id = t.id)
+    ), change AS (
+        INSERT INTO {_SC} (job_id, job_run_id, old_status, new_status, by_id, reason, at)
+        SELECT %(job)s, s.current_run_id, o.j_status, s.status, NULL, '', %(at)s
+        FROM settled s, old o
+    )
+    SELECT s.status,
+        EXISTS (SELECT 1 FROM {_J} WHERE after_job_id = %(job)s),
+        EXISTS (SELECT 1 FROM {_Q} WHERE job_id = %(job)s AND done_at IS NULL),
+        o.*
+    FROM settled s, old o
+"""
+
+
+# PostgreSQL: a recurring job goes back to Waiting at its next start after a run (after the
+# settle, in its transaction): the job's move (if it still has the run's final status), its
+# tasks from scratch (transitions._reset_tasks) and the status change, in one statement.
+# No row: the job moved meanwhile; nothing was written.
+NEXT_RUN = f"""
+    WITH j AS (
+        UPDATE {_J} SET status = %(waiting)s, scheduled_start = %(start)s
+        WHERE id = %(job)s AND status = %(final)s
+        RETURNING id
+    ), t AS (
+        UPDATE {_T} SET skip_note = '', run_parameters = NULL, status = %(waiting)s, retries = 0,
+            attempt = 0, server_id = NULL, hostname = '', started_at = NULL, ended_at = NULL,
+            ready_at = NULL, dispatched_at = NULL, lease_expires_at = NULL, progress = NULL
+        WHERE job_id = (SELECT id FROM j)
+    ), c AS (
+        INSERT INTO {_SC} (job_id, job_run_id, old_status, new_status, by_id, reason, at)
+        SELECT id, %(run)s, %(final)s, %(waiting)s, NULL, %(reason)s, %(at)s FROM j
+    )
+    SELECT id FROM j
 """

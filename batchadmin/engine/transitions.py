@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -996,11 +996,16 @@ def _job_for_start(job_id: int) -> BatchJob | None:
             BatchJob.objects.select_related("recurrence", "active_period").filter(pk=job_id).first()
         )
     row = sql.fetchone(sql.JOB_FOR_START, [job_id])
-    if row is None:
-        return None
+    return _job_from_row(row) if row is not None else None
+
+
+def _job_from_row(values: Sequence[Any]) -> BatchJob:
+    """A job and its recurrence from a hand-written row: BatchJob's columns, then
+    BatchRecurrence's (NULLs when it has none), as lib/fastload.py reads them."""
     split = fastload.width(BatchJob)
-    job = fastload.instance(BatchJob, row[:split])
-    recurring = fastload.instance(BatchRecurrence, row[split:]) if row[split] is not None else None
+    job = fastload.instance(BatchJob, values[:split])
+    rec = values[split:]
+    recurring = fastload.instance(BatchRecurrence, rec) if rec[0] is not None else None
     # As select_related leaves them: job.recurrence answers without a query, None included.
     BatchJob.recurrence.related.set_cached_value(job, recurring)
     if recurring is not None:
@@ -1794,35 +1799,13 @@ def _apply_limits(
 def _settle_job_if_done(job_id: int, *, at: dt.datetime, none_open: bool = False) -> bool:
     """Give a running job its final status once none of its tasks is open (caller holds the
     job lock). ``none_open``: the caller has just seen that no task is open."""
-    if (
-        not none_open
-        and BatchTask.objects.filter(job_id=job_id, status__in=OPEN_TASK_STATUSES).exists()
-    ):
+    if sql.POSTGRESQL:
+        settled = _settle_pg(job_id, at=at)
+    else:
+        settled = _settle_orm(job_id, at=at, none_open=none_open)
+    if settled is None:
         return False
-    job = BatchJob.objects.select_related("recurrence").get(pk=job_id)
-    if job.status not in RUNNING_STATUSES:
-        return False
-    with connection.cursor() as cursor:
-        cursor.execute(
-            sql.SETTLE_JOB,
-            {
-                "at": connection.ops.adapt_datetimefield_value(at),
-                "job": job_id,
-                "canceling": S.CANCELING,
-                "canceled": S.CANCELED,
-                "error": S.ERROR,
-                "ended": S.ENDED,
-                "executing": S.EXECUTING,
-            },
-        )
-        row = cursor.fetchone()
-        if row is None:
-            return False
-        final = S(row[0])
-        if job.current_run_id:
-            BatchJobRun.objects.filter(pk=job.current_run_id).update(status=final, ended_at=at)
-            cursor.execute(sql.RECORD_UNATTEMPTED, {"run": job.current_run_id, "job": job_id})
-    _record(job_id, job.status, final, run_id=job.current_run_id, at=at)
+    job, final, followed = settled
     # Alerts (alerts/apps.py) take their snapshot (failing tasks, first error lines) here,
     # in this transaction, before the history may go.
     signals.job_settled.send(BatchJob, job=job, run_id=job.current_run_id, final=final, at=at)
@@ -1838,8 +1821,67 @@ def _settle_job_if_done(job_id: int, *, at: dt.datetime, none_open: bool = False
         _end_manual_run(job, final=final, at=at)
     elif final != S.CANCELED or overlap_canceled:
         _schedule_next_run(job, final=final, at=at)
-    _queue_followers(job, run_id=job.current_run_id, final=final, at=at)
+    if followed:
+        _queue_followers(job, run_id=job.current_run_id, final=final, at=at)
     return True
+
+
+def _settle_pg(job_id: int, *, at: dt.datetime) -> tuple[BatchJob, BatchStatus, bool] | None:
+    """The settle's writes in one statement (sql.SETTLE_JOB_PG): the job (as it was, with its
+    recurrence), its final status, and whether _queue_followers has anything to do."""
+    row = sql.fetchone(
+        sql.SETTLE_JOB_PG,
+        {
+            "at": connection.ops.adapt_datetimefield_value(at),
+            "job": job_id,
+            "open": list(OPEN_TASK_STATUSES),
+            "canceling": S.CANCELING,
+            "canceled": S.CANCELED,
+            "error": S.ERROR,
+            "ended": S.ENDED,
+            "executing": S.EXECUTING,
+        },
+    )
+    if row is None:
+        return None
+    final, has_followers, has_pending = row[:3]
+    return _job_from_row(row[3:]), S(final), has_followers or has_pending
+
+
+def _settle_orm(
+    job_id: int, *, at: dt.datetime, none_open: bool
+) -> tuple[BatchJob, BatchStatus, bool] | None:
+    """SQLite: what sql.SETTLE_JOB_PG does, in several statements."""
+    if (
+        not none_open
+        and BatchTask.objects.filter(job_id=job_id, status__in=OPEN_TASK_STATUSES).exists()
+    ):
+        return None
+    job = BatchJob.objects.select_related("recurrence").get(pk=job_id)
+    if job.status not in RUNNING_STATUSES:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.SETTLE_JOB,
+            {
+                "at": connection.ops.adapt_datetimefield_value(at),
+                "job": job_id,
+                "canceling": S.CANCELING,
+                "canceled": S.CANCELED,
+                "error": S.ERROR,
+                "ended": S.ENDED,
+                "executing": S.EXECUTING,
+            },
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        final = S(row[0])
+        if job.current_run_id:
+            BatchJobRun.objects.filter(pk=job.current_run_id).update(status=final, ended_at=at)
+            cursor.execute(sql.RECORD_UNATTEMPTED, {"run": job.current_run_id, "job": job_id})
+    _record(job_id, job.status, final, run_id=job.current_run_id, at=at)
+    return job, final, True
 
 
 # --- Queued runs: jobs that follow jobs, backfills ------------------------------------------
@@ -2053,6 +2095,25 @@ def _schedule_next_run(job: BatchJob, *, final: BatchStatus, at: dt.datetime) ->
         following = at
     elif following is None:
         return False  # the range is over: the job keeps its final status
+    if sql.POSTGRESQL:
+        # Once per run of every recurring job: the three writes below in one statement.
+        adapt = connection.ops.adapt_datetimefield_value
+        moved = sql.fetchone(
+            sql.NEXT_RUN,
+            {
+                "job": job.pk,
+                "final": final,
+                "waiting": S.WAITING,
+                "start": adapt(following),
+                "run": job.current_run_id,
+                "reason": reason,
+                "at": adapt(at),
+            },
+        )
+        if moved is None:
+            return False
+        _record_missed(job, missed, MissedOccurrence.Reason.RUNNING)
+        return True
     n = BatchJob.objects.filter(pk=job.pk, status=final).update(
         status=S.WAITING, scheduled_start=following
     )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import smtplib
+import unittest
 from typing import Any
 from unittest import mock
 
@@ -11,6 +12,7 @@ from django.contrib.auth.models import Group, User
 from django.core import mail
 from django.core.mail import EmailMultiAlternatives
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
+from django.db import connection
 from django.test import override_settings
 
 from batchadmin.accounts.models import MANAGER, UserPreference
@@ -477,12 +479,48 @@ class RetryTestCase(AlertTestCase):
 class OutboxTestCase(AlertTestCase):
     def test_it_queues_the_delivery_after_the_job_ends(self):
         job = self.make_job()
+        self.subscribe(self.bob, job, error=True, popup=True)
         self.make_task(job, "T1", process="demo.fail")
         start(job)
         with self.captureOnCommitCallbacks(execute=True):
             drain(job)
         event = AlertEvent.objects.get(job=job)
+        assert event.processed_at is None
         self.send_alert.assert_called_once_with(event.pk)
+
+    @unittest.skipUnless(connection.vendor == "postgresql", "SQLite queues every delivery")
+    def test_it_queues_no_delivery_when_nobody_can_hear_of_it(self):
+        # Kept as delivery would leave it (processed, nobody notified), with its snapshot.
+        job = self.make_job()
+        self.subscribe(self.bob, job, ended=True, popup=True)  # not this kind
+        AlertRule.objects.create(user=self.bob, error=False, stuck=True)  # nor this
+        self.make_task(job, "T1", process="demo.fail")
+        start(job)
+        with self.captureOnCommitCallbacks(execute=True):
+            drain(job)
+        event = AlertEvent.objects.get(job=job)
+        assert event.processed_at is not None
+        assert event.details["failed_count"] == 1
+        assert event.details["priorities"] == [BatchGroup.objects.default().default_priority]
+        self.send_alert.assert_not_called()
+        assert delivery.deliver(event.pk) == delivery.Result()
+        assert not Notification.objects.filter(event=event).exists()
+
+    def test_it_queues_the_delivery_for_an_alert_rule_or_a_critical_error(self):
+        for critical, rule in ((True, False), (False, True)):
+            with self.subTest(critical=critical, rule=rule):
+                AlertRule.objects.all().delete()
+                if rule:
+                    AlertRule.objects.create(user=self.bob, error=True)
+                job = self.make_job(critical=critical)
+                self.make_task(job, "T1", process="demo.fail")
+                start(job)
+                self.send_alert.reset_mock()
+                with self.captureOnCommitCallbacks(execute=True):
+                    drain(job)
+                event = AlertEvent.objects.get(job=job)
+                assert event.processed_at is None
+                self.send_alert.assert_called_once_with(event.pk)
 
     def test_it_sends_the_delivery_task_to_the_alerts_queue(self):
         # outbox.send is a mock in every test (tests/base.py); this is the real one.
