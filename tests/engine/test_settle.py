@@ -39,14 +39,15 @@ class SettleStatementsTestCase(BaseTestCase):
             )
         return [q["sql"] for q in queries if "SAVEPOINT" not in q["sql"]]
 
-    def test_a_job_that_ends_well_settles_in_three_statements(self):
+    def test_a_job_that_ends_well_settles_in_three_statements_after_its_finish(self):
         job = self.make_job()
         self.make_task(job, "T1")
         start(job)
         statements = self.finish_last_task(job)
-        # The job lock and the task's finish, then the settle (the job, its run, the status
-        # change and the unattempted tasks' history), its alert event, the django.tasks lookup.
-        assert len(statements) == 5, "\n".join(statements)
+        # The task's finish, "any task open?" after it, the job lock, then the settle (the job,
+        # its run, the status change and the unattempted tasks' history), its alert event, the
+        # django.tasks lookup.
+        assert len(statements) == 6, "\n".join(statements)
         job.refresh_from_db()
         assert job.status == S.ENDED
         run = BatchJobRun.objects.get(job=job)
@@ -70,7 +71,7 @@ class SettleStatementsTestCase(BaseTestCase):
         start(job)
         statements = self.finish_last_task(job)
         # Those above, and the move back to Waiting (the job, its tasks, the status change).
-        assert len(statements) == 6, "\n".join(statements)
+        assert len(statements) == 7, "\n".join(statements)
         job.refresh_from_db()
         assert job.status == S.WAITING
         assert job.scheduled_start == start_at + dt.timedelta(days=1)
