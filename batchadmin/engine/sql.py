@@ -60,17 +60,10 @@ def fetchall(query: str, params: Any) -> list[Any]:
     return _run(query, params, one=False)
 
 
-def execute(query: str, params: Any) -> None:
-    """A hot-path statement that returns nothing, prepared like ``fetchone``'s."""
-    _run(query, params, one=None)
-
-
-def _run(query: str, params: Any, *, one: bool | None) -> list[Any]:
+def _run(query: str, params: Any, *, one: bool) -> list[Any]:
     if not POSTGRESQL:
         with connection.cursor() as cursor:
             cursor.execute(query, params)
-            if one is None:
-                return []
             return [cursor.fetchone()] if one else list(cursor.fetchall())
     connection.ensure_connection()
     if connection.queries_logged:  # DEBUG, or a test counting queries: count this one too
@@ -80,8 +73,6 @@ def _run(query: str, params: Any, *, one: bool | None) -> list[Any]:
         assert raw is not None
         with psycopg.Cursor(raw) as cursor:
             cursor.execute(query, params, prepare=True)
-            if one is None:
-                return []
             if one:
                 row = cursor.fetchone()
                 return [row] if row is not None else []
@@ -282,12 +273,17 @@ WAITING_DEPENDENTS = f"""
     ORDER BY c.task_id
 """
 # Waiting -> Ready, sent now (dispatched_at set) or held (NULL: the group's limit decides).
+# Returns the tasks it moved: of two releases deciding a dependent at once, only the one that
+# moved it sends its message (transitions._decide_what_follows releases without the lock).
 MAKE_READY = f"""
     UPDATE {_T} SET status = %s, ready_at = %s, dispatched_at = %s
     WHERE id = ANY(%s) AND status = %s
+    RETURNING id
 """
-# Waiting -> Didn't run: a condition can no longer be met.
-MAKE_NOT_RUN = f"UPDATE {_T} SET status = %s, ended_at = %s WHERE id = ANY(%s) AND status = %s"
+# Waiting -> Didn't run: a condition can no longer be met. Returns the tasks it moved.
+MAKE_NOT_RUN = f"""
+    UPDATE {_T} SET status = %s, ended_at = %s WHERE id = ANY(%s) AND status = %s RETURNING id
+"""
 
 # --- settling a job -------------------------------------------------------------------------
 

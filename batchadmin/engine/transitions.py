@@ -1633,15 +1633,23 @@ def finish_task(
 def _decide_what_follows(
     job_id: int, task_id: int, has_dependents: bool, *, at: dt.datetime
 ) -> None:
-    """After a task ended by sql.FINISH_ENDED (committed, without the lock): under the job's
-    lock, release its waiting dependents, or settle its job when no task is open. Both read
-    again under the lock: of two finishes deciding at once, the second waits for the first's
-    lock and sees what it did (a dependent already Ready, the job already settled)."""
+    """After a task ended by sql.FINISH_ENDED (committed, without the lock): release its
+    waiting dependents, or settle its job when no task is open.
+
+    The release takes no lock either. It reads the dependents' conditions after this finish
+    committed, so of two parents ending at once the one reading second sees both ends; its
+    moves are conditional and return what they moved, so a dependent both decide is sent
+    once (``_make_ready``). The settle takes the job's lock, after a new look for open tasks.
+    """
+    if has_dependents:
+        with transaction.atomic():  # its messages go when the release commits
+            if _release_dependents([task_id], at=at):
+                return  # a dependent made Ready keeps the job open
+        if sql.fetchone(sql.JOB_OPEN, [job_id, list(OPEN_TASK_STATUSES)])[0]:
+            return
     with transaction.atomic():
         sql.fetchone(sql.LOCK_JOB + sql.for_update(), [task_id])
-        # A dependent made Ready keeps the job open: no need to look.
-        if not (has_dependents and _release_dependents([task_id], at=at)):
-            _settle_job_if_done(job_id, at=at)
+        _settle_job_if_done(job_id, at=at)
 
 
 def _what_follows(
@@ -1708,14 +1716,14 @@ def _release_dependents(parent_ids: list[int], *, at: dt.datetime) -> int:
                 ready.append((tid, group_code, step))
             elif decision == S.NOT_RUN:
                 not_run.append(tid)
-        _make_ready(ready, at=at)
-        made_ready += len(ready)
+        made_ready += _make_ready(ready, at=at)
         if not_run:
             if sql.POSTGRESQL:
-                sql.execute(
+                rows = sql.fetchall(
                     sql.MAKE_NOT_RUN,
                     [S.NOT_RUN, connection.ops.adapt_datetimefield_value(at), not_run, S.WAITING],
                 )
+                not_run = [pk for (pk,) in rows]  # another release may have decided some
             else:
                 BatchTask.objects.filter(pk__in=not_run, status=S.WAITING).update(
                     status=S.NOT_RUN, ended_at=at
@@ -1746,36 +1754,45 @@ def _waiting_dependents(parent_ids: list[int]) -> Iterable[tuple[Any, ...]]:
     )
 
 
-def _set_ready(ids: list[int], *, at: dt.datetime, sent: bool) -> None:
-    """Waiting -> Ready; ``sent``: a message goes now (else held: no dispatch time)."""
+def _set_ready(ids: list[int], *, at: dt.datetime, sent: bool) -> set[int]:
+    """Waiting -> Ready; ``sent``: a message goes now (else held: no dispatch time). Returns
+    the tasks moved (on SQLite, whose single writer leaves no race: all of them)."""
     if not ids:
-        return
+        return set()
     if sql.POSTGRESQL:
         stamp = connection.ops.adapt_datetimefield_value(at)
-        sql.execute(sql.MAKE_READY, [S.READY, stamp, stamp if sent else None, ids, S.WAITING])
-    else:
-        BatchTask.objects.filter(pk__in=ids, status=S.WAITING).update(
-            status=S.READY, ready_at=at, dispatched_at=at if sent else None
+        rows = sql.fetchall(
+            sql.MAKE_READY, [S.READY, stamp, stamp if sent else None, ids, S.WAITING]
         )
+        return {pk for (pk,) in rows}
+    BatchTask.objects.filter(pk__in=ids, status=S.WAITING).update(
+        status=S.READY, ready_at=at, dispatched_at=at if sent else None
+    )
+    return set(ids)
 
 
-def _make_ready(tasks: list[tuple[int, str, int]], *, at: dt.datetime) -> None:
+def _make_ready(tasks: list[tuple[int, str, int]], *, at: dt.datetime) -> int:
     """Waiting -> Ready and send each a "start this now" message once the transaction commits.
+    Returns how many it moved (a task another release moved first is not sent twice).
 
     ``tasks``: (task id, group code, priority step of its message, see priority.py).
     """
     if not tasks:
-        return
+        return 0
     ids = [tid for tid, _, _ in tasks]
     group_limits = limits.cached_limits()  # per-process cache: no query for unlimited groups
     caps = limits.cached_caps()
+    held_moved: set[int] = set()
     if any(code in group_limits or code in caps for _, code, _ in tasks):
         tasks, held = _apply_limits(tasks, group_limits, caps)
         # Max concurrency of the group: these stay Ready without a message (held).
-        _set_ready(held, at=at, sent=False)
+        held_moved = _set_ready(held, at=at, sent=False)
         ids = [tid for tid, _, _ in tasks]
-    _set_ready(ids, at=at, sent=True)
-    dispatch.send_on_commit([(tid, QUEUE_PREFIX + code, step) for tid, code, step in tasks])
+    moved = _set_ready(ids, at=at, sent=True)
+    dispatch.send_on_commit(
+        [(tid, QUEUE_PREFIX + code, step) for tid, code, step in tasks if tid in moved]
+    )
+    return len(moved) + len(held_moved)
 
 
 def _apply_limits(

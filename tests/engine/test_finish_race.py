@@ -1,9 +1,10 @@
 """The last tasks of a job finishing at the same moment, each on its own connection.
 
-A successful finish commits without the job's lock (sql.FINISH_ENDED) and then asks, in a
-new snapshot, whether its job has an open task left (sql.JOB_OPEN). These tests hold every
-finisher between the two, so that each check runs after every finish committed: the job must
-then settle exactly once, and a dependent of two parents be released exactly once.
+A successful finish commits without the job's lock (sql.FINISH_ENDED) and then, in a new
+snapshot, releases its dependents (sql.WAITING_DEPENDENTS, still without the lock) or asks
+whether its job has an open task left (sql.JOB_OPEN). These tests hold every finisher between
+the two, so that each looks after every finish committed: the job must then settle exactly
+once, and a dependent of two parents be released, and sent, exactly once.
 """
 
 from __future__ import annotations
@@ -61,13 +62,21 @@ class LastFinishesAtOnceTestCase(TransactionTestCase):
             assert claim is not None
             attempts[task.pk] = claim.attempt
         barrier = threading.Barrier(len(tasks), timeout=20)
-        fetchone = sql.fetchone
+        fetchone, fetchall = sql.fetchone, sql.fetchall
         errors: list[BaseException] = []
+        reached: list[int] = []
 
-        def held(query: str, params: Any) -> Any:
+        def held_one(query: str, params: Any) -> Any:
             if query == hold_before:
+                reached.append(1)
                 barrier.wait()
             return fetchone(query, params)
+
+        def held_all(query: str, params: Any) -> Any:
+            if query == hold_before:
+                reached.append(1)
+                barrier.wait()
+            return fetchall(query, params)
 
         def finish(task_id: int) -> None:
             try:
@@ -80,13 +89,17 @@ class LastFinishesAtOnceTestCase(TransactionTestCase):
             finally:
                 connection.close()
 
-        with mock.patch.object(sql, "fetchone", held):
+        with (
+            mock.patch.object(sql, "fetchone", held_one),
+            mock.patch.object(sql, "fetchall", held_all),
+        ):
             threads = [threading.Thread(target=finish, args=(t.pk,)) for t in tasks]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
         assert not errors, errors
+        assert len(reached) == len(tasks)  # every finisher was held there
 
     def test_the_job_settles_once_when_its_last_two_tasks_end_together(self):
         job, tasks = self.job(["A", "B", "C"])
@@ -105,9 +118,10 @@ class LastFinishesAtOnceTestCase(TransactionTestCase):
             BatchTaskCondition.objects.create(task=child, depends_on=parent)
         assert transitions.start_job(job_id=job.pk)
         self.send.reset_mock()
-        # Both parents know they have a waiting dependent: both go on to decide, under the
-        # job's lock; the second finds it Ready already.
-        self.finish_together([a, b], hold_before=sql.LOCK_JOB + sql.for_update())
+        # Both parents know they have a waiting dependent, and both read its conditions after
+        # both ends committed (no lock): both decide it is Ready, and the one whose move comes
+        # second moves nothing and sends nothing.
+        self.finish_together([a, b], hold_before=sql.WAITING_DEPENDENTS)
         child.refresh_from_db()
         assert child.status == S.READY
         sent = [t[0] for call in self.send.call_args_list for t in call.args[0]]
