@@ -169,8 +169,8 @@ HOLD = f"UPDATE {_T} SET dispatched_at = NULL WHERE id = %s AND status = %s"
 # (those free a slot: the general path). Its task and its history row become Ended, and it
 # answers its job and whether the task has waiting dependents. No row: not that case (a
 # retry, an error, a cancel, a limited group or a stale attempt), and nothing was written.
-# Deciding what follows needs the lock (finish_task): the dependents always, the job's end
-# when JOB_OPEN, asked after this commit, finds no open task left.
+# What follows is decided after this commit (transitions._decide_what_follows): the
+# dependents' release, or the job's end, under its lock, when JOB_OPEN finds no open task.
 FINISH_ENDED = f"""
     WITH t AS (
         UPDATE {_T} SET status = %(ended)s, ended_at = %(at)s, lease_expires_at = NULL
@@ -190,7 +190,9 @@ FINISH_ENDED = f"""
 # Has the job an open task? Asked in a snapshot taken after the finish committed: of two last
 # tasks finishing at once, the one that commits second sees the other's end, so one of them
 # always goes on to settle the job (the settle itself is conditional: never twice).
-JOB_OPEN = f"SELECT EXISTS (SELECT 1 FROM {_T} WHERE job_id = %s AND status = ANY(%s))"
+# PostgreSQL's (the finish's lock-free path), through a function that keeps the planner to
+# the (job, status) index (migration jobs.0026 says why).
+JOB_OPEN = "SELECT batchadmin_job_open(%s, %s)"
 
 TASK_STATE = f"""
     SELECT t.attempt, t.status, t.retries, t.max_retries, t.group_id, g.max_concurrency,
