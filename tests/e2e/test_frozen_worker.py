@@ -4,7 +4,9 @@ Real processes on the fault tests' private PostgreSQL and Redis (test_faults.py)
 frozen with SIGSTOP inside its finish transaction, holding its job's row lock: a trigger the
 test installs makes the finish's UPDATE of that one attempt sleep, long enough to stop the
 worker there, so no hook in the engine is needed. When the sleep ends the session is idle in a
-transaction that holds the lock, exactly as in the chaos run that found the stall.
+transaction that holds the lock, exactly as in the chaos run that found the stall. The attempt
+fails: a failure's finish is the one that runs under the lock (a successful one commits
+without it, then takes the lock only to settle its job).
 """
 
 from __future__ import annotations
@@ -74,9 +76,12 @@ def test_a_frozen_worker_does_not_stall_the_tick(faults: FaultCluster) -> None: 
     c.start_beat()
     frozen = c.start_worker(frozen_server)
     c.start_worker(other)
+    # A failing attempt: its finish is a transaction under the job's lock (a successful one
+    # commits without the lock, transitions.finish_task).
     [stuck] = c.import_jobs(
         {"description": "frozen in its finish", "status": "withhold",
-         "tasks": [mark_task("F", 0.2, group=frozen_group, poll_cancel=False)]}
+         "tasks": [{"key": "F", "description": "F", "process": "demo.fail",
+                    "parameters": {"message": "frozen"}, "group": frozen_group}]}
     )  # fmt: skip
     # Imported for later now (an import takes seconds on a busy machine); made due below.
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
