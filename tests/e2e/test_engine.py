@@ -205,7 +205,7 @@ def _executing_servers(cluster: Cluster, *job_ids: int) -> dict[int, str] | None
 
 
 def test_a_big_job_runs_its_tasks_in_shared_messages_each_once(cluster):
-    """96 tasks released at once go three to a message (engine/batches.py); every task still
+    """64 tasks released at once go two to a message (engine/batches.py); every task still
     runs exactly once, on both servers."""
     a, b = unique("batch-a-"), unique("batch-b-")
     cluster.start_worker(a)
@@ -214,7 +214,7 @@ def test_a_big_job_runs_its_tasks_in_shared_messages_each_once(cluster):
         {"description": "many at once", "tasks": [
             {"key": f"T{i}", "description": f"{i}", "process": "demo.sleep",
              "parameters": {"seconds": 0.05}}
-            for i in range(96)
+            for i in range(64)
         ]}
     )  # fmt: skip
     assert cluster.wait(job_id) == "ended"
@@ -224,6 +224,6 @@ def test_a_big_job_runs_its_tasks_in_shared_messages_each_once(cluster):
         " LEFT JOIN servers_batchserver s ON s.id = r.server_id WHERE t.job_id = %s",
         job_id,
     )
-    assert len(rows) == 96 and len({task for task, *_ in rows}) == 96
+    assert len(rows) == 64 and len({task for task, *_ in rows}) == 64
     assert {(attempt, status) for _, attempt, status, _ in rows} == {(1, "ended")}
     assert {server for *_, server in rows} == {a, b}
