@@ -321,12 +321,10 @@ RECORD_UNATTEMPTED = f"""
 # they were before (lib/fastload.py makes them the models the signal's receivers get). No row:
 # a task is open, or the job does not run (someone settled it already); nothing was written.
 _Q = QueuedRun._meta.db_table
-JOB_FIELDS = list(BatchJob._meta.concrete_fields)
-RECURRENCE_FIELDS = list(BatchRecurrence._meta.concrete_fields)
 SETTLE_JOB_PG = f"""
     WITH old AS (
-        SELECT {", ".join(f"j.{f.column} AS j_{f.column}" for f in JOB_FIELDS)},
-            {", ".join(f"c.{f.column} AS c_{f.column}" for f in RECURRENCE_FIELDS)}
+        SELECT {fastload.columns(BatchJob, "j", prefix="j_")},
+            {fastload.columns(BatchRecurrence, "c", prefix="c_")}
         FROM {_J} j LEFT JOIN {_REC} c ON c.job_id = j.id
         WHERE j.id = %(job)s AND j.status IN (%(executing)s, %(canceling)s)
             AND NOT EXISTS (SELECT 1 FROM {_T} WHERE job_id = %(job)s AND status = ANY(%(open)s))

@@ -38,10 +38,14 @@ def _fields(
     return names, tuple(converters)
 
 
-def columns(model: type[models.Model], alias: str) -> str:
+def columns(model: type[models.Model], alias: str, *, prefix: str = "") -> str:
     """The select list of every concrete column of ``model``, read from table alias ``alias``,
-    in the order ``instance`` expects."""
-    return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
+    in the order ``instance`` expects; ``prefix``: each named ``<prefix><column>`` (a CTE that
+    selects two tables' columns side by side)."""
+    return ", ".join(
+        f'{alias}."{f.column}"' + (f' AS "{prefix}{f.column}"' if prefix else "")
+        for f in model._meta.concrete_fields
+    )
 
 
 def width(model: type[models.Model]) -> int:
