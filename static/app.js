@@ -116,10 +116,12 @@
   // before it or Add task.
   let fromEditor = null;
   let saved = false;
+  // Only an editor's own answer sets them: a poll or redraw swapped between the save's swap
+  // and its settle (HX-Trigger job-changed asks for some at once) must not clear them.
   document.addEventListener("htmx:beforeSwap", (event) => {
     const target = event.detail.target;
-    fromEditor = target && target.matches && target.matches("tr.editing") && target.contains(document.activeElement)
-      ? target.id : null;
+    if (!(target && target.matches && target.matches("tr.editing") && target.contains(document.activeElement))) return;
+    fromEditor = target.id;
     saved = /class="task-line"/.test(event.detail.serverResponse || "");
   });
   document.addEventListener("htmx:afterSettle", (event) => {

@@ -44,6 +44,22 @@ if not re.fullmatch(r"[a-z0-9_]{1,20}", RUN_ID):
         f"BATCHADMIN_RUN_ID={RUN_ID!r}: use 1 to 20 lowercase letters, digits or underscores."
     )
 
+# The Redis variables this run filled from a private server of its own (not named by the user).
+PRIVATE_REDIS_VARS = "BATCHADMIN_RUN_PRIVATE_REDIS"
+
+# pytest-xdist (bin/test runs the suite in two processes): each worker is a run of its own
+# inside the run, with an id of its own (``<run id>_gw1``), so its own databases, its own
+# private redis-server and its own clusters. The worker inherits the environment the main
+# process set up; it drops that process's private Redis URLs and makes its own. Marked once
+# (BATCHADMIN_RUN_WORKER), so what the worker starts, a nested pytest too, keeps its id.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if WORKER and os.environ.get("BATCHADMIN_RUN_WORKER") != WORKER:
+    RUN_ID = f"{RUN_ID}_{WORKER}"[:20]
+    os.environ["BATCHADMIN_RUN_ID"] = RUN_ID
+    os.environ["BATCHADMIN_RUN_WORKER"] = WORKER
+    for _var in os.environ.pop(PRIVATE_REDIS_VARS, "").split():
+        os.environ.pop(_var, None)
+
 # The key a run writes into each Redis database it took, with its run id as the value.
 OWNER_KEY = "batchadmin:test-run"
 
@@ -213,10 +229,20 @@ def _setup() -> dict[str, str]:
     # The clock cluster's database defaulted to db 14 of E2E_REDIS_URL's server: keep that.
     if "E2E_REDIS_URL" in given and "E2E_CLOCK_REDIS_URL" not in given:
         given["E2E_CLOCK_REDIS_URL"] = given["E2E_REDIS_URL"].rsplit("/", 1)[0] + "/14"
+    inherited = set(os.environ.get(PRIVATE_REDIS_VARS, "").split())  # a parent run's own
+    named = [var for var in given if var not in inherited]
+    if named and WORKER:
+        raise IsolationError(
+            f"{', '.join(named)} name Redis databases, and this run has several test processes "
+            "(pytest-xdist): each needs databases of its own. Unset them, and each process "
+            "starts a private redis-server, or run in one process (bin/test -n 0)."
+        )
     urls = dict(given)
     if len(urls) < len(REDIS_DBS):
         server = SessionRedis()
-        urls |= {var: server.url(db) for var, db in REDIS_DBS.items() if var not in urls}
+        private = {var: server.url(db) for var, db in REDIS_DBS.items() if var not in urls}
+        urls |= private
+        os.environ[PRIVATE_REDIS_VARS] = " ".join(private)
     names = list(urls)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
