@@ -18,11 +18,14 @@ Messages the job start and the releases send go to a Redis database checked empt
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +88,19 @@ def measure(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def profiled(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--profile N``: cProfile the block and print its N costliest functions (by own
+    time, CPU clock); the figures of a profiled round count the profiler too."""
+    if not args.profile:
+        yield
+        return
+    profile = cProfile.Profile(time.process_time)
+    with profile:
+        yield
+    pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
+
+
 def wal_lsn() -> str:
     return str(scalar("SELECT pg_current_wal_lsn()"))
 
@@ -128,8 +144,9 @@ def one_round(args: argparse.Namespace) -> tuple[float, float, float, float]:
     lsn = wal_lsn()
     own0, pg0, wall0 = time.process_time(), backend_cpu(pid), time.perf_counter()
     ran = 0
-    for task_id in ids:
-        ran += runner.run_task(task_id=task_id, server_id=None, hostname="hot-path")
+    with profiled(args):
+        for task_id in ids:
+            ran += runner.run_task(task_id=task_id, server_id=None, hostname="hot-path")
     own1, pg1, wall1 = time.process_time(), backend_cpu(pid), time.perf_counter()
     wal = wal_since(lsn)
     status = scalar("SELECT status FROM jobs_batchjob WHERE id = %s", [job_id])
@@ -163,8 +180,9 @@ def small_jobs(args: argparse.Namespace) -> tuple[float, float, float, float]:
         [job_ids],
     )
     lsn = wal_lsn()
-    for (task_id,) in ids:
-        runner.run_task(task_id=task_id, server_id=None, hostname="hot-path")
+    with profiled(args):
+        for (task_id,) in ids:
+            runner.run_task(task_id=task_id, server_id=None, hostname="hot-path")
     own2, pg2, wall2 = time.process_time(), backend_cpu(pid), time.perf_counter()
     wal = wal_since(lsn)
     ended = scalar(
@@ -208,6 +226,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="A statement to run before measuring (e.g. DROP INDEX ..., to try an index's cost).",
     )
     p.add_argument("--keep-db", action="store_true", help="Do not drop the database.")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="cProfile the tasks' runs and print the N costliest functions.",
+    )
     return p.parse_args(argv)
 
 

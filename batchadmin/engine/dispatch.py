@@ -8,7 +8,9 @@ claim is a conditional UPDATE that only one delivery wins).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from django.db import transaction
 
@@ -26,11 +28,40 @@ RUN_TASK = "batchadmin.run_batch_task"
 RUN_TASKS = "batchadmin.run_batch_tasks"
 
 
+# The buffers of open gathered() blocks, innermost last (one thread each: the tick's).
+_gathering = threading.local()
+
+
 def send_on_commit(tasks: Sequence[Message]) -> None:
     """Send messages (see ``Message``) once the current transaction has committed."""
-    if tasks:
-        batch = list(tasks)
+    if not tasks:
+        return
+    batch = list(tasks)
+    stack: list[list[Message]] | None = getattr(_gathering, "stack", None)
+    if stack:
+        # Added to the block's buffer at commit, so a rolled-back savepoint adds nothing.
+        buffer = stack[-1]
+        transaction.on_commit(lambda: buffer.extend(batch))
+    else:
         transaction.on_commit(lambda: send(batch))
+
+
+@contextmanager
+def gathered() -> Iterator[None]:
+    """Inside one transaction: what is sent on commit in the block goes out in one send, after
+    the commit, so tasks of one queue share messages across jobs (the tick's batched starts).
+
+    The send is registered after every send_on_commit of the block, so it runs after them.
+    An exception leaves the block: nothing is sent (the transaction rolls back too).
+    """
+    buffer: list[Message] = []
+    stack = _gathering.__dict__.setdefault("stack", [])
+    stack.append(buffer)
+    try:
+        yield
+    finally:
+        stack.pop()
+    transaction.on_commit(lambda: buffer and send(buffer))
 
 
 def send(tasks: Sequence[Message], *, together: bool = True) -> int:

@@ -48,6 +48,18 @@ def enabled() -> bool:
     return trace is not None
 
 
+def recording() -> bool:
+    """Whether spans go anywhere: a tracer provider was set (``setup()``, opentelemetry-instrument
+    or a test's ``PROVIDER``), not only the API installed, whose default provider drops them."""
+    if trace is None:
+        return False
+    if PROVIDER is not None:
+        return True
+    return not isinstance(
+        trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    )
+
+
 @contextmanager
 def span(name: str, **attributes: Any) -> Iterator[Any]:
     """A span named ``name`` around the block (the current span's child), or nothing.

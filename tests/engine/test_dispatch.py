@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
+from django.db import transaction
 from django.test import SimpleTestCase, TestCase, override_settings
 from kombu.exceptions import OperationalError
 
@@ -57,6 +59,33 @@ class SendOnCommitTestCase(TestCase):
             send.assert_not_called()
         assert len(callbacks) == 1
         send.assert_called_once_with([(7, "batch.default")])
+
+    def test_a_gathered_block_sends_once_after_the_commit_without_what_rolled_back(self):
+        with (
+            mock.patch.object(dispatch, "send") as send,
+            self.captureOnCommitCallbacks(execute=True),
+        ):
+            with dispatch.gathered():
+                dispatch.send_on_commit([(1, "batch.default")])
+                with contextlib.suppress(RuntimeError), transaction.atomic():
+                    dispatch.send_on_commit([(2, "batch.default")])
+                    raise RuntimeError("this part rolls back")
+                dispatch.send_on_commit([(3, "batch.nightly", 2)])
+            send.assert_not_called()
+        send.assert_called_once_with([(1, "batch.default"), (3, "batch.nightly", 2)])
+
+    def test_a_gathered_block_left_by_an_exception_sends_nothing(self):
+        with (
+            mock.patch.object(dispatch, "send") as send,
+            self.captureOnCommitCallbacks(execute=True),
+            contextlib.suppress(RuntimeError),
+            dispatch.gathered(),
+        ):
+            dispatch.send_on_commit([(1, "batch.default")])
+            raise RuntimeError("the batch fails")
+        # Its callback stays registered here (no savepoint to roll back; in the tick the whole
+        # transaction does): it only adds to the block's buffer, which nothing sends.
+        send.assert_not_called()
 
 
 class CeleryTasksTestCase(SimpleTestCase):

@@ -111,6 +111,46 @@ class HandleDueJobsTestCase(BaseTestCase):
         fine.refresh_from_db()
         assert fine.status == S.ENDED  # no tasks: started and ended at once
 
+    def test_it_starts_due_jobs_together_and_sends_their_first_tasks_in_one_send(self):
+        jobs = [self.make_job(scheduled_start=NINE) for _ in range(3)]
+        firsts = [self.make_task(job, "T1") for job in jobs]
+        with self.captureOnCommitCallbacks(execute=True):
+            assert tick.handle_due_jobs(NINE) == 3
+        # One send after the batch's commit: dispatch.send packs them into shared messages.
+        self.send.assert_called_once_with([(t.pk, "batch.default", NORMAL_STEP) for t in firsts])
+        assert [statuses(job) for job in jobs] == [{"T1": S.READY}] * 3
+
+    @mock.patch.object(tick, "START_BATCH", 2)
+    def test_a_job_that_fails_in_a_batch_rolls_only_its_own_start_back(self):
+        broken = self.make_job(scheduled_start=NINE - dt.timedelta(minutes=1))
+        fine = self.make_job(scheduled_start=NINE)
+        later = self.make_job(scheduled_start=NINE)
+        for job in (broken, fine, later):
+            self.make_task(job, "T1")
+        real = transitions.start_job
+        calls: list[int] = []
+
+        def start_job(*, job_id, at=None):
+            calls.append(job_id)
+            if job_id == broken.pk:
+                raise RuntimeError("database hiccup")
+            return real(job_id=job_id, at=at)
+
+        with (
+            mock.patch.object(transitions, "start_job", side_effect=start_job),
+            self.captureOnCommitCallbacks(execute=True),
+            self.assertLogs("batchadmin.engine.tick", "ERROR"),
+        ):
+            assert tick.handle_due_jobs(NINE) == 2
+        # The first batch (broken, fine) rolled back and ran again one job at a time.
+        assert calls == [broken.pk, broken.pk, fine.pk, later.pk]
+        assert statuses(broken) == {"T1": S.WAITING}
+        assert statuses(fine) == statuses(later) == {"T1": S.READY}
+        sent = [c.args[0] for c in self.send.call_args_list]
+        assert sorted(m[0] for batch in sent for m in batch) == sorted(
+            BatchTask.objects.filter(job__in=[fine, later]).values_list("pk", flat=True)
+        )
+
     def test_it_costs_one_query_when_nothing_is_due(self):
         with self.assertNumQueries(1):
             assert tick.handle_due_jobs(NINE) == 0

@@ -100,5 +100,10 @@ class TracingTestCase(BaseTestCase):
             with tracing.span("batchadmin.job.start", job_id=1) as current:
                 assert current is None
             assert tracing.setup("worker") is False
-        # Installed but not configured (no BATCH_OTEL, no provider of its own): off.
+            assert tracing.recording() is False
+        # Installed but not configured (no BATCH_OTEL, no provider of its own): off, and the
+        # tick starts due jobs in batches (their messages carry no trace to keep apart).
         assert tracing.setup("worker") is False
+        with mock.patch.object(tracing, "PROVIDER", None):
+            assert tracing.recording() is False
+        assert tracing.recording() is True  # this test case's provider
