@@ -435,6 +435,13 @@ BATCH_CANCEL_GRACE_SECONDS = env_float("BATCH_CANCEL_GRACE_SECONDS", 30)
 BATCH_DISPATCH_MAX_TASKS = env_int("BATCH_DISPATCH_MAX_TASKS", 16)
 if BATCH_DISPATCH_MAX_TASKS < 1:
     raise ImproperlyConfigured("BATCH_DISPATCH_MAX_TASKS must be 1 or more.")
+# A worker process that releases a task of the queue it is serving, while nobody waits in that
+# queue, runs it next itself instead of sending it (a chain's hop without the broker), for up
+# to this many seconds after the message it took; then its releases go through the queue
+# again, so a warm shutdown waits at most this long more. 0: every release is sent.
+BATCH_FOLLOW_ON_SECONDS = env_float("BATCH_FOLLOW_ON_SECONDS", 2)
+if not 0 <= BATCH_FOLLOW_ON_SECONDS <= 3600:
+    raise ImproperlyConfigured("BATCH_FOLLOW_ON_SECONDS must be 0 (off) to 3600 seconds.")
 # A ready task whose message has not been picked up this long, while its queue in the broker is
 # empty, is dispatched again (the message was lost, e.g. Redis restarted without persistence).
 BATCH_REDISPATCH_AFTER_SECONDS = env_float("BATCH_REDISPATCH_AFTER_SECONDS", 30)

@@ -97,18 +97,24 @@
     if (busy) event.detail.shouldSwap = false;
   });
 
-  // A header redraw answered after a newer diagram poll (the job ended meanwhile) would show
-  // the older status for good, the polls then answering "no change": ask for it again.
+  // A header or task-lines redraw answered after a newer diagram poll (the job ended
+  // meanwhile) would show the older status for good, the polls then answering "no change";
+  // and a second job-changed that came while the first redraw was on its way is lost with the
+  // element it was queued on. Ask for the stale section again.
+  const askedAt = {};  // section id -> the diagram version it was last asked again for
   document.addEventListener("htmx:afterSettle", () => {
-    const header = document.getElementById("job-header");
     const diagram = document.getElementById("job-diagram");
-    if (!header || !diagram || !header.dataset.version) return;
+    if (!diagram) return;
     const polled = new URL(diagram.getAttribute("hx-get"), location.href).searchParams.get("v") || "";
     const state = (v) => v.split(".")[0];
-    if (polled && state(polled) !== state(header.dataset.version)) {
-      header.dataset.version = polled;  // once per difference
-      htmx.ajax("GET", header.getAttribute("hx-get"), { target: header, swap: "outerHTML" });
-    }
+    ["job-header", "task-grid"].forEach((id) => {
+      const section = document.getElementById(id);
+      if (!section || !section.dataset.version || !polled) return;
+      if (state(polled) === state(section.dataset.version) || askedAt[id] === polled) return;
+      if (id === "task-grid" && section.querySelector("form[id$='-form']")) return;  // being edited
+      askedAt[id] = polled;  // once per diagram version: a newer section does not loop
+      htmx.ajax("GET", section.getAttribute("hx-get"), { target: section, swap: "outerHTML" });
+    });
   });
 
   // Focus stays on the line: an editor that opens takes it to its first field; Enter (save)

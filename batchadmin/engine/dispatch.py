@@ -32,6 +32,20 @@ RUN_TASKS = "batchadmin.run_batch_tasks"
 _gathering = threading.local()
 
 
+class Slot(threading.local):
+    """A worker process's offer to run one task it releases itself (see ``keeping``)."""
+
+    queue = ""  # the queue whose message may be kept; "": none
+    kept: Message | None = None
+
+    def take(self) -> Message | None:
+        kept, self.kept = self.kept, None
+        return kept
+
+
+_slot = Slot()
+
+
 def send_on_commit(tasks: Sequence[Message]) -> None:
     """Send messages (see ``Message``) once the current transaction has committed."""
     if not tasks:
@@ -43,7 +57,40 @@ def send_on_commit(tasks: Sequence[Message]) -> None:
         buffer = stack[-1]
         transaction.on_commit(lambda: buffer.extend(batch))
     else:
-        transaction.on_commit(lambda: send(batch))
+        transaction.on_commit(lambda: send(_keep_one(batch)))
+
+
+@contextmanager
+def keeping(queue: str) -> Iterator[Slot]:
+    """In a worker, around one task's run: of the messages its finish sends on commit, one for
+    ``queue`` (the queue the worker took this task from) is kept instead of sent, while that
+    queue holds no message: nobody waits there, so this process, free in a moment, runs it
+    next (tasks.py) without a trip through the broker. The slot holds it after the block.
+    "" keeps nothing."""
+    _slot.queue, _slot.kept = queue, None
+    try:
+        yield _slot
+    except BaseException:
+        # The run failed after its finish committed: this process will not run it, send it.
+        kept = _slot.take()
+        if kept is not None:
+            send([kept])
+        raise
+    finally:
+        _slot.queue = ""
+
+
+def _keep_one(batch: list[Message]) -> list[Message]:
+    """``batch`` less the message the open ``keeping`` block keeps, if any."""
+    if not _slot.queue or _slot.kept is not None:
+        return batch
+    for i, message in enumerate(batch):
+        if message[1] == _slot.queue:
+            if batches.WATCH.empty(_slot.queue):
+                _slot.kept = message
+                return batch[:i] + batch[i + 1 :]
+            break
+    return batch
 
 
 @contextmanager

@@ -227,3 +227,37 @@ def test_a_big_job_runs_its_tasks_in_shared_messages_each_once(cluster):
     assert len(rows) == 64 and len({task for task, *_ in rows}) == 64
     assert {(attempt, status) for _, attempt, status, _ in rows} == {(1, "ended")}
     assert {server for *_, server in rows} == {a, b}
+
+
+def test_a_chain_runs_on_in_the_process_that_released_each_task(cluster):
+    """Nobody else waits in the queue: each finish keeps the task it released and its process
+    runs it next, in the same Celery message (BATCH_FOLLOW_ON_SECONDS); a worker with it off
+    sends every release through the broker."""
+    keeps, sends = unique("follow-"), unique("sends-")
+    for server, follow_on in ((keeps, "2"), (sends, "0")):
+        cluster.import_jobs(
+            {"groups": [{"code": server, "description": server, "servers": [server]}]}
+        )
+        cluster.start_worker(server, env={"BATCH_FOLLOW_ON_SECONDS": follow_on})
+        chain = [{"key": "T0", "description": "first", "process": "demo.noop",
+                  "group": server}] + [
+            {"key": f"T{i}", "description": f"after {i - 1}", "process": "demo.noop",
+             "group": server, "conditions": [{"task": f"T{i - 1}", "status": "ended"}]}
+            for i in range(1, 5)
+        ]  # fmt: skip
+        [job_id] = cluster.import_jobs({"description": f"chain on {server}", "tasks": chain})
+        assert cluster.wait(job_id) == "ended"
+        messages = cluster.rows(
+            "SELECT DISTINCT r.celery_task_id FROM jobs_batchtaskrun r"
+            " JOIN jobs_batchtask t ON t.id = r.task_id WHERE t.job_id = %s",
+            job_id,
+        )
+        assert (
+            cluster.scalar(
+                "SELECT count(*) FROM jobs_batchtaskrun r JOIN jobs_batchtask t ON t.id = r.task_id"
+                " WHERE t.job_id = %s AND r.status = 'ended'",
+                job_id,
+            )
+            == 5
+        )
+        assert len(messages) == (1 if follow_on == "2" else 5)

@@ -37,7 +37,7 @@ from tests.e2e.private import FaultCluster, PrivatePostgres, PrivateRedis
 pytestmark = pytest.mark.faults
 
 MARK = "e2e.mark"
-RECEIVED = re.compile(r"Task batchadmin\.run_batch_task\[[-0-9a-f]+\] received")
+RECEIVED = re.compile(r"Task batchadmin\.run_batch_tasks?\[([-0-9a-f]+)\] received")
 FINAL = ("ended", "error", "canceled")
 
 
@@ -353,8 +353,10 @@ def test_redis_outage_while_jobs_run(faults: FaultCluster, fault: str) -> None:
     # Both replicas took work after the fault; after a restart, lost messages were sent again.
     assert started_after(c, back, *jobs) == {r1, r2}
     if fault == "dropped-connections":
-        deliveries = sum(len(RECEIVED.findall(_log(c, r))) for r in (r1, r2))
-        assert deliveries > 24  # running tasks were delivered again, and ran once all the same
+        # Running tasks' messages were delivered again, and ran once all the same. (Fewer
+        # messages than tasks: a chain's next task runs on in its parent's message.)
+        received = Counter(m for r in (r1, r2) for m in RECEIVED.findall(_log(c, r)))
+        assert max(received.values()) > 1
     else:
         [(resent,)] = c.rows(
             "SELECT count(*) FROM jobs_batchtask WHERE job_id = ANY(%s)"

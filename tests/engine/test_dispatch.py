@@ -110,6 +110,58 @@ class CeleryTasksTestCase(SimpleTestCase):
         ticked.assert_called_once_with()
 
 
+class FollowOnTestCase(TestCase):
+    """A worker runs the task it releases on its own queue next, while nobody waits there."""
+
+    def follow_on(self, *, empty: bool, fail: bool = False) -> tuple[list[int], mock.Mock]:
+        """Task 42's finish releases 43 on its own queue and 50 on another; what runs here?"""
+        ran: list[int] = []
+
+        def run_task(**kw):
+            ran.append(kw["task_id"])
+            assert kw["celery_task_id"] == "msg-1"  # an abort kills this message's process
+            if kw["task_id"] == 42:
+                with self.captureOnCommitCallbacks(execute=True):  # the finish commits
+                    dispatch.send_on_commit([(43, "batch.default", 6), (50, "batch.other")])
+                if fail:
+                    raise RuntimeError("the counters could not be written")
+
+        self.enterContext(mock.patch.object(worker, "server_id", return_value=3))
+        self.enterContext(mock.patch.object(runner, "run_task", side_effect=run_task))
+        self.enterContext(mock.patch.object(batches.WATCH, "empty", return_value=empty))
+        self.send = self.enterContext(mock.patch.object(dispatch, "send"))
+        tasks.run_batch_task.push_request(  # type: ignore[call-arg]  # celery-types lists no fields
+            hostname="aos2@host1", id="msg-1", delivery_info={"routing_key": "batch.default"}
+        )
+        self.addCleanup(tasks.run_batch_task.pop_request)
+        tasks.run_batch_task.run(42)
+        return ran, self.send
+
+    def test_a_task_it_releases_on_its_own_empty_queue_runs_next_in_this_process(self):
+        ran, send = self.follow_on(empty=True)
+        assert ran == [42, 43]
+        send.assert_called_once_with([(50, "batch.other")])  # another queue: sent
+
+    def test_it_sends_the_release_when_someone_waits_in_the_queue(self):
+        ran, send = self.follow_on(empty=False)
+        assert ran == [42]
+        send.assert_called_once_with([(43, "batch.default", 6), (50, "batch.other")])
+
+    @override_settings(BATCH_FOLLOW_ON_SECONDS=0)
+    def test_it_keeps_nothing_once_its_follow_on_time_is_over(self):
+        ran, send = self.follow_on(empty=True)
+        assert ran == [42]
+        send.assert_called_once_with([(43, "batch.default", 6), (50, "batch.other")])
+
+    def test_a_run_that_fails_after_its_finish_sends_what_it_kept(self):
+        with self.assertRaises(RuntimeError):
+            self.follow_on(empty=True, fail=True)
+        assert self.send.call_args_list == [
+            mock.call([(50, "batch.other")]),
+            mock.call([(43, "batch.default", 6)]),  # kept, then sent as the run failed
+        ]
+
+
 @override_settings(BATCH_DISPATCH_MAX_TASKS=16)
 class BatchedSendTestCase(SimpleTestCase):
     """Many tasks of one queue and step share messages (engine/batches.py)."""
