@@ -37,12 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-# A short lowercase id: it ends PostgreSQL names, which may not pass 63 characters.
 RUN_ID = os.environ.setdefault("BATCHADMIN_RUN_ID", uuid.uuid4().hex[:8])
-if not re.fullmatch(r"[a-z0-9_]{1,20}", RUN_ID):
-    raise SystemExit(
-        f"BATCHADMIN_RUN_ID={RUN_ID!r}: use 1 to 20 lowercase letters, digits or underscores."
-    )
 
 # The Redis variables this run filled from a private server of its own (not named by the user).
 PRIVATE_REDIS_VARS = "BATCHADMIN_RUN_PRIVATE_REDIS"
@@ -54,11 +49,19 @@ PRIVATE_REDIS_VARS = "BATCHADMIN_RUN_PRIVATE_REDIS"
 # (BATCHADMIN_RUN_WORKER), so what the worker starts, a nested pytest too, keeps its id.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 if WORKER and os.environ.get("BATCHADMIN_RUN_WORKER") != WORKER:
-    RUN_ID = f"{RUN_ID}_{WORKER}"[:20]
+    RUN_ID = f"{RUN_ID}_{WORKER}"
     os.environ["BATCHADMIN_RUN_ID"] = RUN_ID
     os.environ["BATCHADMIN_RUN_WORKER"] = WORKER
     for _var in os.environ.pop(PRIVATE_REDIS_VARS, "").split():
         os.environ.pop(_var, None)
+
+# A short lowercase id: it ends PostgreSQL names, which may not pass 63 characters. Checked
+# with the worker's suffix: cut, two workers' ids could become one.
+if not re.fullmatch(r"[a-z0-9_]{1,20}", RUN_ID):
+    raise SystemExit(
+        f"BATCHADMIN_RUN_ID={RUN_ID!r}: use 1 to 20 lowercase letters, digits or underscores"
+        + (f" (this test process adds _{WORKER}: leave room for it)." if WORKER else ".")
+    )
 
 # The key a run writes into each Redis database it took, with its run id as the value.
 OWNER_KEY = "batchadmin:test-run"

@@ -28,10 +28,6 @@ RUN_TASK = "batchadmin.run_batch_task"
 RUN_TASKS = "batchadmin.run_batch_tasks"
 
 
-# The buffers of open gathered() blocks, innermost last (one thread each: the tick's).
-_gathering = threading.local()
-
-
 class Slot(threading.local):
     """A worker process's offer to run one task it releases itself (see ``keeping``)."""
 
@@ -43,7 +39,13 @@ class Slot(threading.local):
         return kept
 
 
+class _Gathering(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[list[Message]] = []  # open gathered() blocks' buffers, innermost last
+
+
 _slot = Slot()
+_gathering = _Gathering()
 
 
 def send_on_commit(tasks: Sequence[Message]) -> None:
@@ -51,10 +53,9 @@ def send_on_commit(tasks: Sequence[Message]) -> None:
     if not tasks:
         return
     batch = list(tasks)
-    stack: list[list[Message]] | None = getattr(_gathering, "stack", None)
-    if stack:
+    if _gathering.stack:
         # Added to the block's buffer at commit, so a rolled-back savepoint adds nothing.
-        buffer = stack[-1]
+        buffer = _gathering.stack[-1]
         transaction.on_commit(lambda: buffer.extend(batch))
     else:
         transaction.on_commit(lambda: send(_keep_one(batch)))
@@ -102,12 +103,11 @@ def gathered() -> Iterator[None]:
     An exception leaves the block: nothing is sent (the transaction rolls back too).
     """
     buffer: list[Message] = []
-    stack = _gathering.__dict__.setdefault("stack", [])
-    stack.append(buffer)
+    _gathering.stack.append(buffer)
     try:
         yield
     finally:
-        stack.pop()
+        _gathering.stack.pop()
     transaction.on_commit(lambda: buffer and send(buffer))
 
 

@@ -26,7 +26,7 @@ def run_batch_task(self: Task[Any, Any], task_id: int) -> None:
 def run_batch_tasks(self: Task[Any, Any], task_ids: list[int]) -> None:
     """Several tasks of one queue and priority step, one after another (engine/batches.py)."""
     delivery = dict(self.request.delivery_info or {})
-    queue = str(delivery.get("routing_key") or "")
+    queue = _queue(self)
     given = delivery.get("priority")  # the message's Redis priority step
     step = given if isinstance(given, int) else None
     given_back = not queue
@@ -48,8 +48,7 @@ def _run_one(request_task: Task[Any, Any], task_id: int) -> None:
     finish released on this message's queue while nobody waited there (dispatch.keeping): a
     chain's next task without a trip through the broker. Claimed like any task; a claim lost
     drops it, as a message's would be."""
-    delivery = dict(request_task.request.delivery_info or {})
-    queue = str(delivery.get("routing_key") or "")
+    queue = _queue(request_task)
     # Traced, each attempt's messages carry its trace to the next attempt: none kept then.
     follow_on = 0.0 if tracing.recording() else settings.BATCH_FOLLOW_ON_SECONDS
     began = time.monotonic()
@@ -60,6 +59,12 @@ def _run_one(request_task: Task[Any, Any], task_id: int) -> None:
             _claim_and_run(request_task, next_id)
         kept = slot.take()
         next_id = kept[0] if kept is not None else None
+
+
+def _queue(request_task: Task[Any, Any]) -> str:
+    """The queue the message came from ("" when it does not say: run eagerly, in a test)."""
+    delivery = request_task.request.delivery_info or {}
+    return str(delivery.get("routing_key") or "")
 
 
 def _claim_and_run(request_task: Task[Any, Any], task_id: int) -> None:
