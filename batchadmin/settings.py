@@ -48,6 +48,21 @@ def env_float(name: str, default: float) -> float:
         raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
 
 
+# psycopg prepares a statement once it has run this many times in a session, or at once when
+# the caller asks (engine/sql.py does): in effect, only when asked.
+PREPARE_ONLY_WHEN_ASKED = 1 << 30
+
+
+def _whole_option(name: str, options: dict[str, Any]) -> int:
+    value = options[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL: {name} must be a whole number, got {value!r}"
+        ) from None
+
+
 def database_from_url(url: str) -> dict[str, Any]:
     """Turn DATABASE_URL into a DATABASES entry.
 
@@ -80,6 +95,15 @@ def database_from_url(url: str) -> dict[str, Any]:
         if idle > 0:
             flag = f"-c idle_in_transaction_session_timeout={idle * 1000}"
             options["options"] = f"{options.get('options', '')} {flag}".strip()
+        if env_bool("DB_PREPARED_STATEMENTS", True):
+            # The engine's hot-path statements (engine/sql.py, a few per task) are prepared
+            # once per session: PostgreSQL then neither parses them again nor, once it finds
+            # a generic plan as good as its custom ones, plans them (bench/README.md, issue
+            # 16's fourth pass). Django's own queries bind on the client and are never
+            # prepared. Off for a pooler that cannot keep prepared statements.
+            options.setdefault("prepare_threshold", PREPARE_ONLY_WHEN_ASKED)
+        if isinstance(options.get("prepare_threshold"), str):
+            options["prepare_threshold"] = _whole_option("prepare_threshold", options)
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parts.path[1:]),

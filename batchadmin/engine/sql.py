@@ -10,6 +10,8 @@ from the models, so a renamed table cannot leave a statement behind.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import psycopg
@@ -47,8 +49,11 @@ def fetchone(query: str, params: Any) -> Any:
     bind parameters on the client (quoting every value into the text, which PostgreSQL then
     parses and plans again), and for these statements, run once or twice per task, that cost
     more CPU on both sides than the work itself (bench/README.md). psycopg prepares a statement
-    on its first use in a session and keeps it (a pooler in transaction mode must allow
-    prepared statements). Errors come out as Django's, so lib/db.py's blip handling applies.
+    on its first use in a session and keeps it, and PostgreSQL runs it on a generic plan,
+    never planned again: settings.py turns both on (``DB_PREPARED_STATEMENTS``; Django turns
+    psycopg's preparing off, and then ``prepare=True`` is ignored). A pooler in transaction
+    mode must allow prepared statements, or the setting be off. Errors come out as Django's,
+    so lib/db.py's blip handling applies.
     """
     rows = _run(query, params, one=True)
     return rows[0] if rows else None
@@ -71,12 +76,44 @@ def _run(query: str, params: Any, *, one: bool) -> list[Any]:
     with connection.wrap_database_errors:
         raw = connection.connection
         assert raw is not None
+        _PLANS.refresh(raw)
         with psycopg.Cursor(raw) as cursor:
             cursor.execute(query, params, prepare=True)
             if one:
                 row = cursor.fetchone()
                 return [row] if row is not None else []
             return cursor.fetchall()
+
+
+class _Plans(threading.local):
+    """Makes a session's plans anew every PLAN_REFRESH_SECONDS.
+
+    A generic plan is made once, with the table sizes of its moment. Made while a table was
+    nearly empty (a new installation, a bench's warm-up), it reads the whole table once the
+    table has grown: a sequential scan of 10,000 tasks per claim (bench/scale.py). PostgreSQL
+    makes plans again after an ANALYZE, which autovacuum may run only minutes later. So every
+    few seconds, between transactions, the session drops its prepared statements (psycopg
+    sees DEALLOCATE ALL and forgets its own), and they are prepared again on their next use:
+    a millisecond or two for each of a dozen statements.
+    """
+
+    raw: psycopg.Connection[Any] | None = None
+    due = 0.0
+
+    def refresh(self, raw: psycopg.Connection[Any]) -> None:
+        if raw.prepare_threshold is None:
+            return  # nothing is prepared (DB_PREPARED_STATEMENTS off)
+        at = time.monotonic()
+        if raw is not self.raw:  # a new session: its plans are new
+            self.raw, self.due = raw, at + PLAN_REFRESH_SECONDS
+        elif at >= self.due and raw.autocommit and raw.info.transaction_status == IDLE:
+            raw.execute("DEALLOCATE ALL")
+            self.due = at + PLAN_REFRESH_SECONDS
+
+
+PLAN_REFRESH_SECONDS = 5.0
+IDLE = psycopg.pq.TransactionStatus.IDLE
+_PLANS = _Plans()
 
 
 def for_update() -> str:
@@ -274,6 +311,10 @@ WAITING_DEPENDENTS = f"""
         WHERE w.depends_on_id = ANY(%s) AND d.status = %s)
     ORDER BY c.task_id
 """
+# The same for one parent (every finish's release): PostgreSQL prices ``= ANY($1)`` for an
+# array of unknown length, so a prepared statement of it is planned again at every run
+# (about a millisecond here); an equality gets a generic plan it keeps.
+WAITING_DEPENDENTS_OF_ONE = WAITING_DEPENDENTS.replace("= ANY(%s)", "= %s")
 # Waiting -> Ready, sent now (dispatched_at set) or held (NULL: the group's limit decides).
 # Returns the tasks it moved: of two releases deciding a dependent at once, only the one that
 # moved it sends its message (transitions._decide_what_follows releases without the lock).
@@ -282,6 +323,7 @@ MAKE_READY = f"""
     WHERE id = ANY(%s) AND status = %s
     RETURNING id
 """
+MAKE_READY_ONE = MAKE_READY.replace("= ANY(%s)", "= %s")  # as WAITING_DEPENDENTS_OF_ONE
 # Waiting -> Didn't run: a condition can no longer be met. Returns the tasks it moved.
 MAKE_NOT_RUN = f"""
     UPDATE {_T} SET status = %s, ended_at = %s WHERE id = ANY(%s) AND status = %s RETURNING id

@@ -1739,6 +1739,8 @@ def _waiting_dependents(parent_ids: list[int]) -> Iterable[tuple[Any, ...]]:
     priority and whether it overrides its groups'). The job's priority rides along (a join,
     not a query) for the message's step."""
     if sql.POSTGRESQL:  # once per released task: hand-written and prepared (sql.py says why)
+        if len(parent_ids) == 1:
+            return sql.fetchall(sql.WAITING_DEPENDENTS_OF_ONE, [parent_ids[0], S.WAITING])
         return sql.fetchall(sql.WAITING_DEPENDENTS, [parent_ids, S.WAITING])
     waiting = BatchTaskCondition.objects.filter(
         depends_on_id__in=parent_ids, task__status=S.WAITING
@@ -1761,8 +1763,10 @@ def _set_ready(ids: list[int], *, at: dt.datetime, sent: bool) -> set[int]:
         return set()
     if sql.POSTGRESQL:
         stamp = connection.ops.adapt_datetimefield_value(at)
+        one = len(ids) == 1
         rows = sql.fetchall(
-            sql.MAKE_READY, [S.READY, stamp, stamp if sent else None, ids, S.WAITING]
+            sql.MAKE_READY_ONE if one else sql.MAKE_READY,
+            [S.READY, stamp, stamp if sent else None, ids[0] if one else ids, S.WAITING],
         )
         return {pk for (pk,) in rows}
     BatchTask.objects.filter(pk__in=ids, status=S.WAITING).update(
