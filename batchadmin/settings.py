@@ -86,7 +86,7 @@ def database_from_url(url: str) -> dict[str, Any]:
             },
         }
     if parts.scheme in ("postgres", "postgresql", "pgsql"):
-        options = dict(parse_qsl(parts.query))
+        options: dict[str, Any] = dict(parse_qsl(parts.query))
         # A process stopped in the middle of a transaction (SIGSTOP, a debugger, a hung NFS
         # read) would hold its row locks for ever; PostgreSQL ends such a session after this
         # many seconds idle inside a transaction (0: never). Statements that run long are not

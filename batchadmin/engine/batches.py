@@ -43,19 +43,20 @@ def chunks(task_ids: Sequence[int]) -> list[list[int]]:
 
 class QueueWatch:
     """Is this worker's queue empty? One pipelined LLEN per priority list, on a client of its
-    own per process (the broker module's, which gives up within a second)."""
+    own per process (the broker module's, which gives up within a second). ``before``: only
+    the lists of the priority steps served before that one."""
 
     _client: redis.Redis | None = None
     _pid = 0
 
-    def empty(self, queue: str) -> bool:
+    def empty(self, queue: str, *, before: int | None = None) -> bool:
         try:
             if self._client is None or self._pid != os.getpid():
                 QueueWatch._client = broker.client(retries=1)
                 QueueWatch._pid = os.getpid()
             assert self._client is not None
             with self._client.pipeline(transaction=False) as pipe:
-                for key in broker.queue_keys(queue):
+                for key in broker.queue_keys(queue, before=before):
                     pipe.llen(key)
                 return not any(int(n) for n in pipe.execute())
         except (redis.RedisError, OSError):

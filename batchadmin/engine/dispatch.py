@@ -64,10 +64,14 @@ def send_on_commit(tasks: Sequence[Message]) -> None:
 @contextmanager
 def keeping(queue: str) -> Iterator[Slot]:
     """In a worker, around one task's run: of the messages its finish sends on commit, one for
-    ``queue`` (the queue the worker took this task from) is kept instead of sent, while that
-    queue holds no message: nobody waits there, so this process, free in a moment, runs it
+    ``queue`` (the queue the worker took this task from) is kept instead of sent, unless a
+    message of a higher priority waits in that queue: this process, free in a moment, runs it
     next (tasks.py) without a trip through the broker. The slot holds it after the block.
-    "" keeps nothing."""
+    "" keeps nothing.
+
+    Messages of the same priority that wait are passed: the kept task continues work already
+    under way (a chain's next step), so its job ends sooner and none ends later than it would
+    have, as a thread keeps its job in D365. Other threads keep taking the waiting ones."""
     _slot.queue, _slot.kept = queue, None
     try:
         yield _slot
@@ -85,10 +89,10 @@ def _keep_one(batch: list[Message]) -> list[Message]:
     """``batch`` less the message the open ``keeping`` block keeps, if any."""
     if not _slot.queue or _slot.kept is not None:
         return batch
-    for i, message in enumerate(batch):
-        if message[1] == _slot.queue:
-            if batches.WATCH.empty(_slot.queue):
-                _slot.kept = message
+    for i, (_, queue, *given) in enumerate(batch):
+        if queue == _slot.queue:
+            if batches.WATCH.empty(queue, before=given[0] if given else NORMAL_STEP):
+                _slot.kept = batch[i]
                 return batch[:i] + batch[i + 1 :]
             break
     return batch

@@ -33,8 +33,9 @@ def client(*, retries: int = 0, url: str | None = None) -> redis.Redis:
     )
 
 
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists that hold a kombu queue: one per priority step.
+def queue_keys(queue: str, *, before: int | None = None) -> list[str]:
+    """The Redis lists that hold a kombu queue: one per priority step (``before``: only the
+    steps served before that one, lower numbers).
 
     The lists kombu's own Channel._size counts, read here with a plain client in one round
     trip for any number of queues.
@@ -43,7 +44,11 @@ def queue_keys(queue: str) -> list[str]:
     sep = str(options.get("sep", RedisChannel.sep))
     steps = options.get("priority_steps", RedisChannel.priority_steps)
     prefix = str(options.get("global_keyprefix", ""))
-    return [prefix + (f"{queue}{sep}{step}" if step else queue) for step in steps]
+    return [
+        prefix + (f"{queue}{sep}{step}" if step else queue)
+        for step in steps
+        if before is None or step < before
+    ]
 
 
 def queue_lengths(

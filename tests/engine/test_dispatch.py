@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 from unittest import mock
 
+import redis
+from django.conf import settings
 from django.db import transaction
 from django.test import SimpleTestCase, TestCase, override_settings
 from kombu.exceptions import OperationalError
 
 from batchadmin.celery import app
 from batchadmin.engine import batches, dispatch, runner, tasks, tick, worker
+from batchadmin.lib import broker
 
 
 class SendTestCase(SimpleTestCase):
@@ -111,7 +114,8 @@ class CeleryTasksTestCase(SimpleTestCase):
 
 
 class FollowOnTestCase(TestCase):
-    """A worker runs the task it releases on its own queue next, while nobody waits there."""
+    """A worker runs the task it releases on its own queue next, unless a message of a higher
+    priority waits there."""
 
     def follow_on(self, *, empty: bool, fail: bool = False) -> tuple[list[int], mock.Mock]:
         """Task 42's finish releases 43 on its own queue and 50 on another; what runs here?"""
@@ -128,7 +132,9 @@ class FollowOnTestCase(TestCase):
 
         self.enterContext(mock.patch.object(worker, "server_id", return_value=3))
         self.enterContext(mock.patch.object(runner, "run_task", side_effect=run_task))
-        self.enterContext(mock.patch.object(batches.WATCH, "empty", return_value=empty))
+        self.empty = self.enterContext(
+            mock.patch.object(batches.WATCH, "empty", return_value=empty)
+        )
         self.send = self.enterContext(mock.patch.object(dispatch, "send"))
         tasks.run_batch_task.push_request(  # type: ignore[call-arg]  # celery-types lists no fields
             hostname="aos2@host1", id="msg-1", delivery_info={"routing_key": "batch.default"}
@@ -137,12 +143,14 @@ class FollowOnTestCase(TestCase):
         tasks.run_batch_task.run(42)
         return ran, self.send
 
-    def test_a_task_it_releases_on_its_own_empty_queue_runs_next_in_this_process(self):
+    def test_a_task_it_releases_on_its_own_queue_runs_next_in_this_process(self):
         ran, send = self.follow_on(empty=True)
         assert ran == [42, 43]
         send.assert_called_once_with([(50, "batch.other")])  # another queue: sent
+        # Only messages served before the kept one's step (6) count, not those beside it.
+        self.empty.assert_called_once_with("batch.default", before=6)
 
-    def test_it_sends_the_release_when_someone_waits_in_the_queue(self):
+    def test_it_sends_the_release_when_a_message_of_a_higher_priority_waits(self):
         ran, send = self.follow_on(empty=False)
         assert ran == [42]
         send.assert_called_once_with([(43, "batch.default", 6), (50, "batch.other")])
@@ -163,6 +171,23 @@ class FollowOnTestCase(TestCase):
 
 
 @override_settings(BATCH_DISPATCH_MAX_TASKS=16)
+class QueueWatchTestCase(SimpleTestCase):
+    """What follow-on and batches read of a queue, on the run's own Redis."""
+
+    def test_before_a_step_counts_only_the_messages_served_first(self):
+        queue = "batch.watch-test"
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        keys = broker.queue_keys(queue)
+        client.delete(*keys)
+        self.addCleanup(client.delete, *keys)
+        assert batches.WATCH.empty(queue)
+        assert dispatch.send([(1, queue, 6)]) == 1  # one message waits at Normal's step
+        assert not batches.WATCH.empty(queue)
+        assert batches.WATCH.empty(queue, before=6)  # beside a Normal task: not ahead of it
+        assert not batches.WATCH.empty(queue, before=7)  # ahead of a lower priority's
+        assert broker.queue_keys(queue, before=1) == [queue]
+
+
 class BatchedSendTestCase(SimpleTestCase):
     """Many tasks of one queue and step share messages (engine/batches.py)."""
 

@@ -1,8 +1,8 @@
 """The last tasks of a job finishing at the same moment, each on its own connection.
 
 A successful finish commits without the job's lock (sql.FINISH_ENDED) and then, in a new
-snapshot, releases its dependents (sql.WAITING_DEPENDENTS, still without the lock) or asks
-whether its job has an open task left (sql.JOB_OPEN). These tests hold every finisher between
+snapshot, releases its dependents (sql.WAITING_DEPENDENTS_OF_ONE, still without the lock) or
+asks whether its job has an open task left (sql.JOB_OPEN). These tests hold every finisher between
 the two, so that each looks after every finish committed: the job must then settle exactly
 once, and a dependent of two parents be released, and sent, exactly once.
 """
@@ -121,7 +121,7 @@ class LastFinishesAtOnceTestCase(TransactionTestCase):
         # Both parents know they have a waiting dependent, and both read its conditions after
         # both ends committed (no lock): both decide it is Ready, and the one whose move comes
         # second moves nothing and sends nothing.
-        self.finish_together([a, b], hold_before=sql.WAITING_DEPENDENTS)
+        self.finish_together([a, b], hold_before=sql.WAITING_DEPENDENTS_OF_ONE)
         child.refresh_from_db()
         assert child.status == S.READY
         sent = [t[0] for call in self.send.call_args_list for t in call.args[0]]
