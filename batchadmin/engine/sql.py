@@ -49,11 +49,11 @@ def fetchone(query: str, params: Any) -> Any:
     bind parameters on the client (quoting every value into the text, which PostgreSQL then
     parses and plans again), and for these statements, run once or twice per task, that cost
     more CPU on both sides than the work itself (bench/README.md). psycopg prepares a statement
-    on its first use in a session and keeps it, and PostgreSQL runs it on a generic plan,
-    never planned again: settings.py turns both on (``DB_PREPARED_STATEMENTS``; Django turns
-    psycopg's preparing off, and then ``prepare=True`` is ignored). A pooler in transaction
-    mode must allow prepared statements, or the setting be off. Errors come out as Django's,
-    so lib/db.py's blip handling applies.
+    on its first use in a session and keeps it, and PostgreSQL stops planning it once it finds
+    a generic plan as good as its custom ones. settings.py turns this on
+    (``DB_PREPARED_STATEMENTS``): Django turns psycopg's preparing off, and then
+    ``prepare=True`` is ignored. A pooler in transaction mode must allow prepared statements,
+    or the setting be off. Errors come out as Django's, so lib/db.py's blip handling applies.
     """
     rows = _run(query, params, one=True)
     return rows[0] if rows else None
@@ -89,7 +89,7 @@ class _Plans(threading.local):
     """Makes a session's plans anew every PLAN_REFRESH_SECONDS.
 
     A generic plan is made once, with the table sizes of its moment. Made while a table was
-    nearly empty (a new installation, a bench's warm-up), it reads the whole table once the
+    nearly empty (a new installation, a bench's warm-up), it can read the whole table once the
     table has grown: a sequential scan of 10,000 tasks per claim (bench/scale.py). PostgreSQL
     makes plans again after an ANALYZE, which autovacuum may run only minutes later. So every
     few seconds, between transactions, the session drops its prepared statements (psycopg
