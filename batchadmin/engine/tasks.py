@@ -45,9 +45,9 @@ def run_batch_tasks(self: Task[Any, Any], task_ids: list[int]) -> None:
 
 def _run_one(request_task: Task[Any, Any], task_id: int) -> None:
     """Run the task, then, for up to BATCH_FOLLOW_ON_SECONDS of this message, the task each
-    finish released on this message's queue while nobody waited there (dispatch.keeping): a
-    chain's next task without a trip through the broker. Claimed like any task; a claim lost
-    drops it, as a message's would be."""
+    finish released on this message's queue unless a message of a higher priority waited there
+    (dispatch.keeping): a chain's next task without a trip through the broker. Claimed like
+    any task; a claim lost drops it, as a message's would be."""
     queue = _queue(request_task)
     # Traced, each attempt's messages carry its trace to the next attempt: none kept then.
     follow_on = 0.0 if tracing.recording() else settings.BATCH_FOLLOW_ON_SECONDS

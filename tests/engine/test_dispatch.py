@@ -170,7 +170,6 @@ class FollowOnTestCase(TestCase):
         ]
 
 
-@override_settings(BATCH_DISPATCH_MAX_TASKS=16)
 class QueueWatchTestCase(SimpleTestCase):
     """What follow-on and batches read of a queue, on the run's own Redis."""
 
@@ -188,6 +187,7 @@ class QueueWatchTestCase(SimpleTestCase):
         assert broker.queue_keys(queue, before=1) == [queue]
 
 
+@override_settings(BATCH_DISPATCH_MAX_TASKS=16)
 class BatchedSendTestCase(SimpleTestCase):
     """Many tasks of one queue and step share messages (engine/batches.py)."""
 
