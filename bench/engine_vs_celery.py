@@ -1154,28 +1154,41 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally that stops the processes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_to_end(bench: Bench) -> dict[str, Any]:
+    """``bench.run()``, its processes and database always cleaned up after. A failure or
+    Ctrl-C is reported here and ends the program (exit 1 or 130); SIGTERM as Ctrl-C."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    bench = Bench(args)
     try:
-        results = bench.run()
+        return bench.run()
     except BenchError as exc:
         print(f"\nbench failed: {exc}", file=sys.stderr)
-        return 1
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
-        return 130
+        raise SystemExit(130) from None
     finally:
         bench.cleanup()
+
+
+def write_figures(path: Path, results: Any, text: str) -> None:
+    """The figures as JSON to ``path``, and their report on standard output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print()
+    print(text)
+    print(f"\nfigures written to {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    try:
+        results = run_to_end(bench)
+    finally:
         if args.profile:
             summary_file = summarize_profiles()
             print(f"profile: {summary_file or 'no profiles were written'}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print()
-    print(report(results))
-    print(f"\nfigures written to {args.output}")
+    write_figures(args.output, results, report(results))
     if args.check and not all(c["ok"] for c in results["checks"].values()):
         return 3
     return 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import engine_vs_celery as evc
-from bench.engine_vs_celery import RESULTS_DIR, BenchError, median_run, step, table
+from bench.engine_vs_celery import RESULTS_DIR, median_run, step, table
 
 
 class PeerBench(evc.Bench):
@@ -87,15 +86,7 @@ def one(workers: int, args: argparse.Namespace, output: Path) -> int:
             str(args.timeout),
         ]
     )
-    signal.signal(signal.SIGTERM, evc._exit_on_sigterm)
-    bench = PeerBench(bench_args)
-    try:
-        results = bench.run()
-    except BenchError as exc:
-        print(f"\nbench failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        bench.cleanup()
+    results = evc.run_to_end(PeerBench(bench_args))
     output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
 
@@ -192,11 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"\nthe run with {workers} worker(s) failed (exit {code})", file=sys.stderr)
                 return code
             results.append(json.loads(out.read_text()))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print()
-    print(report(results))
-    print(f"\nfigures written to {args.output}")
+    evc.write_figures(args.output, results, report(results))
     return 0
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import signal
 import sys
 import time
 import uuid
@@ -42,7 +40,6 @@ from bench.engine_vs_celery import (
     PG_USER,
     QUEUE,
     RESULTS_DIR,
-    BenchError,
     noop_task,
     step,
     table,
@@ -300,26 +297,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, evc._exit_on_sigterm)
     bench = ScaleBench(args)
     if args.db_name:
         bench.db_name = args.db_name
         bench.env["DATABASE_URL"] = f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{args.db_name}"
-    try:
-        results = bench.run()
-    except BenchError as exc:
-        print(f"\nbench failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    finally:
-        bench.cleanup()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print()
-    print(report(results))
-    print(f"\nfigures written to {args.output}")
+    results = evc.run_to_end(bench)
+    evc.write_figures(args.output, results, report(results))
     return 0
 
 
